@@ -1,0 +1,67 @@
+# moetape: every set-up step lives here; nothing is installed by hand.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+PYTEST_NOT_SLOW := -m "not slow"
+
+.PHONY: install system-deps test test-all test-notorch test-legacy lint wheel-check bench demo golden clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	# Pin torch first: an unpinned torch pulls a CUDA build of several GB.
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e '.[record,dev]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+# Headless MuJoCo rendering (EGL, OSMesa fallback) and video encoding need a few system libraries.
+system-deps:
+	@missing=""; \
+	for lib in libEGL.so.1 libOpenGL.so.0 libOSMesa.so; do \
+	  ldconfig -p 2>/dev/null | grep -q "$$lib" || missing="$$missing $$lib"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing rendering libraries (missing:$$missing)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libopengl0 libgl1-mesa-dri libosmesa6 >/dev/null) \
+	    || echo "warning: apt-get failed; headless rendering may not work"; \
+	else \
+	  echo "note: for headless rendering install: libegl1 libopengl0 libgl1-mesa-dri libosmesa6 (missing:$$missing)"; \
+	fi
+
+test: install
+	$(BIN)/pytest $(PYTEST_NOT_SLOW) -q
+
+test-all: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/vermin --no-tips --violations -t=3.8- schema record
+	$(BIN)/mypy schema replay
+	$(BIN)/lint-imports
+
+wheel-check: install
+	rm -rf dist && $(BIN)/python -m pip wheel -q --no-deps -w dist .
+	$(BIN)/python -c "import zipfile,glob; print('\n'.join(sorted(zipfile.ZipFile(glob.glob('dist/*.whl')[0]).namelist())))"
+
+bench: install
+	$(BIN)/python bench/write.py
+	@if [ -f bench/record.py ]; then $(BIN)/python bench/record.py; fi
+	@if [ -f bench/derive.py ]; then $(BIN)/python bench/derive.py; fi
+
+demo: install
+	$(BIN)/moetape demo
+
+golden: install
+	$(BIN)/python tests/data/make_v1.py
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis dist
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
