@@ -1,1 +1,85 @@
 """The root ``moetape`` click group; subcommands load lazily so --help never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Dict, List, Optional
+
+import click
+
+from moetape import __version__
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# name -> ("module:attribute", one-line help shown by `moetape --help` without importing it)
+COMMANDS: Dict[str, tuple] = {
+    "info": ("moetape.replay.cli:info", "Show a log's provenance, size, envs, experts, rates and end status."),
+    "verify": ("moetape.replay.cli:verify", "Check a log's structure, dtypes, counters, checksums and continuity."),
+    "upgrade": ("moetape.replay.cli:upgrade", "Write an older log as a new file at the current format version."),
+}
+
+
+def register(name: str, target: str, short_help: str) -> None:
+    """Add a lazily loaded subcommand (used by the parts of moetape as they arrive)."""
+    COMMANDS[name] = (target, short_help)
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported only when run (or asked for help)."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name not in COMMANDS:
+            return None
+        target = COMMANDS[cmd_name][0]
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            missing = getattr(e, "name", "") or ""
+            if missing.split(".")[0] in ("torch", "mujoco"):
+                raise click.ClickException(
+                    "'{}' needs {}: pip install 'moetape[record]'".format(cmd_name, missing.split(".")[0])
+                ) from e
+            raise
+        command = getattr(module, attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Turn moetape's deliberate errors into one-line messages with exit status 1."""
+        from moetape.schema.errors import LogError
+
+        try:
+            return super().invoke(ctx)
+        except LogError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="moetape")
+def cli() -> None:
+    """Record MoE robot-policy rollouts to a crash-safe HDF5 event log and replay them offline.
+
+    \b
+    Example:
+      moetape info runs/demo/log.h5
+      moetape verify runs/demo/log.h5
+    """
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    cli(prog_name="moetape")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())

@@ -1,0 +1,148 @@
+"""Log commands that need only the schema: info, verify, upgrade."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Dict
+
+import click
+
+from moetape.schema.validate import validate
+from moetape.schema.version import FORMAT_VERSION
+
+log_argument = click.argument("log", type=click.Path(dir_okay=False))
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return "{:.1f} {}".format(n, unit) if unit != "B" else "{} B".format(int(n))
+        n /= 1024.0
+    return str(n)
+
+
+def _print_info(d: Dict[str, Any]) -> None:
+    prov = d["provenance"]
+    status = d["run_status"]
+    if status == "running":
+        status += " (still recording, or crashed: committed steps are intact)"
+    rows = [
+        ("log", d["path"]),
+        ("format_version", d["format_version"]),
+        ("log_id", d["log_id"]),
+        ("written by", "moetape {}".format(d["moetape_version"])),
+        ("started", d["created_utc"]),
+        ("ended", d["end_time_utc"] or "-"),
+        ("status", status),
+        ("backend", "{} {}".format(d["backend"], prov.get("backend_versions", "") or "").strip()),
+        ("steps", "{} policy steps x {} envs = {} env-steps ({:.2f} s simulated)".format(
+            d["n_steps"], d["n_envs"], d["env_steps"], d["duration_s"])),
+        ("experts", ", ".join(d["expert_names"])),
+        ("obs / action", "{} / {}".format(d["obs_dim"], d["action_dim"])),
+        ("rates", "sim {:g} Hz, policy {:g} Hz (decimation {}), frames {:g} Hz".format(
+            1 / d["sim_dt_s"], 1 / d["policy_dt_s"], d["decimation"], d["frame_rate_hz"])),
+        ("terms", ", ".join(d["term_names"]) or "-"),
+        ("metrics", ", ".join(d["metric_names"]) or "-"),
+        ("robot model", "stored" if d["has_model"] else "not stored"),
+        ("size", _fmt_bytes(d["size_bytes"])),
+        ("command", d["command_line"] or "-"),
+    ]
+    for key in ("seed", "device", "host", "checkpoint_sha256", "trajectory_sha256"):
+        if key in prov:
+            rows.append((key, json.dumps(prov[key]) if isinstance(prov[key], (dict, list)) else prov[key]))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo("{}  {}".format(key.ljust(width), value))
+
+
+@click.command()
+@log_argument
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def info(log: str, as_json: bool) -> None:
+    """Show a log's provenance, size, envs, experts, rates and end status.
+
+    \b
+    Example:
+      moetape info runs/demo/log.h5 --json
+    """
+    from moetape.schema.reader import open_log
+
+    with open_log(log) as lg:
+        d = lg.info()
+    if as_json:
+        click.echo(json.dumps(d, sort_keys=True))
+    else:
+        _print_info(d)
+
+
+@click.command()
+@log_argument
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--quick", is_flag=True, help="Check structure and counters only; skip reading every row.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
+    """Check a log's structure, dtypes, counters, checksums and continuity; exit 1 on any problem.
+
+    \b
+    Example:
+      moetape verify runs/demo/log.h5
+    """
+    from moetape.schema.reader import open_log
+
+    with open_log(log) as lg:
+        n_steps, status = lg.n_steps, lg.run_status
+    bar = None
+    if not quiet and not as_json and not quick:
+        bar = click.progressbar(length=max(1, n_steps), label="verifying", file=sys.stderr)
+        bar.__enter__()
+    done = [0]
+
+    def progress(n: int) -> None:
+        if bar is not None:
+            bar.update(n - done[0])
+            done[0] = n
+
+    try:
+        problems = validate(log, check_data=not quick, progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if as_json:
+        click.echo(json.dumps({"path": log, "format_version": FORMAT_VERSION, "ok": not problems,
+                               "n_steps": n_steps, "run_status": status,
+                               "problems": [{"where": p.where, "what": p.what} for p in problems]}))
+    elif problems:
+        click.echo("{}: {} problem{}:".format(log, len(problems), "" if len(problems) == 1 else "s"), err=True)
+        for p in problems:
+            click.echo("  {}".format(p), err=True)
+    else:
+        note = "" if status == "clean" else " (run status '{}': the run did not end cleanly)".format(status)
+        click.echo("{}: ok, {} steps checked{}".format(log, n_steps, note))
+    if problems:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite NEW if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def upgrade(old: str, new: str, dry_run: bool, force: bool, as_json: bool) -> None:
+    """Write OLD as a new log NEW at the current format version; OLD is never touched.
+
+    \b
+    Example:
+      moetape upgrade old_run.h5 old_run.v1.h5 --dry-run
+    """
+    from moetape.schema.upgrade import upgrade as do_upgrade
+
+    plan = do_upgrade(old, new, dry_run=dry_run, force=force)
+    if as_json:
+        click.echo(json.dumps(dict(plan, format_version=FORMAT_VERSION)))
+    elif dry_run:
+        click.echo("would write {output}: format_version {from_version} -> {to_version}, {n_steps} steps x "
+                   "{n_envs} envs (run status {run_status}); {source} stays as it is".format(**plan))
+    else:
+        click.echo("wrote {output}: format_version {from_version} -> {to_version}, {n_steps} steps".format(**plan))

@@ -1,0 +1,125 @@
+"""The one place where h5py is opened and its errors become moetape errors (STYLE §2.4)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any, Iterator
+
+import h5py
+
+from moetape.schema.errors import LogReadError, LogWriteError, OutputExistsError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+WRITER_CACHE_BYTES = 64 * 1024 * 1024  # keeps partially filled chunks in memory between batches
+
+
+def looks_like_hdf5(path: str) -> bool:
+    """Return True if the file starts with the HDF5 signature (at offset 0, the usual place)."""
+    with open(path, "rb") as f:
+        return f.read(8) == HDF5_SIGNATURE
+
+
+def open_for_read(path: str) -> h5py.File:
+    """Open a log read-only, in SWMR mode so crashed and still-being-written logs open too.
+
+    Raises:
+        LogReadError: missing, a directory, not HDF5, truncated or otherwise unreadable.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise LogReadError("{}: no such file. Check the path.".format(path))
+    if os.path.isdir(path):
+        raise LogReadError("{}: is a directory, expected a moetape .h5 log file.".format(path))
+    if os.path.getsize(path) == 0:
+        raise LogReadError("{}: empty file, expected a moetape .h5 log. It was never written.".format(path))
+    try:
+        is_hdf5 = looks_like_hdf5(path)
+    except OSError as e:
+        raise LogReadError("{}: cannot read ({}).".format(path, e.strerror or e)) from e
+    if not is_hdf5:
+        raise LogReadError(
+            "{}: not an HDF5 file (no HDF5 signature), expected a moetape .h5 log.".format(path)
+        )
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as e:
+        pass_e = e
+    try:  # a file never written in SWMR mode may refuse the SWMR flag on some HDF5 builds
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise LogReadError(
+            "{}: HDF5 file cannot be opened ({}); it may be truncated or corrupt. "
+            "Run `moetape verify` on it or restore a copy.".format(path, _short(pass_e))
+        ) from e
+
+
+def create_for_write(path: str, *, force: bool = False) -> h5py.File:
+    """Create a new log file for appending (SWMR-capable); never overwrites unless ``force``.
+
+    Raises:
+        OutputExistsError: the path exists and force is False.
+        LogWriteError: the file cannot be created.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not force:
+        raise OutputExistsError("{}: exists. Choose another path or pass --force to overwrite.".format(path))
+    try:
+        return h5py.File(path, "w" if force else "w-", libver="latest", rdcc_nbytes=WRITER_CACHE_BYTES)
+    except (OSError, ValueError) as e:
+        raise LogWriteError("{}: cannot create the log ({}).".format(path, _short(e))) from e
+
+
+def read_dataset(ds: Any, selection: Any, where: str) -> Any:
+    """Read ``ds[selection]``, turning HDF5 read failures (bad checksum, truncation) into LogReadError."""
+    try:
+        return ds[selection]
+    except OSError as e:
+        raise LogReadError(
+            "{}: {}: cannot read data ({}); the file is corrupt or truncated. "
+            "Run `moetape verify` for details.".format(where, ds.name, _short(e))
+        ) from e
+
+
+def check_output(path: str, *, force: bool) -> None:
+    """Raise OutputExistsError if ``path`` exists and ``force`` is False."""
+    if os.path.lexists(path) and not force:
+        raise OutputExistsError("{}: exists. Choose another path or pass --force to overwrite.".format(path))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, *, force: bool = False, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``force`` is False.
+    """
+    path = os.fspath(path)
+    check_output(path, force=force)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp", dir=directory)
+    os.close(fd)
+    os.remove(tmp)
+    try:
+        yield tmp
+        if os.path.isdir(path) and force:
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            if os.path.isdir(tmp):
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.remove(tmp)
+
+
+def _short(e: BaseException) -> str:
+    """Return the first line of an exception's message."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,371 @@
+"""Read event logs: complete, crashed and still-being-written ones, streaming with bounded memory.
+
+Readers trust ``n_committed``, never dataset lengths. Fields are named as in the layout without
+the group for steps/ ("obs", "terms/task_reaching_pos_err", "metrics/x") and with it for frames/
+("frames/root_pos").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from moetape.schema import layout
+from moetape.schema.errors import LogFormatError, NewerFormatError
+from moetape.schema.io import open_for_read, read_dataset
+from moetape.schema.upcast import upcast
+from moetape.schema.version import FORMAT_VERSION, OLDEST_READABLE
+
+STREAM_BYTES = 32 * 1024 * 1024
+EnvSel = Union[None, int, slice, Sequence[int]]
+
+
+@dataclass
+class Chunk:
+    """Rows of policy steps [start, stop) for the requested fields.
+
+    data: field -> array; steps/ fields (stop-start, E, ...), frames/ fields
+    ((stop-start) * frames_per_step, E, ...); the env axis is dropped when one env was selected.
+    """
+
+    start: int
+    stop: int
+    data: Dict[str, np.ndarray]
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return [_decode(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Log:
+    """An open event log. Use ``open_log(path)``; close it or use it as a context manager."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.fspath(path)
+        self._f = open_for_read(self.path)
+        try:
+            self._load()
+        except BaseException:
+            self._f.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+    def _load(self) -> None:
+        f, p = self._f, self.path
+        if layout.FORMAT_VERSION_ATTR not in f.attrs:
+            raise LogFormatError(
+                "{}: HDF5 file without a 'format_version' attribute: not a moetape log. "
+                "Pass a log written by `moetape record`.".format(p))
+        version = int(f.attrs[layout.FORMAT_VERSION_ATTR])
+        if version > FORMAT_VERSION:
+            raise NewerFormatError(
+                "{}: format_version {} is newer than this moetape reads ({}-{}). "
+                "Upgrade: pip install -U moetape".format(p, version, OLDEST_READABLE, FORMAT_VERSION))
+        if version < OLDEST_READABLE:
+            raise LogFormatError("{}: format_version {} is older than any moetape release reads ({}-{}).".format(
+                p, version, OLDEST_READABLE, FORMAT_VERSION))
+        self.format_version = version
+        missing = [a for a in layout.META_ATTRS if a not in f.attrs]
+        if missing:
+            raise LogFormatError("{}: missing root attributes {}; expected a complete moetape log. "
+                                 "Run `moetape verify` for details.".format(p, missing))
+        meta = {k: _decode(f.attrs[k]) for k in f.attrs}
+        self.meta, _ = upcast(meta, {}, version)
+        for name in (layout.N_COMMITTED, layout.RUN_STATUS):
+            if name not in f:
+                raise LogFormatError("{}: dataset '{}' missing; expected a complete moetape log.".format(p, name))
+        self._paths = self._field_paths()
+        absent = [fp for fp in self._paths.values() if fp not in f]
+        if absent:
+            raise LogFormatError("{}: {} dataset(s) missing: {}. The file is damaged or not written by "
+                                 "moetape; run `moetape verify`.".format(p, len(absent), ", ".join(absent[:5])))
+        self.refresh()
+
+    def _field_paths(self) -> Dict[str, str]:
+        names: Dict[str, str] = {}
+        for name in layout.STEP_FIELDS:
+            names[name] = layout.step_path(name)
+        for name in self.term_names:
+            names["terms/" + name] = layout.TERMS + "/" + name
+        for name in self.metric_names:
+            names["metrics/" + name] = layout.METRICS + "/" + name
+        for name in layout.FRAME_FIELDS:
+            names["frames/" + name] = layout.frame_path(name)
+        return names
+
+    def refresh(self) -> None:
+        """Re-read the commit counter and run status (a writer may still be appending)."""
+        f = self._f
+        for name in (layout.N_COMMITTED, layout.RUN_STATUS, layout.END_TIME):
+            if name in f:
+                f[name].refresh()
+        counts = read_dataset(f[layout.N_COMMITTED], (), self.path)
+        self.n_steps = int(counts[0])
+        self.n_frames = int(counts[1])
+        self.run_status = _decode(f[layout.RUN_STATUS][()]).strip("\x00 ")
+        self.end_time_utc = _decode(f[layout.END_TIME][()]).strip("\x00 ") if layout.END_TIME in f else ""
+        for fp in self._paths.values():
+            f[fp].refresh()
+            n = self.n_frames if layout.stream_of(fp) else self.n_steps
+            if f[fp].shape[0] < n:
+                raise LogFormatError(
+                    "{}: n_committed says {} rows but {} has {}; the file is damaged. "
+                    "Run `moetape verify` for details.".format(self.path, n, fp, f[fp].shape[0]))
+
+    # ------------------------------------------------------------------ metadata
+    def _attr(self, name: str) -> Any:
+        return self.meta[name]
+
+    @property
+    def n_envs(self) -> int:
+        return int(self._attr("n_envs"))
+
+    @property
+    def expert_names(self) -> List[str]:
+        return list(self._attr("expert_names"))
+
+    @property
+    def joint_names(self) -> List[str]:
+        return list(self._attr("joint_names"))
+
+    @property
+    def body_names(self) -> List[str]:
+        return list(self._attr("body_names"))
+
+    @property
+    def term_names(self) -> List[str]:
+        return list(self._attr("term_names"))
+
+    @property
+    def metric_names(self) -> List[str]:
+        return list(self._attr("metric_names"))
+
+    @property
+    def sim_dt_s(self) -> float:
+        return float(self._attr("sim_dt_s"))
+
+    @property
+    def decimation(self) -> int:
+        return int(self._attr("decimation"))
+
+    @property
+    def policy_dt_s(self) -> float:
+        return float(self._attr("policy_dt_s"))
+
+    @property
+    def frames_per_step(self) -> int:
+        return int(self._attr("frames_per_step"))
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return float(self._attr("frame_rate_hz"))
+
+    @property
+    def log_id(self) -> str:
+        return str(self._attr("log_id"))
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return dict(json.loads(self._attr("config_json") or "{}"))
+
+    @property
+    def provenance(self) -> Dict[str, Any]:
+        return dict(json.loads(self._attr("provenance_json") or "{}"))
+
+    @property
+    def ended_cleanly(self) -> bool:
+        return self.run_status == layout.STATUS_CLEAN
+
+    @property
+    def model_xml(self) -> Optional[str]:
+        """Return the robot MJCF stored in the log, or None (e.g. Isaac Gym runs)."""
+        if layout.MODEL_MJCF not in self._f:
+            return None
+        raw = read_dataset(self._f[layout.MODEL_MJCF], (), self.path)
+        return bytes(np.asarray(raw, dtype=np.uint8)).decode("utf-8")
+
+    def trajectory(self) -> Optional[Dict[str, Any]]:
+        """Return {"ee_pos", "ee_axis_angle" float32 (n,T,3), "dt_s"} if stored, else None."""
+        if layout.TRAJ_EE_POS not in self._f:
+            return None
+        ds = self._f[layout.TRAJ_EE_POS]
+        return {
+            "ee_pos": read_dataset(ds, (), self.path),
+            "ee_axis_angle": read_dataset(self._f[layout.TRAJ_EE_AXIS_ANGLE], (), self.path),
+            "dt_s": float(ds.attrs["dt_s"]),
+        }
+
+    def fields(self) -> List[str]:
+        """Return every readable field name."""
+        return list(self._paths)
+
+    def has_field(self, name: str) -> bool:
+        return name in self._paths
+
+    # ------------------------------------------------------------------ data
+    def _path(self, field: str) -> str:
+        try:
+            return self._paths[field]
+        except KeyError:
+            raise LogFormatError("{}: no field '{}'; fields are: {}".format(
+                self.path, field, ", ".join(self._paths))) from None
+
+    def _env_index(self, env: EnvSel) -> Any:
+        if env is None:
+            return slice(None)
+        if isinstance(env, slice):
+            return env
+        if isinstance(env, (int, np.integer)):
+            if not 0 <= int(env) < self.n_envs:
+                raise LogFormatError("{}: env {} out of range; the log has {} envs (0-{}).".format(
+                    self.path, env, self.n_envs, self.n_envs - 1))
+            return int(env)
+        idx = [int(i) for i in env]
+        bad = [i for i in idx if not 0 <= i < self.n_envs]
+        if bad:
+            raise LogFormatError("{}: envs {} out of range; the log has {} envs.".format(self.path, bad, self.n_envs))
+        return idx
+
+    def read(self, field: str, start: int = 0, stop: Optional[int] = None, *, env: EnvSel = None) -> np.ndarray:
+        """Read policy steps [start, stop) of ``field`` (frames/ fields: those steps' frame rows).
+
+        Returns:
+            steps/ fields (n, E, ...), frames/ fields (n * frames_per_step, E, ...); without the env
+            axis when ``env`` is an int. ``t_wall_s``, frames/step and frames/substep have no env axis.
+        """
+        path = self._path(field)
+        stop = self.n_steps if stop is None else min(int(stop), self.n_steps)
+        start = max(0, min(int(start), stop))
+        if layout.stream_of(path):
+            fps = self.frames_per_step
+            rows = slice(start * fps, stop * fps)
+        else:
+            rows = slice(start, stop)
+        ds = self._f[path]
+        sel: Any = (rows, self._env_index(env)) if ds.ndim > 1 else rows
+        if isinstance(sel, tuple) and isinstance(sel[1], list):
+            out = read_dataset(ds, rows, self.path)[:, sel[1]]
+        else:
+            out = read_dataset(ds, sel, self.path)
+        values = {field: out}
+        if self.format_version != FORMAT_VERSION:
+            _, values = upcast(dict(self.meta), values, self.format_version)
+        return np.asarray(values[field])
+
+    def step_bytes(self, fields: Sequence[str]) -> int:
+        """Return the bytes one policy step of ``fields`` takes (all envs)."""
+        total = 0
+        for name in fields:
+            ds = self._f[self._path(name)]
+            rows = self.frames_per_step if layout.stream_of(ds.name.lstrip("/")) else 1
+            total += int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize * rows
+        return max(1, total)
+
+    def iter_chunks(self, fields: Sequence[str], *, start: int = 0, stop: Optional[int] = None,
+                    env: EnvSel = None, chunk_steps: Optional[int] = None) -> Iterator[Chunk]:
+        """Yield the committed steps [start, stop) in chunks of about 32 MB (memory stays bounded)."""
+        fields = list(fields)
+        for name in fields:
+            self._path(name)
+        stop = self.n_steps if stop is None else min(int(stop), self.n_steps)
+        per = chunk_steps or max(1, STREAM_BYTES // self.step_bytes(fields))
+        s = max(0, int(start))
+        while s < stop:
+            e = min(stop, s + per)
+            yield Chunk(s, e, {name: self.read(name, s, e, env=env) for name in fields})
+            s = e
+
+    def follow(self, fields: Sequence[str], *, start: int = 0, poll_s: float = 0.25,
+               idle_timeout_s: Optional[float] = None, env: EnvSel = None) -> Iterator[Chunk]:
+        """Yield steps as the writer commits them, until the run ends (or no new step for idle_timeout_s)."""
+        s = start
+        last_new = time.monotonic()
+        while True:
+            self.refresh()
+            if self.n_steps > s:
+                for chunk in self.iter_chunks(fields, start=s, stop=self.n_steps, env=env):
+                    yield chunk
+                s = self.n_steps
+                last_new = time.monotonic()
+                continue
+            if self.run_status != layout.STATUS_RUNNING:
+                return
+            if idle_timeout_s is not None and time.monotonic() - last_new > idle_timeout_s:
+                return
+            time.sleep(poll_s)
+
+    def dataset(self, field: str) -> Any:
+        """Return the raw h5py dataset of ``field`` (for verify and tools; mind n_committed)."""
+        return self._f[self._path(field)]
+
+    @property
+    def h5(self) -> Any:
+        """The underlying read-only h5py.File."""
+        return self._f
+
+    def info(self) -> Dict[str, Any]:
+        """Return a JSON-ready summary: provenance, sizes, rates, status, file size."""
+        prov = self.provenance
+        return {
+            "path": self.path,
+            "format_version": self.format_version,
+            "log_id": self.log_id,
+            "moetape_version": self.meta.get("moetape_version"),
+            "created_utc": self.meta.get("created_utc"),
+            "end_time_utc": self.end_time_utc or None,
+            "run_status": self.run_status,
+            "ended_cleanly": self.ended_cleanly,
+            "backend": self.meta.get("backend"),
+            "n_steps": self.n_steps,
+            "n_frames": self.n_frames,
+            "n_envs": self.n_envs,
+            "env_steps": self.n_steps * self.n_envs,
+            "obs_dim": int(self.meta["obs_dim"]),
+            "action_dim": int(self.meta["action_dim"]),
+            "expert_names": self.expert_names,
+            "joint_names": self.joint_names,
+            "n_bodies": len(self.body_names),
+            "term_names": self.term_names,
+            "metric_names": self.metric_names,
+            "sim_dt_s": self.sim_dt_s,
+            "decimation": self.decimation,
+            "policy_dt_s": self.policy_dt_s,
+            "frames_per_step": self.frames_per_step,
+            "frame_rate_hz": self.frame_rate_hz,
+            "duration_s": self.n_steps * self.policy_dt_s,
+            "has_model": layout.MODEL_MJCF in self._f,
+            "command_line": self.meta.get("command_line"),
+            "provenance": prov,
+            "size_bytes": os.path.getsize(self.path),
+        }
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_log(path: str) -> Log:
+    """Open a moetape log for reading.
+
+    Raises:
+        LogReadError: missing, not HDF5, truncated or unreadable.
+        LogFormatError: HDF5 but not a (complete) moetape log, or a counter larger than the data.
+        NewerFormatError: written by a newer moetape.
+    """
+    return Log(path)

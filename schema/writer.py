@@ -1,0 +1,460 @@
+"""Append policy steps to an event log: buffered batches, one background thread, crash-safe commits.
+
+The caller hands in one policy step for all envs at a time (numpy arrays). Steps are copied
+into a batch buffer; full batches go through a bounded queue to a thread that owns the h5py
+handle and, per batch: resizes, writes the rows, raises ``n_committed``, then flushes. A slow
+disk blocks the caller (the queue is bounded), so memory never grows with run length. A partly
+filled batch is committed at least every ``flush_seconds`` so a killed run loses at most that.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import h5py
+import numpy as np
+
+from moetape.schema import layout
+from moetape.schema.errors import LogFormatError, LogWriteError
+from moetape.schema.io import create_for_write
+from moetape.schema.version import FORMAT_VERSION
+
+CHUNK_TARGET_BYTES = 512 * 1024
+BATCH_TARGET_BYTES = 8 * 1024 * 1024
+MAX_BATCH_STEPS = 256
+MAX_CHUNK_ROWS = 1024
+ENTROPY_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """Sizes and names of a log; fixed when the file is created (datasets cannot be added later)."""
+
+    n_envs: int
+    obs_dim: int
+    action_dim: int
+    joint_names: List[str]
+    body_names: List[str]
+    expert_names: List[str] = field(default_factory=lambda: ["base", "arm"])
+    term_names: List[str] = field(default_factory=list)
+    metrics: Dict[str, Tuple[Tuple[int, ...], str]] = field(default_factory=dict)
+    sim_dt_s: float = 0.005
+    decimation: int = 4
+    frames_per_step: int = 1
+    backend: str = "mujoco"
+
+    @property
+    def sizes(self) -> Dict[str, int]:
+        """Return the symbol sizes of layout.field_specs."""
+        return {
+            "E": self.n_envs,
+            "O": self.obs_dim,
+            "A": self.action_dim,
+            "K": len(self.expert_names),
+            "J": len(self.joint_names),
+            "B": len(self.body_names),
+        }
+
+    def datasets(self) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+        """Return every dataset path -> (row shape, dtype)."""
+        return layout.field_specs(self.sizes, list(self.term_names), dict(self.metrics))
+
+    def validate(self) -> None:
+        """Raise LogFormatError if sizes or names are unusable."""
+        problems = []
+        for name in ("n_envs", "obs_dim", "action_dim", "decimation"):
+            if int(getattr(self, name)) < 1:
+                problems.append("{} must be >= 1, got {}".format(name, getattr(self, name)))
+        if self.frames_per_step not in (1, self.decimation):
+            problems.append("frames_per_step must be 1 or decimation ({}), got {}".format(
+                self.decimation, self.frames_per_step))
+        if len(self.expert_names) < 1:
+            problems.append("at least one expert name is needed")
+        for group, names in (("terms", self.term_names), ("metrics", list(self.metrics))):
+            for n in names:
+                if not n or "/" in n or n != n.strip():
+                    problems.append("{} name {!r} is not a plain name".format(group, n))
+            if len(set(names)) != len(names):
+                problems.append("{} names repeat: {}".format(group, names))
+        if problems:
+            raise LogFormatError("log spec: " + "; ".join(problems))
+
+
+def gate_entropy(gate: np.ndarray) -> np.ndarray:
+    """Return -sum_k w_k ln(w_k + 1e-8) over the last axis; gate float32 (..., K) -> float32 (...)."""
+    g = np.asarray(gate, dtype=np.float32)
+    return (-(g * np.log(g + np.float32(ENTROPY_EPS))).sum(axis=-1)).astype(np.float32)
+
+
+def chunk_shape(row_shape: Tuple[int, ...], itemsize: int, target: int = CHUNK_TARGET_BYTES) -> Tuple[int, ...]:
+    """Chunk a growable dataset so a chunk holds about ``target`` bytes and at most 1024 rows.
+
+    Up to 256 envs share a chunk (so reading one env does not read every env of a large run), and
+    as many rows as fit the target.
+    """
+    if not row_shape:
+        return (int(max(1, min(MAX_CHUNK_ROWS, target // itemsize))),)
+    env_chunk = min(row_shape[0], 256)
+    inner = int(np.prod(row_shape[1:], dtype=np.int64)) if len(row_shape) > 1 else 1
+    per_row = max(1, env_chunk * inner * itemsize)
+    rows = int(max(1, min(MAX_CHUNK_ROWS, target // per_row)))
+    return (rows, env_chunk) + tuple(row_shape[1:])
+
+
+def utc_now() -> str:
+    """Return the current UTC time as ISO 8601 with seconds."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+class _Batch:
+    """Rows of up to ``capacity`` steps, preallocated per dataset."""
+
+    def __init__(self, specs: Mapping[str, Tuple[Tuple[int, ...], str]], capacity: int, fps: int) -> None:
+        self.n = 0
+        self.capacity = capacity
+        self.fps = fps
+        self.first_row_t = 0.0
+        self.arrays: Dict[str, np.ndarray] = {}
+        for path, (shape, dtype) in specs.items():
+            rows = capacity * fps if layout.stream_of(path) == 1 else capacity
+            self.arrays[path] = np.empty((rows,) + shape, dtype=dtype)
+
+    def view(self) -> Dict[str, np.ndarray]:
+        """Return the filled rows of every dataset."""
+        return {
+            p: a[: self.n * self.fps] if layout.stream_of(p) == 1 else a[: self.n]
+            for p, a in self.arrays.items()
+        }
+
+
+class LogWriter:
+    """Write a new event log; use as a context manager.
+
+    Example:
+        with LogWriter("run.h5", spec, meta={...}) as log:
+            log.append(step_fields, frame_fields)
+
+    ``append`` takes, per policy step, every steps/ field of layout.STEP_FIELDS keyed by name
+    (arrays with a leading env axis E; ``gate_entropy`` and ``t_wall_s`` are filled in when
+    absent), ``terms/<name>`` and ``metrics/<name>`` for the declared ones, and every frames/
+    field with a leading axis of frames_per_step rows (``step``/``substep`` are filled in).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        spec: LogSpec,
+        *,
+        meta: Optional[Mapping[str, Any]] = None,
+        model_xml: Optional[str] = None,
+        model_source: str = "",
+        trajectory: Optional[Tuple[np.ndarray, np.ndarray, float]] = None,
+        force: bool = False,
+        batch_steps: Optional[int] = None,
+        max_batches: int = 4,
+        flush_seconds: float = 1.0,
+        chunk_bytes: int = CHUNK_TARGET_BYTES,
+    ) -> None:
+        spec.validate()
+        self.path = os.fspath(path)
+        self.spec = spec
+        self.flush_seconds = float(flush_seconds)
+        self.chunk_bytes = int(chunk_bytes)
+        self._specs = spec.datasets()
+        self._fps = spec.frames_per_step
+        step_bytes = sum(
+            int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize * (self._fps if layout.stream_of(p) else 1)
+            for p, (s, d) in self._specs.items()
+        )
+        self.batch_steps = int(batch_steps or max(1, min(MAX_BATCH_STEPS, BATCH_TARGET_BYTES // step_bytes)))
+        self._t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._batch = _Batch(self._specs, self.batch_steps, self._fps)
+        self._queue: "queue.Queue[Optional[_Batch]]" = queue.Queue(maxsize=max(1, max_batches))
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        self.n_appended = 0
+        self.n_committed = 0
+        self._file = create_for_write(self.path, force=force)
+        try:
+            self._create(meta or {}, model_xml, model_source, trajectory)
+            self._file.swmr_mode = True
+        except BaseException:
+            self._file.close()
+            os.remove(self.path)
+            raise
+        self._thread = threading.Thread(target=self._run, name="moetape-log-writer", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- creation (before SWMR)
+    def _create(self, meta: Mapping[str, Any], model_xml: Optional[str], model_source: str,
+                trajectory: Optional[Tuple[np.ndarray, np.ndarray, float]]) -> None:
+        f, spec = self._file, self.spec
+        from moetape import __version__
+
+        attrs: Dict[str, Any] = {
+            layout.FORMAT_VERSION_ATTR: FORMAT_VERSION,
+            "moetape_version": __version__,
+            "log_id": uuid.uuid4().hex,
+            "created_utc": utc_now(),
+            "command_line": str(meta.get("command_line", "")),
+            "config_json": json.dumps(meta.get("config", {}), sort_keys=True, default=str),
+            "provenance_json": json.dumps(meta.get("provenance", {}), sort_keys=True, default=str),
+            "expert_names": list(spec.expert_names),
+            "joint_names": list(spec.joint_names),
+            "body_names": list(spec.body_names),
+            "term_names": list(spec.term_names),
+            "metric_names": list(spec.metrics),
+            "n_envs": spec.n_envs,
+            "obs_dim": spec.obs_dim,
+            "action_dim": spec.action_dim,
+            "sim_dt_s": float(spec.sim_dt_s),
+            "decimation": spec.decimation,
+            "policy_dt_s": float(spec.sim_dt_s * spec.decimation),
+            "frames_per_step": spec.frames_per_step,
+            "frame_rate_hz": float(spec.frames_per_step / (spec.sim_dt_s * spec.decimation)),
+            "backend": spec.backend,
+        }
+        attrs.update(meta.get("keep_attrs", {}))  # upgrade keeps the source's identity
+        for key, value in attrs.items():
+            if isinstance(value, list):
+                f.attrs.create(key, value, dtype=h5py.string_dtype())
+            else:
+                f.attrs[key] = value
+        f.create_dataset(layout.N_COMMITTED, data=np.zeros(2, dtype=np.int64))
+        f[layout.N_COMMITTED].attrs["columns"] = ["steps", "frames"]
+        f.create_dataset(layout.RUN_STATUS, data=np.bytes_(layout.STATUS_RUNNING), dtype="S16")
+        f.create_dataset(layout.END_TIME, data=np.bytes_(b""), dtype="S32")
+        for path, (shape, dtype) in self._specs.items():
+            ds = f.create_dataset(
+                path, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
+                chunks=chunk_shape(shape, np.dtype(dtype).itemsize, self.chunk_bytes), fletcher32=True,
+            )
+            name = path.rsplit("/", 1)[-1]
+            if name in layout.UNITS:
+                ds.attrs["unit"] = layout.UNITS[name]
+            if name in layout.FRAMES_WORLD:
+                ds.attrs["frame"] = "world"
+        if model_xml is not None:
+            import hashlib
+
+            raw = model_xml.encode("utf-8")
+            ds = f.create_dataset(layout.MODEL_MJCF, data=np.frombuffer(raw, dtype=np.uint8))
+            ds.attrs["sha256"] = hashlib.sha256(raw).hexdigest()
+            ds.attrs["source"] = model_source
+        if trajectory is not None:
+            ee_pos, ee_aa, dt_s = trajectory
+            f.create_dataset(layout.TRAJ_EE_POS, data=np.asarray(ee_pos, np.float32), fletcher32=True)
+            f.create_dataset(layout.TRAJ_EE_AXIS_ANGLE, data=np.asarray(ee_aa, np.float32), fletcher32=True)
+            f[layout.TRAJ_EE_POS].attrs["dt_s"] = float(dt_s)
+        f.flush()
+
+    # ---------------------------------------------------------------- caller side
+    def append(self, step: Mapping[str, np.ndarray], frames: Optional[Mapping[str, np.ndarray]] = None) -> None:
+        """Buffer one policy step of every env (see the class docstring for the keys).
+
+        Raises:
+            LogFormatError: a field is missing or has the wrong shape.
+            LogWriteError: the writer thread failed or the log is closed.
+        """
+        self._raise_if_failed()
+        if self._closed:
+            raise LogWriteError("{}: the log is closed; cannot append.".format(self.path))
+        rows = self._check(step, frames or {})
+        with self._lock:
+            b = self._batch
+            i = b.n
+            if i == 0:
+                b.first_row_t = time.monotonic()
+            for path, (value, stream) in rows.items():
+                if stream == 0:
+                    b.arrays[path][i] = value
+                else:
+                    b.arrays[path][i * self._fps:(i + 1) * self._fps] = value
+            b.n += 1
+            self.n_appended += 1
+            if b.n >= b.capacity or time.monotonic() - b.first_row_t >= self.flush_seconds:
+                # Queued under the lock, so batches reach the queue in the order they were taken.
+                self._put(self._take_locked())
+
+    def _check(self, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]) -> Dict[str, Tuple[Any, int]]:
+        """Return path -> (value, stream) for one step, filling derived fields; raise on bad input."""
+        rows: Dict[str, Tuple[Any, int]] = {}
+        problems: List[str] = []
+        n = self.n_appended
+        for path, (shape, _dtype) in self._specs.items():
+            stream = layout.stream_of(path)
+            key = path.split("/", 1)[1]
+            src = step if stream == 0 else frames
+            if key in src:
+                value = np.asarray(src[key])
+            elif key == "gate_entropy" and "gate" in step:
+                value = gate_entropy(step["gate"])
+            elif key == "t_wall_s":
+                value = np.float64(time.monotonic() - self._t0)
+            elif key == "step":
+                value = np.full(self._fps, n, dtype=np.int64)
+            elif key == "substep":
+                value = np.arange(self._fps, dtype=np.int8)
+            else:
+                problems.append("{}: missing".format(path))
+                continue
+            want = shape if stream == 0 else (self._fps,) + shape
+            if value.shape != want:
+                problems.append("{}: shape {}, expected {}".format(path, value.shape, want))
+                continue
+            rows[path] = (value, stream)
+        extra = [k for k in step if layout.step_path(k) not in self._specs]
+        extra += ["frames/" + k for k in frames if layout.frame_path(k) not in self._specs]
+        if extra:
+            problems.append("undeclared fields {} (declare terms/metrics in the LogSpec)".format(sorted(extra)))
+        if problems:
+            raise LogFormatError("{}: step {}: {}".format(self.path, n, "; ".join(problems)))
+        return rows
+
+    def _take_locked(self) -> Optional[_Batch]:
+        """Swap the filled batch for a fresh one (caller holds the lock)."""
+        b = self._batch
+        if b.n == 0:
+            return None
+        self._batch = _Batch(self._specs, self.batch_steps, self._fps)
+        return b
+
+    def _put(self, item: Optional[_Batch]) -> None:
+        """Queue a batch for the writer thread, blocking while the queue is full."""
+        while True:
+            self._raise_if_failed()
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            e = self._error
+            raise LogWriteError(
+                "{}: writing the log failed ({}: {}). The {} steps committed before the failure are "
+                "kept and readable; free disk space or pick another path, then record again.".format(
+                    self.path, type(e).__name__, str(e).splitlines()[0] if str(e) else "", self.n_committed)
+            ) from e
+
+    def flush(self) -> None:
+        """Commit every step appended so far and wait until it is on disk."""
+        with self._lock:
+            b = self._take_locked()
+            if b is not None:
+                self._put(b)
+        while self._queue.unfinished_tasks and self._thread.is_alive():
+            time.sleep(0.005)
+        self._raise_if_failed()
+
+    def close(self, status: str = layout.STATUS_CLEAN) -> None:
+        """Commit the remaining steps, mark the run's end status, and close the file (idempotent).
+
+        Raises:
+            LogWriteError: the writer thread failed (re-raised here as well as from append).
+        """
+        if self._closed:
+            self._raise_if_failed()
+            return
+        self._closed = True
+        try:
+            with self._lock:
+                b = self._take_locked()
+                if b is not None and self._error is None:
+                    self._put(b)
+            if self._thread.is_alive():
+                self._queue.put(None)
+                self._thread.join()
+        finally:
+            if self._error is not None:
+                status = layout.STATUS_FAILED
+            try:
+                self._file[layout.RUN_STATUS][()] = np.bytes_(status)
+                self._file[layout.END_TIME][()] = np.bytes_(utc_now())
+                self._file.flush()
+            except Exception:  # noqa: BLE001 - disk full; the committed rows stay readable
+                pass
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._raise_if_failed()
+
+    def __enter__(self) -> "LogWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close(layout.STATUS_CLEAN)
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close(layout.STATUS_INTERRUPTED)
+        else:
+            try:
+                self.close(layout.STATUS_FAILED)
+            except LogWriteError:
+                pass  # the exception that ended the block is the one to report
+
+    # ---------------------------------------------------------------- writer thread
+    def _run(self) -> None:
+        """Own the h5py handle: write batches, commit, flush; commit stale partial batches."""
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_seconds / 2)
+            except queue.Empty:
+                stale = self._take_stale()
+                if stale is not None and self._error is None:
+                    try:  # taken with the queue empty: every earlier row is written already
+                        self._write(stale)
+                    except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                        self._error = e
+                continue
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(item)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller (STYLE §6.4)
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _take_stale(self) -> Optional[_Batch]:
+        """Take the caller's partial batch if it is older than flush_seconds and nothing is queued.
+
+        The caller queues batches while holding the lock, so with the lock held and the queue empty
+        every earlier row is already written and this batch is next in order. The timed acquire
+        avoids a deadlock with a caller that holds the lock while waiting for queue space.
+        """
+        if not self._lock.acquire(timeout=0.05):
+            return None
+        try:
+            b = self._batch
+            if b.n == 0 or not self._queue.empty() or time.monotonic() - b.first_row_t < self.flush_seconds:
+                return None
+            return self._take_locked()
+        finally:
+            self._lock.release()
+
+    def _write(self, b: _Batch) -> None:
+        """Resize, write the rows, raise n_committed, flush: the commit order readers rely on."""
+        f = self._file
+        s0 = self.n_committed
+        s1 = s0 + b.n
+        for path, rows in b.view().items():
+            ds = f[path]
+            start = s0 * self._fps if layout.stream_of(path) else s0
+            ds.resize(start + rows.shape[0], axis=0)
+            ds[start:start + rows.shape[0]] = rows
+        f[layout.N_COMMITTED][...] = np.array([s1, s1 * self._fps], dtype=np.int64)
+        f.flush()
+        self.n_committed = s1
