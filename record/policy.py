@@ -25,6 +25,7 @@ with ``w = softmax(gate(obs))``, as in the legacy ``act_inference``; column 0 is
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import pickle
 import re
@@ -148,7 +149,10 @@ class LoadedPolicy:
 def check_dims(policy: LoadedPolicy, obs_dim: int, action_dim: int, env_name: str) -> None:
     """Raise InputError unless the policy's obs and action sizes equal the environment's."""
     path = policy.sources[0]["path"] if policy.sources else "policy"
-    for what, got, want in (("observation", policy.obs_dim, obs_dim), ("action", policy.action_dim, action_dim)):
+    for what, got, want in (
+        ("observation", policy.obs_dim, obs_dim),
+        ("action", policy.action_dim, action_dim),
+    ):
         if got != want:
             raise InputError(
                 f"{path}: {what} size does not match env {env_name!r}; expected {want} (env), got {got} "
@@ -197,7 +201,9 @@ def load_policy(
         if path is None:
             continue
         if k >= len(experts):
-            raise InputError(f"{path}: the MoE has no {role} expert; expected >= {k + 1} experts, got {len(experts)}")
+            raise InputError(
+                f"{path}: the MoE has no {role} expert; expected >= {k + 1} experts, got {len(experts)}"
+            )
         experts[k] = _override_actor(path, device, experts[k], role, moe_path)
         sources.append({"role": role, "path": str(path), "sha256": sha256_file(path)})
     module, obs_dim, action_dim = _build(moe_path, kind, sd, prefixes, experts, gate)
@@ -237,7 +243,14 @@ def sha256_file(path: str) -> str:
 def read_checkpoint(path: str, device: str = "cpu") -> Any:
     """Return ``torch.load(path, weights_only=True)``, translating every failure into InputError."""
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file; expected an rsl_rl checkpoint (.pt), got nothing. Check the path")
+        raise InputError(
+            f"{path}: no such file; expected an rsl_rl checkpoint (.pt), got nothing. Check the path"
+        )
+    if "weights_only" not in inspect.signature(torch.load).parameters:
+        raise InputError(
+            f"{path}: cannot load a checkpoint safely with this torch; expected torch >= 1.13 "
+            f"(torch.load weights_only), got {torch.__version__}. Upgrade torch"
+        )
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of non-torch files; the error below says more
@@ -251,7 +264,7 @@ def read_checkpoint(path: str, device: str = "cpu") -> Any:
                 f"only the state dicts"
             ) from e
         raise InputError(_not_torch(path, e)) from e
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, ImportError) as e:
+    except Exception as e:  # arbitrary bytes make torch raise anything: KeyError, IndexError, ...
         raise InputError(_not_torch(path, e)) from e
 
 
@@ -389,6 +402,12 @@ def _build(
     return module, obs_dim, action_dim
 
 
+def _layer_order(key: str) -> Tuple[int, int, str]:
+    """Sort ``0.weight`` before ``0.bias`` before ``2.weight``; unknown keys last."""
+    m = _LAYER_KEY.match(key)
+    return (int(m.group(1)), 0 if m.group(2) == "weight" else 1, key) if m else (1 << 30, 0, key)
+
+
 def _override_actor(path: str, device: str, current: StateDict, role: str, moe_path: str) -> StateDict:
     """Return the actor of a plain expert checkpoint, checked against the MoE expert it replaces."""
     ckpt = read_checkpoint(path, device)
@@ -406,8 +425,8 @@ def _override_actor(path: str, device: str, current: StateDict, role: str, moe_p
             f"{path}: not an rsl_rl expert checkpoint; expected model_state_dict with std, actor.*, "
             f"critic.*, got {found}. Pass the {role} expert's model_*.pt"
         )
-    actor = {k: v for k, v in _sub(sd, "actor.").items()}
-    for key in sorted(set(current) | set(actor)):
+    actor = _sub(sd, "actor.")
+    for key in sorted(set(current) | set(actor), key=_layer_order):
         want = tuple(current[key].shape) if key in current else None
         got = tuple(actor[key].shape) if key in actor else None
         if want != got:

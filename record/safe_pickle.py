@@ -59,6 +59,10 @@ _BUILTIN_NAMES = (
 )
 
 
+def _const(obj: Any) -> Callable[[], Any]:
+    return lambda: obj
+
+
 def _builtin_allow_list() -> Dict[Tuple[str, str], Callable[[], Any]]:
     import builtins
     import codecs
@@ -66,11 +70,10 @@ def _builtin_allow_list() -> Dict[Tuple[str, str], Callable[[], Any]]:
 
     allowed: Dict[Tuple[str, str], Callable[[], Any]] = {}
     for name in _BUILTIN_NAMES:
-        obj = getattr(builtins, name)
         for module in ("builtins", "__builtin__"):  # protocol 0-2 pickles name Python 2's module
-            allowed[(module, name)] = lambda obj=obj: obj
-    allowed[("collections", "OrderedDict")] = lambda: collections.OrderedDict
-    allowed[("_codecs", "encode")] = lambda: codecs.encode
+            allowed[(module, name)] = _const(getattr(builtins, name))
+    allowed[("collections", "OrderedDict")] = _const(collections.OrderedDict)
+    allowed[("_codecs", "encode")] = _const(codecs.encode)
     return allowed
 
 
@@ -88,8 +91,8 @@ def _numpy_frombuffer() -> Any:
 
 def _array_allow_list() -> Dict[Tuple[str, str], Callable[[], Any]]:
     allowed = _builtin_allow_list()
-    allowed[("numpy", "ndarray")] = lambda: np.ndarray
-    allowed[("numpy", "dtype")] = lambda: np.dtype
+    allowed[("numpy", "ndarray")] = _const(np.ndarray)
+    allowed[("numpy", "dtype")] = _const(np.dtype)
     for core in ("numpy.core", "numpy._core"):
         allowed[(core + ".multiarray", "_reconstruct")] = _numpy_reconstruct
         allowed[(core + ".multiarray", "scalar")] = _numpy_scalar

@@ -1,0 +1,757 @@
+"""Isaac Gym backend: an adapter around the user's UMI-on-Legs-style ``IsaacGymEnv``.
+
+UNVERIFIED ON REAL ISAAC GYM. isaacgym is not on PyPI and no machine here has it. The adapter is
+written against the attribute names below, read from the public UMI-on-Legs code
+(``mani-centric-wbc/legged_gym/env/isaacgym/{env,state,task,control}.py`` and ``scripts/play.py``),
+and tested against a stand-in env object with the same names and shapes.
+
+Assumed env attributes (all in :class:`IsaacGymNames`; pass ``names=IsaacGymNames(...)`` to change
+any of them). Tensors are torch tensors on ``env.device``, E = number of envs, B = rigid bodies:
+
+======================================  ==========================================================
+``env.num_envs`` / ``env.num_actions``  int, E and A (18)
+``env.device``                          str, torch device of every tensor
+``env.state.root_state``                (E, 13) [pos, xyzw quat, lin vel, ang vel], world
+``env.state.dof_pos`` / ``dof_vel``     (E, J)
+``env.state.rigid_body_pos``            (E, B, 3), world
+``env.state.rigid_body_xyzw_quat``      (E, B, 4), world, xyzw (Isaac Gym convention, kept as is)
+``env.state.contact_forces``            (E, B, 3), net contact force, world
+``env.state.episode_time``              (E,) seconds
+``env.state.sim_dt``                    float, passed to the task's target lookup (legacy does)
+``env.ctrl.torque`` or ``env.torques``  (E, J) torque of the last physics substep; zeros if neither
+``env.tasks["reaching"]``               the EE task (else the first task in ``env.tasks``) with
+  ``.get_target_pose(times, sim_dt)``   times (E,) s -> (E, 4, 4) world target pose
+  ``.link_index``                       int, EE rigid-body index into the B bodies
+``env.dof_names``                       J joint names
+``env.body_names`` or ``env.gym.get_actor_rigid_body_names(env.envs[0], env.actor_handles[0])``
+``env.sim_params.dt``                   physics dt, s
+``env.controller.decimation_count_range`` (lo, hi); must be fixed (lo == hi), else
+``env.cfg.control.decimation`` or ``env.decimation``  (legged_gym spellings)
+``env.max_episode_length_s``            episode length, s (else ``env.cfg.env.episode_length_s``)
+``env.reset()``                         -> obs (E, O) or (obs, privileged_obs)
+``env.step(actions, callback=cb)``      -> obs, privileged_obs, rewards (E,), dones (E,), infos;
+                                        ``cb(env)`` is called before each physics substep
+``infos``                               per-env (E,) tensors become terms (nested dicts such as
+                                        ``infos["episode"]`` flattened to ``"episode/<key>"``; any
+                                        value that is not (E,) is skipped); ``infos["time_outs"]``
+                                        (E,) bool is the timeout flag, not a term
+======================================  ==========================================================
+
+Timing (see ``moetape.record.backend``): pre-step fields and frame row 0 are read before
+``env.step``. Physics substeps run inside ``env.step``, so substep rows (``substep_frames=True``)
+need the env's per-substep ``callback`` keyword (UMI-on-Legs has it; it is what the legacy
+headless ``logs.zarr`` rows came from). An env whose ``step`` has no such keyword cannot give
+substep rows: the adapter raises and tells the user to record with ``frames=policy``. The ``torque``
+of row f is the torque applied over substep f, read at the next callback (or after the step for the
+last substep). Without a callback, the single row's torque is the one read after the step, that is
+the last substep's torque, an approximation.
+
+Building from ``config.pkl``: see :func:`build_env_config` (the play overrides) and
+:meth:`IsaacGymBackend.__init__`. isaacgym must be imported before torch (an Isaac Gym rule): call
+:func:`import_isaacgym` before anything imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import inspect
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from moetape.record.backend import (
+    FUTURE_TARGET_OFFSETS_S,
+    PRE_FIELDS,
+    BackendInfo,
+    StepResult,
+    frame_fields,
+)
+from moetape.record.safe_pickle import PathLike, load_builtins_pickle
+from moetape.schema.errors import InputError
+
+log = logging.getLogger(__name__)
+
+ISAACGYM_MISSING = (
+    "isaacgym is not installed: it ships with NVIDIA Isaac Gym Preview 4, not PyPI; use --backend mujoco"
+)
+
+SUBSTEP_FRAMES_UNSUPPORTED = (
+    "this Isaac Gym env steps its {decimation} physics substeps inside env.step() and its step() takes no "
+    "{kwarg!r} keyword, so substep frames cannot be read from outside; record with frames=policy "
+    "(one frame row per policy step)"
+)
+
+
+@dataclass(frozen=True)
+class IsaacGymNames:
+    """Where the adapter finds things on the env; dotted paths are relative to the env object.
+
+    A tuple lists alternatives, tried in order; the first that exists is used.
+    """
+
+    state: str = "state"
+    root_state: str = "root_state"  # on state, (E, 13)
+    dof_pos: str = "dof_pos"  # on state, (E, J)
+    dof_vel: str = "dof_vel"  # on state, (E, J)
+    body_pos: str = "rigid_body_pos"  # on state, (E, B, 3)
+    body_quat_xyzw: str = "rigid_body_xyzw_quat"  # on state, (E, B, 4)
+    contact_forces: str = "contact_forces"  # on state, (E, B, 3)
+    episode_time: str = "episode_time"  # on state, (E,)
+    state_sim_dt: str = "sim_dt"  # on state, float
+    torque: Tuple[str, ...] = ("ctrl.torque", "torques")  # (E, J); zeros when none exists
+    tasks: str = "tasks"  # dict name -> task
+    task_name: str = "reaching"  # falls back to the first task
+    task_target_pose: str = "get_target_pose"  # method (times (E,), sim_dt) -> (E, 4, 4)
+    task_ee_body_index: str = "link_index"  # int attribute of the task
+    dof_names: Tuple[str, ...] = ("dof_names",)
+    body_names: Tuple[str, ...] = ("body_names", "rigid_body_names")
+    sim_dt: Tuple[str, ...] = ("sim_params.dt", "sim_dt", "dt")
+    decimation: Tuple[str, ...] = (
+        "controller.decimation_count_range",
+        "cfg.control.decimation",
+        "decimation",
+    )
+    episode_length_s: Tuple[str, ...] = ("max_episode_length_s", "cfg.env.episode_length_s")
+    time_outs_key: str = "time_outs"  # in infos
+    step_callback_kwarg: Optional[str] = "callback"  # None: never pass a per-substep callback
+
+
+DEFAULT_NAMES = IsaacGymNames()
+
+# ------------------------------------------------------------------ building the env from config.pkl
+
+PLAY_OVERRIDES: Tuple[Tuple[str, Any, str], ...] = (
+    ("cfg.terrain.mode", "plane", "plane terrain"),
+    ("cfg.terrain.mesh_type", "plane", "plane terrain (legged_gym spelling)"),
+    ("cfg.domain_rand.push_robots", False, "no pushes"),
+    ("cfg.domain_rand.transport_robots", False, "no transports"),
+    ("cfg.init_state.pos_noise", [0.0, 0.0, 0.0], "no init noise"),
+    ("cfg.init_state.euler_noise", [0.0, 0.0, 0.0], "no init noise"),
+    ("cfg.init_state.lin_vel_noise", [0.0, 0.0, 0.0], "no init noise"),
+    ("cfg.init_state.ang_vel_noise", [0.0, 0.0, 0.0], "no init noise"),
+    ("dof_pos_reset_range_scale", 0.0, "no init joint noise"),
+    ("constraints", {}, "constraints off"),
+)
+"""Legacy play overrides: (key path in the env config, value, why). Applied only where the path
+exists; the env config is ``config["env"]`` (or the whole config when it has a ``_target_``)."""
+
+DEVICE_KEYS = ("device", "sim_device", "rl_device")
+"""Keys replaced by the chosen device anywhere in the env config (legacy replaced every "device")."""
+
+NUM_ENVS_PATHS = ("cfg.env.num_envs", "controller.num_envs", "num_envs")
+TRAJECTORY_PATH_KEYS = ("sequence_sampler", "file_path")  # under each task of ``tasks``
+
+
+def build_env_config(
+    config: Mapping[str, Any],
+    *,
+    num_envs: int,
+    device: str,
+    trajectory_path: Optional[PathLike] = None,
+    visualize: bool = False,
+    seed: Optional[int] = None,
+) -> Tuple[Dict[str, Any], List[str]]:
+    """Return a deep copy of the env config with the play overrides applied, and what was applied.
+
+    The caller's ``config`` is never modified. Overrides (see :data:`PLAY_OVERRIDES`) are applied
+    only where their key path exists, except two required ones: ``num_envs`` (set at every path in
+    :data:`NUM_ENVS_PATHS` that exists, else at the top of the env config) and the device (every key
+    in :data:`DEVICE_KEYS` anywhere, else ``sim_device`` at the top). Also, where present:
+    ``graphics_device_id`` (the cuda index, 0 on cpu), ``headless`` (not visualize),
+    ``attach_camera`` (visualize), ``seed``, and each task's ``sequence_sampler.file_path``.
+
+    Returns:
+        (env_config, applied): the patched copy and one line per override applied.
+    """
+    env_cfg = config.get("env") if "_target_" not in config else config
+    if not isinstance(env_cfg, Mapping) or "_target_" not in env_cfg:
+        raise InputError(
+            "config.pkl: no env config with a '_target_' (expected config['env']['_target_'], the hydra "
+            "class of the Isaac Gym env)"
+        )
+    cfg: Dict[str, Any] = copy.deepcopy(dict(env_cfg))
+    applied: List[str] = []
+
+    for path, value, why in PLAY_OVERRIDES:
+        if _set_existing(cfg, path, copy.deepcopy(value)):
+            applied.append(f"{path} = {value!r} ({why})")
+
+    targets = [p for p in NUM_ENVS_PATHS[:-1] if _has_path(cfg, p)] or [NUM_ENVS_PATHS[-1]]
+    for path in targets:
+        _set_path(cfg, path, int(num_envs))
+        applied.append(f"{path} = {int(num_envs)}")
+
+    replaced = _replace_keys(cfg, DEVICE_KEYS, device)
+    if not replaced:
+        cfg["sim_device"] = device
+        replaced = ["sim_device"]
+    applied.extend(f"{p} = {device!r}" for p in replaced)
+    gpu = int(device.split("cuda:")[-1]) if device.startswith("cuda:") else 0
+    applied.extend(f"{p} = {gpu}" for p in _replace_keys(cfg, ("graphics_device_id",), gpu))
+
+    for path, value in (("headless", not visualize), ("attach_camera", bool(visualize))):
+        if _set_existing(cfg, path, value):
+            applied.append(f"{path} = {value!r}")
+    if seed is not None and _set_existing(cfg, "seed", int(seed)):
+        applied.append(f"seed = {int(seed)}")
+
+    if trajectory_path is not None:
+        tasks = cfg.get("tasks")
+        for name, task in tasks.items() if isinstance(tasks, dict) else ():
+            path = ".".join(("tasks", str(name)) + TRAJECTORY_PATH_KEYS)
+            if isinstance(task, dict) and _set_existing(cfg, path, os.fspath(trajectory_path)):
+                applied.append(f"{path} = {os.fspath(trajectory_path)!r}")
+    return cfg, applied
+
+
+def _has_path(cfg: Mapping[str, Any], path: str) -> bool:
+    node: Any = cfg
+    for key in path.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _set_path(cfg: Dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = cfg
+    for key in parents:
+        node = node[key]
+    node[last] = value
+
+
+def _set_existing(cfg: Dict[str, Any], path: str, value: Any) -> bool:
+    if not _has_path(cfg, path):
+        return False
+    _set_path(cfg, path, value)
+    return True
+
+
+def _replace_keys(node: Any, keys: Sequence[str], value: Any, prefix: str = "") -> List[str]:
+    """Set every dict key in ``keys`` anywhere under ``node`` to ``value``; return their paths."""
+    done: List[str] = []
+    if isinstance(node, dict):
+        for k in list(node):
+            path = f"{prefix}{k}"
+            if k in keys:
+                node[k] = value
+                done.append(path)
+            else:
+                done.extend(_replace_keys(node[k], keys, value, path + "."))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            done.extend(_replace_keys(item, keys, value, f"{prefix}{i}."))
+    return done
+
+
+def import_isaacgym() -> Any:
+    """Import and return ``isaacgym`` (do it before torch is imported), or raise InputError."""
+    try:
+        import isaacgym  # noqa: F401
+        from isaacgym import gymapi, gymutil  # noqa: F401
+    except ImportError as e:
+        missing = str(getattr(e, "name", None) or "")
+        if missing == "isaacgym" or missing.startswith("isaacgym."):
+            raise InputError(ISAACGYM_MISSING) from None
+        raise InputError(f"isaacgym failed to import: {e} (import isaacgym before torch)") from e
+    return isaacgym
+
+
+def instantiate(cfg: Mapping[str, Any], **kwargs: Any) -> Any:
+    """Instantiate a hydra-style config: ``hydra.utils.instantiate`` when hydra is importable.
+
+    Without hydra, a minimal stand-in: import the dotted ``_target_`` with importlib and call it with
+    the remaining keys (and ``kwargs``), instantiating nested ``_target_`` dicts first; ``_partial_:
+    true`` gives a ``functools.partial``; ``_args_`` are positional; other ``_..._`` keys are dropped.
+    Interpolations are not resolved and nested configs stay plain dicts (hydra would give
+    ``DictConfig``), so envs that read ``cfg.env.num_envs`` as attributes need hydra.
+    """
+    try:
+        import hydra.utils
+    except ImportError:
+        return _instantiate_plain(cfg, **kwargs)
+    return hydra.utils.instantiate(cfg, **kwargs)
+
+
+def _instantiate_plain(node: Any, **kwargs: Any) -> Any:
+    if isinstance(node, list):
+        return [_instantiate_plain(v) for v in node]
+    if not isinstance(node, Mapping):
+        return node
+    if "_target_" not in node:
+        return {k: _instantiate_plain(v) for k, v in node.items()}
+    module_name, _, attr = str(node["_target_"]).rpartition(".")
+    if not module_name:
+        raise InputError(f"config: _target_ {node['_target_']!r} is not a dotted name")
+    target = getattr(importlib.import_module(module_name), attr)
+    args = [_instantiate_plain(v) for v in node.get("_args_", [])]
+    params = {
+        k: _instantiate_plain(v) for k, v in node.items() if not (k.startswith("_") and k.endswith("_"))
+    }
+    params.update(kwargs)
+    if node.get("_partial_", False):
+        return functools.partial(target, *args, **params)
+    return target(*args, **params)
+
+
+def _resolve_interpolations(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Resolve ``${...}`` interpolations with omegaconf when it is importable; else return a copy."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        return copy.deepcopy(dict(config))
+    try:
+        return OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)  # type: ignore[return-value]
+    except Exception as e:  # noqa: BLE001 - a custom resolver missing here; hydra may still resolve
+        log.warning("config.pkl: could not resolve interpolations (%s); using it as stored", e)
+        return copy.deepcopy(dict(config))
+
+
+def _build_env(
+    config: Mapping[str, Any],
+    *,
+    num_envs: int,
+    device: str,
+    trajectory_path: Optional[PathLike],
+    visualize: bool,
+    seed: Optional[int],
+) -> Tuple[Any, List[str]]:
+    import_isaacgym()
+    from isaacgym import gymapi, gymutil
+
+    resolved = _resolve_interpolations(config)
+    env_cfg, applied = build_env_config(
+        resolved,
+        num_envs=num_envs,
+        device=device,
+        trajectory_path=trajectory_path,
+        visualize=visualize,
+        seed=seed,
+    )
+    log.info("Isaac Gym play overrides applied: %s", "; ".join(applied) or "none")
+    sim_params = gymapi.SimParams()
+    sim_cfg = env_cfg.get("cfg", {}).get("sim")
+    if isinstance(sim_cfg, dict):
+        gymutil.parse_sim_config(sim_cfg, sim_params)
+    if seed is not None:
+        _seed_everything(int(seed))
+    return instantiate(env_cfg, sim_params=sim_params), applied
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------ the adapter
+
+
+class IsaacGymBackend:
+    """The Backend protocol over a UMI-on-Legs-style Isaac Gym env (see the module docstring).
+
+    Args:
+        env: an already-built env (tests pass a stand-in); when given, nothing is imported or built.
+        config: the resolved hydra config dict; else read from ``config_path`` or from
+            ``config.pkl`` next to ``checkpoint_path`` with the restricted builtins unpickler.
+        trajectory_path: patched into each task's ``sequence_sampler.file_path``.
+        num_envs, device, visualize, seed: play settings (see :func:`build_env_config`).
+        names: where to find things on the env (:class:`IsaacGymNames`).
+        term_names: the per-env infos terms to record; ``None`` probes them with one zero-action
+            step after a reset (``reset()`` must be called before stepping anyway).
+    """
+
+    def __init__(
+        self,
+        *,
+        env: Any = None,
+        config: Optional[Mapping[str, Any]] = None,
+        config_path: Optional[PathLike] = None,
+        checkpoint_path: Optional[PathLike] = None,
+        trajectory_path: Optional[PathLike] = None,
+        num_envs: int = 1,
+        device: str = "cuda:0",
+        visualize: bool = False,
+        seed: Optional[int] = None,
+        names: IsaacGymNames = DEFAULT_NAMES,
+        term_names: Optional[Sequence[str]] = None,
+    ) -> None:
+        self.names = names
+        self.applied_overrides: List[str] = []
+        self._owns_env = env is None
+        if env is None:
+            if config is None:
+                config = load_builtins_pickle(_config_path(config_path, checkpoint_path))
+                if not isinstance(config, dict):
+                    raise InputError(f"config.pkl: expected a dict, got {type(config).__name__}")
+            env, self.applied_overrides = _build_env(
+                config, num_envs=num_envs, device=device, trajectory_path=trajectory_path,
+                visualize=visualize, seed=seed,
+            )  # fmt: skip
+        self.env = env
+        self._closed = False
+        self.n_envs = int(env.num_envs)
+        self.device = str(getattr(env, "device", device))
+        self._task = self._find_task()
+        self._ee_index = int(getattr(self._task, names.task_ee_body_index))
+        self.decimation = self._read_decimation()
+        self._callback_ok = self._step_accepts_callback()
+        self._episode = np.zeros(self.n_envs, np.int32)
+        self._step_in_episode = np.zeros(self.n_envs, np.int32)
+        obs_dim, probed = self._probe()
+        dof_pos = self._state_array(names.dof_pos)
+        body_pos = self._state_array(names.body_pos)
+        self.info = BackendInfo(
+            name="isaacgym",
+            n_envs=self.n_envs,
+            obs_dim=obs_dim,
+            action_dim=int(env.num_actions),
+            joint_names=self._joint_names(dof_pos.shape[1]),
+            body_names=self._body_names(body_pos.shape[1]),
+            term_names=list(term_names) if term_names is not None else probed,
+            sim_dt_s=float(_first_attr(env, names.sim_dt)),
+            decimation=self.decimation,
+            episode_length_s=float(_first_attr(env, names.episode_length_s)),
+            versions=_versions(),
+            device=self.device,
+        )
+        self._frame_fields = frame_fields(dof_pos.shape[1], body_pos.shape[1])
+
+    # -------------------------------------------------------------------------- protocol
+
+    def reset(self) -> np.ndarray:
+        """Reset every env and return the observation, float32 (E, O)."""
+        torch = _torch()
+        with torch.inference_mode():
+            out = self.env.reset()
+        obs = out[0] if isinstance(out, tuple) else out
+        self._episode[:] = 0
+        self._step_in_episode[:] = 0
+        return _np(obs, np.float32).reshape(self.n_envs, -1)
+
+    def step(self, action: np.ndarray, *, substep_frames: bool) -> StepResult:
+        """Apply ``action`` float32 (E, A) for one policy step and return what happened."""
+        if substep_frames and not self._callback_ok:
+            raise InputError(
+                SUBSTEP_FRAMES_UNSUPPORTED.format(
+                    decimation=self.decimation, kwarg=self.names.step_callback_kwarg
+                )
+            )
+        torch = _torch()
+        pre = self._capture_pre()
+        first = self._capture_frame()
+        rows: List[Dict[str, np.ndarray]] = []
+        torques: List[np.ndarray] = []
+
+        def on_substep(_env: Any) -> None:
+            if rows:  # the torque of the substep that just ended
+                torques.append(self._torque())
+            rows.append(first if not rows else (self._capture_frame() if substep_frames else {}))
+
+        kwargs: Dict[str, Any] = {}
+        if self._callback_ok and self.names.step_callback_kwarg:
+            kwargs[self.names.step_callback_kwarg] = on_substep
+        with torch.inference_mode():
+            actions = torch.as_tensor(np.asarray(action, np.float32), device=self.device)
+            out = self.env.step(actions.reshape(self.n_envs, -1), **kwargs)
+        obs, _privileged, reward, done, infos = out
+        torques.append(self._torque())
+        if self._callback_ok and len(rows) != self.decimation:
+            raise RuntimeError(
+                f"Isaac Gym env ran {len(rows)} physics substeps in one step, expected {self.decimation}; "
+                f"is its decimation randomised?"
+            )
+        frames = self._stack_frames(rows if substep_frames else [first], torques)
+        done_np = _np(done, np.bool_).reshape(self.n_envs)
+        timeout = self._timeout(infos, done_np)
+        self._advance_episodes(done_np)
+        return StepResult(
+            obs=_np(obs, np.float32).reshape(self.n_envs, -1),
+            reward=_np(reward, np.float32).reshape(self.n_envs),
+            done=done_np,
+            timeout=timeout,
+            terms=self._terms(infos),
+            pre=pre,
+            frames=frames,
+        )
+
+    def close(self) -> None:
+        """Release the simulator (``env.close()`` if it has one, else destroy viewer and sim)."""
+        if self._closed:
+            return
+        self._closed = True
+        env = self.env
+        if callable(getattr(env, "close", None)):
+            env.close()
+        elif self._owns_env and getattr(env, "gym", None) is not None:
+            if getattr(env, "viewer", None) is not None:
+                env.gym.destroy_viewer(env.viewer)
+            if getattr(env, "sim", None) is not None:
+                env.gym.destroy_sim(env.sim)
+
+    # ------------------------------------------------------------------------ reading the env
+
+    def _find_task(self) -> Any:
+        tasks = _get_path(self.env, self.names.tasks)
+        if not tasks:
+            raise InputError(
+                f"Isaac Gym env has no tasks in env.{self.names.tasks}; moetape needs the EE reaching task"
+            )
+        task = tasks.get(self.names.task_name)
+        return task if task is not None else next(iter(tasks.values()))
+
+    def _read_decimation(self) -> int:
+        value = _first_attr(self.env, self.names.decimation)
+        if isinstance(value, (tuple, list)):
+            lo, hi = int(value[0]), int(value[-1])
+            if lo != hi:
+                raise InputError(
+                    f"Isaac Gym env randomises its decimation ({lo}..{hi} substeps per step); moetape needs "
+                    f"a fixed one: set env.controller.decimation_count to one integer in config.pkl"
+                )
+            return lo
+        return int(value)
+
+    def _step_accepts_callback(self) -> bool:
+        kwarg = self.names.step_callback_kwarg
+        if kwarg is None:
+            return False
+        try:
+            return kwarg in inspect.signature(self.env.step).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def _probe(self) -> Tuple[int, List[str]]:
+        """Reset, take one zero-action step, and return (obs dim, per-env infos term names)."""
+        torch = _torch()
+        with torch.inference_mode():
+            out = self.env.reset()
+            obs = out[0] if isinstance(out, tuple) else out
+            zeros = torch.zeros((self.n_envs, int(self.env.num_actions)), device=self.device)
+            infos = self.env.step(zeros)[4]
+        return int(_np(obs, np.float32).reshape(self.n_envs, -1).shape[1]), list(self._flat_terms(infos))
+
+    def _state_array(self, name: str, dtype: Any = np.float32) -> np.ndarray:
+        return _np(getattr(_get_path(self.env, self.names.state), name), dtype)
+
+    def _torque(self) -> np.ndarray:
+        for path in self.names.torque:
+            value = _get_path(self.env, path, None)
+            if value is not None:
+                return _np(value, np.float32).reshape(self.n_envs, -1)
+        return np.zeros_like(self._state_array(self.names.dof_pos))
+
+    def _sim_dt_for_task(self) -> float:
+        state = _get_path(self.env, self.names.state)
+        value = getattr(state, self.names.state_sim_dt, None)
+        return float(value) if value is not None else float(_first_attr(self.env, self.names.sim_dt))
+
+    def _target_pose(self, offset_s: float) -> Tuple[np.ndarray, np.ndarray]:
+        """World target pose at episode_time + offset: pos float32 (E, 3), quat xyzw float32 (E, 4)."""
+        state = _get_path(self.env, self.names.state)
+        times = getattr(state, self.names.episode_time) + float(offset_s)
+        pose = _np(
+            getattr(self._task, self.names.task_target_pose)(times=times, sim_dt=self._sim_dt_for_task()),
+            np.float64,
+        )
+        return pose[:, :3, 3].astype(np.float32), matrix_to_quat_xyzw(pose[:, :3, :3]).astype(np.float32)
+
+    def _capture_pre(self) -> Dict[str, np.ndarray]:
+        torch = _torch()
+        with torch.inference_mode():
+            target_pos, target_quat = self._target_pose(0.0)
+        body_pos = self._state_array(self.names.body_pos)
+        body_quat = self._state_array(self.names.body_quat_xyzw)
+        pre = {
+            "ee_pos": body_pos[:, self._ee_index],
+            "ee_quat_xyzw": body_quat[:, self._ee_index],
+            "target_pos": target_pos,
+            "target_quat_xyzw": target_quat,
+            "episode": self._episode.copy(),
+            "step_in_episode": self._step_in_episode.copy(),
+        }
+        return {k: np.ascontiguousarray(v, dtype=PRE_FIELDS[k][1]) for k, v in pre.items()}
+
+    def _capture_frame(self) -> Dict[str, np.ndarray]:
+        """Simulator state now, every frame field but torque, each (E, *shape)."""
+        torch = _torch()
+        root = self._state_array(self.names.root_state)
+        with torch.inference_mode():
+            future = [self._target_pose(t) for t in FUTURE_TARGET_OFFSETS_S]
+        return {
+            "root_pos": root[:, 0:3],
+            "root_quat_xyzw": root[:, 3:7],
+            "root_lin_vel": root[:, 7:10],
+            "root_ang_vel": root[:, 10:13],
+            "dof_pos": self._state_array(self.names.dof_pos),
+            "dof_vel": self._state_array(self.names.dof_vel),
+            "body_pos": self._state_array(self.names.body_pos),
+            "body_quat_xyzw": self._state_array(self.names.body_quat_xyzw),
+            "contact_force": self._state_array(self.names.contact_forces),
+            "episode_time_s": self._state_array(self.names.episode_time).reshape(self.n_envs),
+            "target_future_pos": np.stack([p for p, _ in future], axis=1),
+            "target_future_quat_xyzw": np.stack([q for _, q in future], axis=1),
+        }
+
+    def _stack_frames(
+        self, rows: List[Dict[str, np.ndarray]], torques: List[np.ndarray]
+    ) -> Dict[str, np.ndarray]:
+        out = {}
+        for name, (_shape, dtype) in self._frame_fields.items():
+            if name == "torque":
+                out[name] = np.stack(torques[: len(rows)]).astype(dtype)
+            else:
+                out[name] = np.ascontiguousarray(np.stack([r[name] for r in rows]), dtype=dtype)
+        return out
+
+    def _timeout(self, infos: Mapping[str, Any], done: np.ndarray) -> np.ndarray:
+        value = infos.get(self.names.time_outs_key) if isinstance(infos, Mapping) else None
+        if value is None:
+            return np.zeros(self.n_envs, np.bool_)
+        # Envs keep the last reset's time-out buffer in infos, so only ended envs can have timed out.
+        return _np(value, np.bool_).reshape(self.n_envs) & done
+
+    def _flat_terms(self, infos: Any, prefix: str = "") -> Dict[str, np.ndarray]:
+        """Per-env (E,) numeric infos values, nested dicts flattened with "/"; the rest is skipped."""
+        out: Dict[str, np.ndarray] = {}
+        if not isinstance(infos, Mapping):
+            return out
+        for key, value in infos.items():
+            name = f"{prefix}{key}"
+            if not prefix and key == self.names.time_outs_key:
+                continue
+            if isinstance(value, Mapping):
+                out.update(self._flat_terms(value, name + "/"))
+                continue
+            try:
+                array = _np(value, None)
+            except (TypeError, ValueError, RuntimeError):
+                continue
+            if array.shape == (self.n_envs,) and array.dtype.kind in "biuf":
+                out[name] = array.astype(np.float32)
+        return out
+
+    def _terms(self, infos: Any) -> Dict[str, np.ndarray]:
+        flat = self._flat_terms(infos)
+        nan = np.full(self.n_envs, np.nan, np.float32)
+        return {name: flat.get(name, nan).copy() for name in self.info.term_names}
+
+    def _advance_episodes(self, done: np.ndarray) -> None:
+        self._step_in_episode += 1
+        self._episode[done] += 1
+        self._step_in_episode[done] = 0
+
+    def _joint_names(self, n: int) -> List[str]:
+        names = _first_attr(self.env, self.names.dof_names, None)
+        return (
+            [str(x) for x in names]
+            if names is not None and len(names) == n
+            else [f"joint_{i}" for i in range(n)]
+        )
+
+    def _body_names(self, n: int) -> List[str]:
+        names = _first_attr(self.env, self.names.body_names, None)
+        if names is None:
+            try:  # UMI-on-Legs keeps them only in the gym asset
+                names = self.env.gym.get_actor_rigid_body_names(self.env.envs[0], self.env.actor_handles[0])
+            except (AttributeError, IndexError, TypeError):
+                names = None
+        return (
+            [str(x) for x in names]
+            if names is not None and len(names) == n
+            else [f"body_{i}" for i in range(n)]
+        )
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+_MISSING = object()
+
+
+def _get_path(obj: Any, path: str, default: Any = _MISSING) -> Any:
+    for part in path.split("."):
+        if isinstance(obj, Mapping) and part in obj:
+            obj = obj[part]
+            continue
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            if default is _MISSING:
+                raise AttributeError(f"Isaac Gym env has no {path!r} (missing {part!r})") from None
+            return default
+    return obj
+
+
+def _first_attr(obj: Any, paths: Sequence[str], default: Any = _MISSING) -> Any:
+    for path in paths:
+        value = _get_path(obj, path, None)
+        if value is not None:
+            return value
+    if default is _MISSING:
+        raise InputError(f"Isaac Gym env has none of {', '.join('env.' + p for p in paths)}")
+    return default
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _np(value: Any, dtype: Any) -> np.ndarray:
+    """Copy a torch tensor (any device) or array-like to a host numpy array of ``dtype``."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    # Always copy: on a cpu device .numpy() shares memory with the sim buffers that change in place.
+    return np.array(value, dtype=dtype, copy=True)
+
+
+def matrix_to_quat_xyzw(matrix: np.ndarray) -> np.ndarray:
+    """Convert rotation matrices float (..., 3, 3) to unit quaternions float64 (..., 4), xyzw, w >= 0."""
+    m = np.asarray(matrix, np.float64)
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    # Shepperd: pick the largest of 4w^2, 4x^2, 4y^2, 4z^2 as the pivot for stability.
+    cand = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    pivot = np.argmax(cand, axis=-1)
+    s = np.sqrt(np.maximum(np.take_along_axis(cand, pivot[..., None], -1)[..., 0], 1e-300)) * 2
+    w = np.where(pivot == 0, s / 4, 0.0)
+    x = np.where(pivot == 1, s / 4, 0.0)
+    y = np.where(pivot == 2, s / 4, 0.0)
+    z = np.where(pivot == 3, s / 4, 0.0)
+    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    s01, s02, s12 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
+    x = np.where(pivot == 0, d21 / s, np.where(pivot == 2, s01 / s, np.where(pivot == 3, s02 / s, x)))
+    y = np.where(pivot == 0, d02 / s, np.where(pivot == 1, s01 / s, np.where(pivot == 3, s12 / s, y)))
+    z = np.where(pivot == 0, d10 / s, np.where(pivot == 1, s02 / s, np.where(pivot == 2, s12 / s, z)))
+    w = np.where(pivot == 1, d21 / s, np.where(pivot == 2, d02 / s, np.where(pivot == 3, d10 / s, w)))
+    q = np.stack([x, y, z, w], -1)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[..., 3:4] < 0, -q, q)
+
+
+def _config_path(config_path: Optional[PathLike], checkpoint_path: Optional[PathLike]) -> str:
+    if config_path is not None:
+        return os.fspath(config_path)
+    if checkpoint_path is None:
+        raise InputError("Isaac Gym backend needs env=, config=, config_path= or checkpoint_path=")
+    return os.path.join(os.path.dirname(os.path.abspath(os.fspath(checkpoint_path))), "config.pkl")
+
+
+def _versions() -> Dict[str, str]:
+    versions = {}
+    for name in ("isaacgym", "torch", "hydra", "omegaconf"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = str(getattr(module, "__version__", "unknown"))
+    return versions

@@ -1,0 +1,484 @@
+"""The embedded MuJoCo backend: E envs of the EE-tracking task on one MjModel and E MjData, on the CPU.
+
+The task reproduces the MoE env of DESIGN.md §5: 200 Hz physics, decimation 4 (50 Hz policy), PD
+targets ``default + 0.25 * action`` (C-side position actuators with kp/kv, torque-limited by
+``forcerange``), 7 s episodes, and the 109-dim observation laid out in :data:`OBS_LAYOUT`.
+
+Env ``i`` plays trajectory episode ``(i + k * E) mod N`` on its ``k``-th episode, xy-centred on the
+world origin; the robot spawns at (-0.5, 0, h) facing +x. Per-env Python work is kept to a few
+C calls and copies out of cached MjData views; everything else is numpy over all envs at once.
+
+Timing (see moetape.record.backend): after ``mj_step`` MuJoCo's derived fields (body poses, contacts,
+actuator forces) still describe the state *before* that substep, so a frame row is read right after
+its substep: qpos/qvel are copied before it, the rest after it. ``mj_kinematics`` then refreshes the
+poses for the observation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
+
+import mujoco
+import numpy as np
+
+from moetape.record import poses as mm
+from moetape.record.backend import PRE_FIELDS, BackendInfo, StepResult, frame_fields
+from moetape.record.trajectory import Trajectories
+from moetape.schema.errors import InputError
+
+JOINT_NAMES: Tuple[str, ...] = tuple(
+    f"{leg}_{part}_joint" for leg in ("FL", "FR", "RL", "RR") for part in ("hip", "thigh", "calf")
+) + tuple(f"joint{i}" for i in range(1, 7))
+"""The 18 actuated joints in action order: 12 legs (FL, FR, RL, RR x hip, thigh, calf), then the arm."""
+
+DEFAULT_JOINT_POS = np.array([0, 0.8, -1.5] * 2 + [0, 1.0, -1.5] * 2 + [0, 0.4, 1.6, 0, -0.43, 0], np.float64)
+"""rad (18,): default pose when the MJCF has no keyframe named "default"."""
+
+BUNDLED_XML = __file__.rsplit("/", 1)[0] + "/assets/legged_manipulator.xml"
+SIM_DT_S = 0.005
+DECIMATION = 4
+POLICY_DT_S = SIM_DT_S * DECIMATION
+ACTION_SCALE = 0.25
+SPAWN_XY = (-0.5, 0.0)
+DEFAULT_SPAWN_Z_M = 0.34
+OBS_TARGET_TIMES_S = (0.02, 0.04, 0.06, 1.0)
+"""Future times (s after the current episode time) of the 4 EE targets in the observation."""
+TARGET_TIMES_S = np.array((0.0,) + OBS_TARGET_TIMES_S)
+"""Times of the cached targets: now (pre fields, errors) then the observation's 4."""
+
+
+def _build_obs_layout() -> Tuple[Tuple[str, slice], ...]:
+    sizes = [("dof_pos", 18), ("dof_vel", 18), ("projected_gravity", 3), ("base_ang_vel", 3)]
+    for t in OBS_TARGET_TIMES_S:
+        sizes += [(f"ee_target_{t:.2f}s_pos", 3), (f"ee_target_{t:.2f}s_rot6d", 6)]
+    sizes += [("base_lin_vel_cmd", 3), ("yaw_rate_cmd", 3), ("root_pos", 3), ("base_lin_vel", 3)]
+    sizes += [("yaw", 1), ("last_action", 18)]
+    layout, start = [], 0
+    for name, n in sizes:
+        layout.append((name, slice(start, start + n)))
+        start += n
+    return tuple(layout)
+
+
+OBS_LAYOUT: Tuple[Tuple[str, slice], ...] = _build_obs_layout()
+"""The 109-dim observation, term by term (name, slice), DESIGN.md §5:
+
+dof_pos 0:18 (q - default, rad) · dof_vel 18:36 (rad/s * 0.05) · projected_gravity 36:39 (base frame) ·
+base_ang_vel 39:42 (base frame, rad/s * 0.25) · 4 x [ee_target_{t}s_pos (target in the current EE
+frame, m * 10), ee_target_{t}s_rot6d (first two columns of R_ee^T R_target, column-wise, * 1.5)] for
+t = 0.02, 0.04, 0.06, 1.0 s, 42:78 · base_lin_vel_cmd 78:81 and yaw_rate_cmd 81:84 (zeros) ·
+root_pos 84:87 (world, m) · base_lin_vel 87:90 (base frame, m/s) · yaw 90:91 (rad) · last_action 91:109.
+"""
+OBS_DIM = OBS_LAYOUT[-1][1].stop
+OBS: Dict[str, slice] = dict(OBS_LAYOUT)
+OBS_TARGETS = slice(OBS["ee_target_0.02s_pos"].start, OBS["ee_target_1.00s_rot6d"].stop)
+OBS_COMMANDS = slice(OBS["base_lin_vel_cmd"].start, OBS["yaw_rate_cmd"].stop)
+
+REWARD_WEIGHTS: Dict[str, float] = {
+    "reward_pos": 1.0,  # * exp(-pos_err / 0.1 m)
+    "reward_ori": 0.5,  # * exp(-ori_err / 0.5 rad)
+    "reward_upright": -1.0,  # * |projected gravity xy|^2
+    "reward_action_rate": -0.01,  # * sum((a - a_prev)^2)
+    "reward_termination": -10.0,  # * terminated (not on timeout)
+}
+"""Reward parts (per policy step, not scaled by dt); ``reward_total`` is their sum."""
+
+TERM_NAMES: Tuple[str, ...] = ("task_reaching_pos_err", "task_reaching_ori_err", "reward_total") + tuple(
+    REWARD_WEIGHTS
+)
+MIN_BASE_HEIGHT_M = 0.12
+MAX_TILT_RAD = np.deg2rad(60.0)
+TRUNK_CONTACT_N = 1.0
+
+
+def _load_model(path: str) -> Tuple[mujoco.MjModel, str]:
+    """Load a self-contained MJCF; return the model and its text. Raise InputError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the robot MJCF ({e.strerror})") from e
+    if re.search(r"<include\b|\bfile\s*=", text):
+        raise InputError(
+            f"{path}: only self-contained MJCF is supported (no <include> or file= meshes/textures), "
+            "so the log can embed the model"
+        )
+    try:
+        model = mujoco.MjModel.from_xml_string(text)
+    except ValueError as e:
+        raise InputError(f"{path}: MuJoCo cannot load it: {str(e).strip()}") from e
+    return model, text
+
+
+class _Indices:
+    """Model addresses the backend needs, resolved by name once."""
+
+    def __init__(self, m: mujoco.MjModel, path: str) -> None:
+        jids = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in JOINT_NAMES]
+        missing = [n for n, j in zip(JOINT_NAMES, jids) if j < 0]
+        if missing:
+            which = (
+                "joint " + repr(missing[0])
+                if len(missing) == 1
+                else "joints " + ", ".join(map(repr, missing))
+            )
+            raise InputError(f"{path}: {which} missing; expected the 18 joints {', '.join(JOINT_NAMES)}")
+        free = [j for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+        if not free:
+            raise InputError(f"{path}: no free joint; the robot's trunk needs one")
+        self.root_body = int(m.jnt_bodyid[free[0]])
+        self.root_qpos = int(m.jnt_qposadr[free[0]])
+        self.root_dof = int(m.jnt_dofadr[free[0]])
+        self.qpos = np.array([m.jnt_qposadr[j] for j in jids])
+        self.dof = np.array([m.jnt_dofadr[j] for j in jids])
+        acts = {int(m.actuator_trnid[a, 0]): a for a in range(m.nu) if m.actuator_trntype[a] == 0}
+        no_act = [n for n, j in zip(JOINT_NAMES, jids) if j not in acts]
+        if no_act:
+            raise InputError(
+                f"{path}: no joint actuator for {', '.join(map(repr, no_act))}; add <position> actuators"
+            )
+        self.act = np.array([acts[j] for j in jids])
+        self.act_is_all = bool(m.nu == 18 and np.array_equal(self.act, np.arange(18)))
+        bodies = [b for b in range(1, m.nbody) if m.body_rootid[b] == self.root_body]
+        self.bodies = np.array(bodies)
+        contiguous = bodies == list(range(bodies[0], bodies[-1] + 1))
+        self.body_index = slice(bodies[0], bodies[-1] + 1) if contiguous else self.bodies
+        self.body_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, int(b)) for b in self.bodies]
+        self.trunk_row = int(np.flatnonzero(self.bodies == self.root_body)[0])
+        sid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
+        if sid < 0:
+            raise InputError(f"{path}: site 'end_effector' missing; put it at the arm tip")
+        self.ee_site = sid
+        self.ee_body = int(m.site_bodyid[sid])
+        self.ee_site_quat = np.array(m.site_quat[sid], np.float64)
+        key = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_KEY, "default")
+        self.default_pos = np.array(m.key_qpos[key][self.qpos]) if key >= 0 else DEFAULT_JOINT_POS.copy()
+        self.spawn_z = float(m.key_qpos[key][self.root_qpos + 2]) if key >= 0 else DEFAULT_SPAWN_Z_M
+
+
+class MujocoBackend:
+    """E envs of the EE-tracking task in MuJoCo; implements moetape.record.backend.Backend.
+
+    Args:
+        trajectories: EE targets, N episodes of T samples at 200 Hz (world frame).
+        n_envs: E, number of envs.
+        robot_xml: path to a self-contained MJCF with the 18 joints of :data:`JOINT_NAMES`, a position
+            actuator per joint, a free joint on the trunk and an ``end_effector`` site; default: the bundled model.
+        seed: seeds the reset noise (only used when ``init_noise_rad > 0``).
+        episode_length_s: time limit of an episode.
+        init_noise_rad: uniform noise added to the default joint positions at every reset.
+        n_threads: physics threads; envs are split into this many fixed chunks and stepped in
+            parallel (MuJoCo releases the GIL). Results do not depend on it.
+    """
+
+    def __init__(
+        self,
+        trajectories: Trajectories,
+        *,
+        n_envs: int = 1,
+        robot_xml: Optional[str] = None,
+        seed: int = 0,
+        episode_length_s: float = 7.0,
+        init_noise_rad: float = 0.0,
+        n_threads: int = 1,
+    ) -> None:
+        if n_envs < 1:
+            raise InputError(f"n_envs must be >= 1, got {n_envs}")
+        path = robot_xml or BUNDLED_XML
+        self.model, xml = _load_model(path)
+        self.model.opt.timestep = SIM_DT_S
+        self.ix = _Indices(self.model, path)
+        self.n_envs = E = int(n_envs)
+        self.max_steps = int(round(episode_length_s / POLICY_DT_S))
+        self._rng = np.random.default_rng(seed)
+        self._noise = float(init_noise_rad)
+        self._n_threads = max(1, min(int(n_threads), int(n_envs)))
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._traj = mm.TargetTable(trajectories)
+        self.datas = [mujoco.MjData(self.model) for _ in range(E)]
+        self.info = BackendInfo(
+            name="mujoco",
+            n_envs=E,
+            obs_dim=OBS_DIM,
+            action_dim=18,
+            joint_names=list(JOINT_NAMES),
+            body_names=list(self.ix.body_names),
+            term_names=list(TERM_NAMES),
+            sim_dt_s=SIM_DT_S,
+            decimation=DECIMATION,
+            episode_length_s=float(episode_length_s),
+            versions={"mujoco": mujoco.__version__},
+            model_xml=xml,
+            model_sha256=hashlib.sha256(xml.encode("utf-8")).hexdigest(),
+            device="cpu",
+        )
+        self._fields = frame_fields(18, len(self.ix.bodies))
+        self._cache_views()
+        bounds = np.linspace(0, E, self._n_threads + 1).astype(int)
+        self._chunks = [self.datas[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        if self._n_threads > 1:
+            self._pool = ThreadPoolExecutor(self._n_threads, thread_name_prefix="moetape-mujoco")
+        self.episode = np.zeros(E, np.int32)
+        self.step_in_episode = np.zeros(E, np.int32)
+        self.last_action = np.zeros((E, 18), np.float32)
+        self.qpos = np.zeros((E, self.model.nq))
+        self.qvel = np.zeros((E, self.model.nv))
+        self.ee_pos = np.zeros((E, 3))
+        self.ee_quat = np.zeros((E, 4))  # wxyz
+        self.base_mat = np.zeros((E, 3, 3))
+        self.target_pos = np.zeros((E, len(TARGET_TIMES_S), 3))  # at TARGET_TIMES_S after episode time
+        self.target_quat = np.zeros((E, len(TARGET_TIMES_S), 4))
+        self._traj_index = np.arange(E) % self._traj.n_episodes
+
+    # ---- per-env C calls and copies ------------------------------------------------------------
+
+    def _cache_views(self) -> None:
+        """Keep numpy views into every MjData: they stay valid for the data's lifetime."""
+        ix, ds = self.ix, self.datas
+        views = {
+            "qpos": [d.qpos for d in ds],
+            "qvel": [d.qvel for d in ds],
+            "xpos": [d.xpos for d in ds],
+            "xquat": [d.xquat for d in ds],
+            "act": [d.actuator_force for d in ds],
+            "cfrc": [d.cfrc_ext for d in ds],
+            "site": [d.site_xpos[ix.ee_site] for d in ds],
+            "eequat": [d.xquat[ix.ee_body] for d in ds],
+        }
+        self._v = {k: [x.reshape(-1) for x in v] for k, v in views.items()}
+        self._v_ctrl = [d.ctrl for d in ds]
+        m = self.model
+        self._buf = {
+            "qpos": np.empty((self.n_envs, m.nq)),
+            "qvel": np.empty((self.n_envs, m.nv)),
+            "xpos": np.empty((self.n_envs, m.nbody, 3)),
+            "xquat": np.empty((self.n_envs, m.nbody, 4)),
+            "act": np.empty((self.n_envs, m.nu)),
+            "cfrc": np.empty((self.n_envs, m.nbody, 6)),
+            "site": np.empty((self.n_envs, 3)),
+            "eequat": np.empty((self.n_envs, 4)),
+        }
+
+    def _gather(self, name: str) -> np.ndarray:
+        """Copy one MjData field of every env into a float64 (E, ...) buffer (reused, copy it to keep)."""
+        out = self._buf[name]
+        np.concatenate(self._v[name], out=out.reshape(-1))  # flat views: far cheaper than np.stack
+        return out
+
+    def _set_ctrl(self, targets: np.ndarray) -> None:
+        """Write PD targets float64 (E, 18) into every env's ctrl."""
+        if self.ix.act_is_all:
+            for c, row in zip(self._v_ctrl, targets):
+                c[:] = row
+        else:
+            for c, row in zip(self._v_ctrl, targets):
+                c[self.ix.act] = row
+
+    def _substeps(self, n: int, *, contacts: bool, kinematics: bool) -> None:
+        """Run ``n`` physics substeps in every env, then the derived quantities asked for."""
+        if self._pool is None:
+            self._substeps_chunk(self.datas, n, contacts, kinematics)
+            return
+        futures = [self._pool.submit(self._substeps_chunk, c, n, contacts, kinematics) for c in self._chunks]
+        for f in futures:
+            f.result()
+
+    def _substeps_chunk(self, datas: List[mujoco.MjData], n: int, contacts: bool, kinematics: bool) -> None:
+        m, step, rne, kin = self.model, mujoco.mj_step, mujoco.mj_rnePostConstraint, mujoco.mj_kinematics
+        for d in datas:
+            step(m, d, n)
+            if contacts:
+                rne(m, d)  # fills cfrc_ext: net contact force per body
+            if kinematics:
+                kin(m, d)
+
+    def _refresh_state(self) -> None:
+        """Copy qpos, qvel and the EE pose (needs fresh kinematics) of every env into the state cache."""
+        self.qpos[:] = self._gather("qpos")
+        self.qvel[:] = self._gather("qvel")
+        self.ee_pos[:] = self._gather("site")
+        self.ee_quat[:] = mm.quat_mul(self._gather("eequat"), self.ix.ee_site_quat)
+        r = self.ix.root_qpos
+        self.base_mat[:] = mm.quat_to_mat(self.qpos[:, r + 3 : r + 7])
+
+    def _refresh_targets(self) -> None:
+        """Look up the targets at the current episode time and at the observation's future times."""
+        t = self.step_in_episode * POLICY_DT_S
+        self.target_pos[:], self.target_quat[:] = self._traj.lookup(
+            self._traj_index, t[:, None] + TARGET_TIMES_S
+        )
+
+    # ---- protocol ------------------------------------------------------------------------------
+
+    def reset(self) -> np.ndarray:
+        """Reset every env to the default pose and return the observation, float32 (E, 109)."""
+        E = self.n_envs
+        self.episode[:] = 0
+        self._traj_index = np.arange(E) % self._traj.n_episodes
+        self._reset_envs(np.arange(E))
+        return self._observe()
+
+    def _reset_envs(self, envs: np.ndarray) -> None:
+        """Put ``envs`` int (n,) at the spawn pose with zero velocity and step_in_episode 0."""
+        ix, m = self.ix, self.model
+        for i in envs:
+            d = self.datas[i]
+            mujoco.mj_resetData(m, d)
+            q = self.ix.default_pos
+            if self._noise > 0:
+                q = q + self._rng.uniform(-self._noise, self._noise, 18)
+            d.qpos[ix.root_qpos : ix.root_qpos + 7] = [SPAWN_XY[0], SPAWN_XY[1], ix.spawn_z, 1, 0, 0, 0]
+            d.qpos[ix.qpos] = q
+            d.ctrl[ix.act] = ix.default_pos
+            mujoco.mj_kinematics(m, d)
+        self.step_in_episode[envs] = 0
+        self.last_action[envs] = 0.0
+        self._refresh_state()
+        self._refresh_targets()
+
+    def step(self, action: np.ndarray, *, substep_frames: bool) -> StepResult:
+        """Apply ``action`` float32 (E, 18) for one policy step (4 substeps) and return what happened."""
+        a = np.asarray(action, np.float32)
+        if a.shape != (self.n_envs, 18):
+            raise ValueError(f"action: shape {a.shape}, expected ({self.n_envs}, 18)")
+        pre = self._pre_fields()
+        self._set_ctrl(self.ix.default_pos + ACTION_SCALE * a.astype(np.float64))
+        n_rows = DECIMATION if substep_frames else 1
+        frames = {
+            k: np.empty((n_rows, self.n_envs) + shape, np.float32) for k, (shape, _) in self._fields.items()
+        }
+        for k in range(n_rows):
+            self._write_frame_state(frames, k)
+            last = k == n_rows - 1
+            self._substeps(1, contacts=True, kinematics=last and substep_frames)
+            self._write_frame_derived(frames, k)
+            if not last:
+                self.qpos[:] = self._gather("qpos")
+                self.qvel[:] = self._gather("qvel")
+        if not substep_frames:
+            self._substeps(DECIMATION - 1, contacts=True, kinematics=True)
+        trunk_force = self._gather("cfrc")[:, self.ix.root_body, 3:]
+        self._refresh_state()
+        self.step_in_episode += 1
+        self._refresh_targets()
+        terms, terminated = self._evaluate(a, trunk_force)
+        timeout = self.step_in_episode >= self.max_steps
+        done = terminated | timeout
+        self.last_action[:] = a
+        if done.any():
+            ended = np.flatnonzero(done)
+            self.episode[ended] += 1
+            self._traj_index[ended] = (ended + self.episode[ended] * self.n_envs) % self._traj.n_episodes
+            self._reset_envs(ended)
+        return StepResult(
+            obs=self._observe(),
+            reward=terms["reward_total"],
+            done=done,
+            timeout=timeout & ~terminated,
+            terms=terms,
+            pre=pre,
+            frames=frames,
+        )
+
+    def close(self) -> None:
+        """Release the MjData objects and the physics threads; idempotent."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._chunks = []
+        self.datas = []
+        self._v = {}
+        self._v_ctrl = []
+
+    # ---- fields --------------------------------------------------------------------------------
+
+    def _pre_fields(self) -> Dict[str, np.ndarray]:
+        """PRE_FIELDS at the instant of the current observation."""
+        out = {
+            "ee_pos": self.ee_pos,
+            "ee_quat_xyzw": mm.wxyz_to_xyzw(self.ee_quat),
+            "target_pos": self.target_pos[:, 0],
+            "target_quat_xyzw": mm.wxyz_to_xyzw(self.target_quat[:, 0]),
+            "episode": self.episode,
+            "step_in_episode": self.step_in_episode,
+        }
+        return {k: np.array(out[k], dtype=PRE_FIELDS[k][1]) for k in PRE_FIELDS}
+
+    def _write_frame_state(self, frames: Dict[str, np.ndarray], k: int) -> None:
+        """Fill row ``k`` with the pre-substep root/joint state and targets (from the state cache)."""
+        ix, qp, qv = self.ix, self.qpos, self.qvel
+        r = ix.root_qpos
+        quat = qp[:, r + 3 : r + 7]
+        frames["root_pos"][k] = qp[:, r : r + 3]
+        frames["root_quat_xyzw"][k] = mm.wxyz_to_xyzw(quat)
+        frames["root_lin_vel"][k] = qv[:, ix.root_dof : ix.root_dof + 3]
+        mat = self.base_mat if k == 0 else mm.quat_to_mat(quat)
+        frames["root_ang_vel"][k] = mm.rotate(mat, qv[:, ix.root_dof + 3 : ix.root_dof + 6])
+        frames["dof_pos"][k] = qp[:, ix.qpos]
+        frames["dof_vel"][k] = qv[:, ix.dof]
+        t = self.step_in_episode * POLICY_DT_S + k * SIM_DT_S
+        frames["episode_time_s"][k] = t
+        tpos, tquat = self._traj.lookup(self._traj_index, t[:, None] + mm.FUTURE_TARGET_OFFSETS_S)
+        frames["target_future_pos"][k] = tpos
+        frames["target_future_quat_xyzw"][k] = mm.wxyz_to_xyzw(tquat)
+
+    def _write_frame_derived(self, frames: Dict[str, np.ndarray], k: int) -> None:
+        """Fill row ``k`` with what MuJoCo derived during the substep that just ran (pre-substep poses)."""
+        b = self.ix.body_index
+        frames["torque"][k] = self._gather("act")[:, self.ix.act]
+        frames["body_pos"][k] = self._gather("xpos")[:, b]
+        frames["body_quat_xyzw"][k] = mm.wxyz_to_xyzw(self._gather("xquat")[:, b])
+        frames["contact_force"][k] = self._gather("cfrc")[:, b, 3:]
+
+    # ---- task ----------------------------------------------------------------------------------
+
+    def _evaluate(self, a: np.ndarray, trunk_force: np.ndarray) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+        """Tracking errors, reward parts and termination for the post-step state; float32 (E,) each."""
+        ix = self.ix
+        pos_err = np.linalg.norm(self.target_pos[:, 0] - self.ee_pos, axis=-1)
+        ori_err = mm.quat_angle(self.ee_quat, self.target_quat[:, 0])
+        grav = -self.base_mat[:, 2, :]  # world -z in the base frame: R^T (0, 0, -1)
+        tilt = np.arccos(np.clip(-grav[:, 2], -1.0, 1.0))
+        terminated = (
+            (np.linalg.norm(trunk_force, axis=-1) > TRUNK_CONTACT_N)
+            | (self.qpos[:, ix.root_qpos + 2] < MIN_BASE_HEIGHT_M)
+            | (tilt > MAX_TILT_RAD)
+        )
+        w = REWARD_WEIGHTS
+        parts = {
+            "reward_pos": w["reward_pos"] * np.exp(-pos_err / 0.1),
+            "reward_ori": w["reward_ori"] * np.exp(-ori_err / 0.5),
+            "reward_upright": w["reward_upright"] * np.sum(grav[:, :2] ** 2, axis=-1),
+            "reward_action_rate": w["reward_action_rate"] * np.sum((a - self.last_action) ** 2, axis=-1),
+            "reward_termination": w["reward_termination"] * terminated,
+        }
+        terms = {"task_reaching_pos_err": pos_err, "task_reaching_ori_err": ori_err}
+        terms["reward_total"] = sum(parts.values())
+        terms.update(parts)
+        return {k: np.asarray(terms[k], np.float32) for k in TERM_NAMES}, terminated
+
+    def _observe(self) -> np.ndarray:
+        """Build the 109-dim observation float32 (E, 109) from the state cache, as in OBS_LAYOUT."""
+        ix, E = self.ix, self.n_envs
+        r, v = ix.root_qpos, ix.root_dof
+        r_ee = mm.quat_to_mat(self.ee_quat)  # (E, 3, 3)
+        rel_pos = np.matmul(self.target_pos[:, 1:] - self.ee_pos[:, None], r_ee)  # rows R_ee^T (p_t - p_ee)
+        rel_rot = np.matmul(r_ee.transpose(0, 2, 1)[:, None], mm.quat_to_mat(self.target_quat[:, 1:]))
+        obs = np.empty((E, OBS_DIM), np.float32)
+        o = obs[:, OBS_TARGETS].reshape(E, len(OBS_TARGET_TIMES_S), 9)
+        o[..., :3] = rel_pos * 10.0
+        o[..., 3:6] = rel_rot[..., :, 0] * 1.5  # 6D rotation: column 0, then column 1
+        o[..., 6:9] = rel_rot[..., :, 1] * 1.5
+        obs[:, OBS["dof_pos"]] = self.qpos[:, ix.qpos] - ix.default_pos
+        obs[:, OBS["dof_vel"]] = self.qvel[:, ix.dof] * 0.05
+        obs[:, OBS["projected_gravity"]] = -self.base_mat[:, 2, :]  # R^T (0, 0, -1)
+        obs[:, OBS["base_ang_vel"]] = self.qvel[:, v + 3 : v + 6] * 0.25  # free joint: already body frame
+        obs[:, OBS_COMMANDS] = 0.0
+        obs[:, OBS["root_pos"]] = self.qpos[:, r : r + 3]
+        obs[:, OBS["base_lin_vel"]] = mm.rotate_inv(self.base_mat, self.qvel[:, v : v + 3])
+        obs[:, OBS["yaw"]] = mm.yaw(self.qpos[:, r + 3 : r + 7])[:, None]
+        obs[:, OBS["last_action"]] = self.last_action
+        return obs

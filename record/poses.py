@@ -1,0 +1,136 @@
+"""Vectorised pose maths for the backends (numpy only) and the EE target table.
+
+Quaternions are float64 (..., 4) **wxyz** (MuJoCo's order) unless a name says ``xyzw``; rotation
+matrices are (..., 3, 3) and map body-frame vectors to the world frame.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from moetape.record.backend import FUTURE_TARGET_OFFSETS_S
+from moetape.record.trajectory import Trajectories
+
+__all__ = [
+    "FUTURE_TARGET_OFFSETS_S",
+    "TargetTable",
+    "quat_angle",
+    "quat_mul",
+    "quat_to_mat",
+    "rotate",
+    "rotate_inv",
+    "rotvec_to_quat",
+    "wxyz_to_xyzw",
+    "yaw",
+]
+
+
+def wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
+    """Reorder quaternions (..., 4) from wxyz to xyzw."""
+    return q[..., [1, 2, 3, 0]]
+
+
+def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of wxyz quaternions (..., 4), broadcast."""
+    aw, ax, ay, az = a[..., 0], a[..., 1], a[..., 2], a[..., 3]
+    bw, bx, by, bz = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
+
+
+def quat_to_mat(q: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) of unit wxyz quaternions (..., 4)."""
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    xx, yy, zz = x * x, y * y, z * z
+    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+    rows = [
+        1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
+        2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
+        2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
+    ]  # fmt: skip
+    return np.stack(rows, axis=-1).reshape(q.shape[:-1] + (3, 3))
+
+
+def rotate(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rotate body-frame vectors v (E, 3) to the world frame with rotation matrices mat (E, 3, 3)."""
+    return np.einsum("eij,ej->ei", mat, v)
+
+
+def rotate_inv(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rotate world vectors v (E, 3) into the body frame of rotation matrices mat (E, 3, 3)."""
+    return np.einsum("eji,ej->ei", mat, v)
+
+
+def quat_angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angle (rad, in [0, pi]) of the rotation between unit wxyz quaternions a and b (..., 4)."""
+    dot = np.abs(np.sum(a * b, axis=-1))
+    return 2.0 * np.arccos(np.clip(dot, 0.0, 1.0))
+
+
+def yaw(q: np.ndarray) -> np.ndarray:
+    """Heading angle (rad, ZYX Euler yaw) of wxyz quaternions (..., 4)."""
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def rotvec_to_quat(v: np.ndarray) -> np.ndarray:
+    """Unit wxyz quaternions (..., 4) of rotation vectors (..., 3), radians."""
+    v = np.asarray(v, np.float64)
+    angle = np.linalg.norm(v, axis=-1, keepdims=True)
+    small = angle < 1e-8
+    scale = np.where(small, 0.5 - angle**2 / 48.0, np.sin(angle / 2.0) / np.where(small, 1.0, angle))
+    return np.concatenate([np.cos(angle / 2.0), v * scale], axis=-1)
+
+
+class TargetTable:
+    """EE target poses of every trajectory episode, xy-centred on the world origin, looked up in time.
+
+    Positions: each episode's mean xy is subtracted (z kept). Orientations: rotation vectors become
+    wxyz quaternions made sign-continuous along time, so interpolation (normalised lerp between the
+    two neighbouring 200 Hz samples) never takes the long way round. Times past the end hold the last
+    sample; negative times hold the first.
+    """
+
+    def __init__(self, trajectories: Trajectories) -> None:
+        pos = np.asarray(trajectories.ee_pos, np.float64)
+        if pos.ndim != 3 or pos.shape[-1] != 3 or pos.shape[1] < 1:
+            raise ValueError(f"trajectories.ee_pos: shape {pos.shape}, expected (N, T, 3) with T >= 1")
+        pos = pos.copy()
+        pos[..., :2] -= pos[..., :2].mean(axis=1, keepdims=True)
+        quat = rotvec_to_quat(trajectories.ee_axis_angle)
+        flip = np.sum(quat[:, 1:] * quat[:, :-1], axis=-1) < 0  # (N, T-1)
+        sign = np.where(np.cumsum(flip, axis=1) % 2 == 1, -1.0, 1.0)
+        quat[:, 1:] *= sign[..., None]
+        self.pos = pos  # float64 (N, T, 3)
+        self.quat = quat  # float64 (N, T, 4) wxyz
+        self.dt_s = float(trajectories.dt_s)
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self.pos.shape[0])
+
+    def lookup(self, episodes: np.ndarray, times_s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Target poses of trajectory ``episodes`` int (E,) at ``times_s`` float (E, K).
+
+        Returns:
+            pos float64 (E, K, 3) world m, quat float64 (E, K, 4) wxyz.
+        """
+        n_t = self.pos.shape[1]
+        f = np.clip(np.asarray(times_s, np.float64) / self.dt_s, 0.0, n_t - 1)
+        i0 = np.floor(f).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n_t - 1)
+        w = (f - i0)[..., None]
+        ep = np.asarray(episodes)[:, None]
+        pos = self.pos[ep, i0] * (1.0 - w) + self.pos[ep, i1] * w
+        quat = self.quat[ep, i0] * (1.0 - w) + self.quat[ep, i1] * w
+        quat /= np.linalg.norm(quat, axis=-1, keepdims=True)
+        return pos, quat

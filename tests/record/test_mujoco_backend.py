@@ -1,0 +1,311 @@
+"""The embedded MuJoCo backend: model, observation layout, frames, episodes, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+mujoco = pytest.importorskip("mujoco")
+
+from moetape.record import poses  # noqa: E402
+from moetape.record.backend import PRE_FIELDS, frame_fields  # noqa: E402
+from moetape.record.mujoco_backend import (  # noqa: E402
+    BUNDLED_XML,
+    JOINT_NAMES,
+    OBS,
+    OBS_DIM,
+    OBS_LAYOUT,
+    TERM_NAMES,
+    MujocoBackend,
+)
+from moetape.record.trajectory import Trajectories  # noqa: E402
+from moetape.schema.errors import InputError  # noqa: E402
+
+STEPS_PER_EPISODE = 350
+
+
+def make_trajectories(n_episodes: int = 3, n_samples: int = 1600) -> Trajectories:
+    """Circles in front of the robot, each episode offset in xy and z so episodes are told apart."""
+    t = np.arange(n_samples) * 0.005
+    eps = []
+    for k in range(n_episodes):
+        eps.append(np.stack([1.0 + 0.1 * np.cos(t), 2.0 + 0.1 * np.sin(t), 0.5 + 0.02 * k + 0 * t], -1))
+    rotvec = np.zeros((n_episodes, n_samples, 3))
+    rotvec[..., 1] = np.pi / 2 + 0.2 * np.sin(t)
+    return Trajectories(np.array(eps, np.float32), rotvec.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def trajectories() -> Trajectories:
+    return make_trajectories()
+
+
+def tilt_deg(quat_xyzw: np.ndarray) -> np.ndarray:
+    """Angle between the body z axis and world z, degrees, for xyzw quaternions (..., 4)."""
+    x, y = quat_xyzw[..., 0], quat_xyzw[..., 1]
+    return np.degrees(np.arccos(np.clip(1.0 - 2.0 * (x * x + y * y), -1.0, 1.0)))
+
+
+def test_model_has_the_18_joints_in_action_order(trajectories):
+    """The bundled model loads and exposes the 18 actuated joints in the §5 order, one actuator each."""
+    b = MujocoBackend(trajectories, n_envs=1)
+    m = b.model
+    assert b.info.joint_names == list(JOINT_NAMES) and len(JOINT_NAMES) == 18
+    assert (
+        JOINT_NAMES[:3] == ("FL_hip_joint", "FL_thigh_joint", "FL_calf_joint") and JOINT_NAMES[-1] == "joint6"
+    )
+    acted = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, m.actuator_trnid[a, 0]) for a in range(m.nu)]
+    assert acted == list(JOINT_NAMES)
+    assert m.opt.timestep == pytest.approx(0.005) and b.info.decimation == 4
+    assert 14.0 <= m.body_subtreemass[1] <= 18.0
+    assert "world" not in b.info.body_names and b.info.body_names[0] == "trunk"
+    assert b.info.term_names == list(TERM_NAMES) and b.info.obs_dim == OBS_DIM == 109
+    assert b.info.model_xml == Path(BUNDLED_XML).read_text(encoding="utf-8")
+    assert len(b.info.model_sha256) == 64 and b.info.versions == {"mujoco": mujoco.__version__}
+
+
+def test_obs_is_float32_finite_with_109_columns(trajectories):
+    """reset and step return float32 (E, 109) observations with finite values."""
+    b = MujocoBackend(trajectories, n_envs=3)
+    obs = b.reset()
+    assert obs.shape == (3, 109) and obs.dtype == np.float32 and np.isfinite(obs).all()
+    r = b.step(np.zeros((3, 18), np.float32), substep_frames=False)
+    assert r.obs.shape == (3, 109) and r.obs.dtype == np.float32 and np.isfinite(r.obs).all()
+    assert r.reward.dtype == np.float32 and r.done.dtype == bool and r.timeout.dtype == bool
+
+
+def test_obs_layout_covers_109_columns_in_order():
+    """OBS_LAYOUT lists the §5 terms back to back with the documented sizes."""
+    sizes = [s.stop - s.start for _, s in OBS_LAYOUT]
+    assert sizes == [18, 18, 3, 3] + [3, 6] * 4 + [3, 3, 3, 3, 1, 18]
+    assert all(a[1].stop == b[1].start for a, b in zip(OBS_LAYOUT, OBS_LAYOUT[1:]))
+    assert OBS_LAYOUT[0][1].start == 0 and OBS_LAYOUT[-1] == ("last_action", slice(91, 109))
+
+
+def test_obs_terms_at_reset_and_after_a_step(trajectories):
+    """Right after reset dof_pos is 0, gravity is -z, commands are 0; last_action echoes the action."""
+    b = MujocoBackend(trajectories, n_envs=2)
+    obs = b.reset()
+    np.testing.assert_allclose(obs[:, OBS["dof_pos"]], 0.0, atol=1e-6)
+    np.testing.assert_allclose(obs[:, OBS["dof_vel"]], 0.0)
+    np.testing.assert_allclose(obs[:, OBS["projected_gravity"]], [[0, 0, -1]] * 2, atol=1e-6)
+    np.testing.assert_allclose(obs[:, OBS["root_pos"]][:, :2], [[-0.5, 0.0]] * 2, atol=1e-6)
+    np.testing.assert_allclose(obs[:, OBS["yaw"]], 0.0, atol=1e-6)
+    np.testing.assert_allclose(obs[:, 78:84], 0.0)
+    np.testing.assert_allclose(obs[:, OBS["last_action"]], 0.0)
+    action = np.linspace(-0.3, 0.3, 36, dtype=np.float32).reshape(2, 18)
+    r = b.step(action, substep_frames=False)
+    np.testing.assert_array_equal(r.obs[:, -18:], action)
+    dof = b.qpos[:, 7:25] - b.ix.default_pos
+    np.testing.assert_allclose(r.obs[:, OBS["dof_pos"]], dof, atol=1e-6)
+
+
+def test_obs_target_terms_match_mujoco_ee_frame(trajectories):
+    """The EE target terms equal R_ee^T (p_t - p_ee) * 10 and R_ee^T R_t columns 0, 1 * 1.5 (MuJoCo site frame)."""
+    b = MujocoBackend(trajectories, n_envs=2)
+    b.reset()
+    for _ in range(5):
+        r = b.step(np.full((2, 18), 0.1, np.float32), substep_frames=False)
+    for e in range(2):
+        d = b.datas[e]
+        mujoco.mj_kinematics(b.model, d)
+        r_ee = d.site("end_effector").xmat.reshape(3, 3)
+        p_ee = d.site("end_effector").xpos
+        t_now = int(b.step_in_episode[e]) * 0.02
+        for k, dt in enumerate((0.02, 0.04, 0.06, 1.0)):
+            tpos, tquat = b._traj.lookup(b._traj_index[e : e + 1], np.array([[t_now + dt]]))
+            r_t = poses.quat_to_mat(tquat[0, 0])
+            block = r.obs[e, 42 + 9 * k : 51 + 9 * k]
+            np.testing.assert_allclose(block[:3], r_ee.T @ (tpos[0, 0] - p_ee) * 10, atol=1e-4)
+            rel = r_ee.T @ r_t
+            np.testing.assert_allclose(block[3:], np.concatenate([rel[:, 0], rel[:, 1]]) * 1.5, atol=1e-4)
+
+
+def test_quaternions_are_xyzw(trajectories):
+    """Root, body and EE quaternions are xyzw: identity is (0, 0, 0, 1) and they match MuJoCo's wxyz."""
+    b = MujocoBackend(trajectories, n_envs=1)
+    b.reset()
+    r = b.step(np.zeros((1, 18), np.float32), substep_frames=False)
+    np.testing.assert_allclose(r.frames["root_quat_xyzw"][0, 0], [0, 0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(r.frames["body_quat_xyzw"][0, 0, 0], [0, 0, 0, 1], atol=1e-6)
+    for _ in range(10):
+        r = b.step(np.full((1, 18), 0.2, np.float32), substep_frames=False)
+    d = b.datas[0]
+    wxyz = d.qpos[3:7].copy()
+    np.testing.assert_allclose(b.qpos[0, 3:7], wxyz)
+    mujoco.mj_kinematics(b.model, d)
+    ee_wxyz = np.zeros(4)
+    mujoco.mju_mat2Quat(ee_wxyz, d.site("end_effector").xmat)
+    r2 = b.step(np.zeros((1, 18), np.float32), substep_frames=False)
+    np.testing.assert_allclose(r2.frames["root_quat_xyzw"][0, 0], wxyz[[1, 2, 3, 0]], atol=1e-6)
+    ee = r2.pre["ee_quat_xyzw"][0]
+    assert min(np.abs(ee - ee_wxyz[[1, 2, 3, 0]]).max(), np.abs(ee + ee_wxyz[[1, 2, 3, 0]]).max()) < 1e-5
+
+
+def test_stands_upright_for_7s_with_zero_action(trajectories):
+    """With action 0 both envs keep the base above 0.25 m and tilt under 20 degrees for a whole episode."""
+    b = MujocoBackend(trajectories, n_envs=2)
+    b.reset()
+    heights, tilts = [], []
+    for _ in range(STEPS_PER_EPISODE - 1):
+        r = b.step(np.zeros((2, 18), np.float32), substep_frames=False)
+        assert not r.done.any()
+        heights.append(r.frames["root_pos"][0, :, 2])
+        tilts.append(tilt_deg(r.frames["root_quat_xyzw"][0]))
+    assert np.min(heights) > 0.25, np.min(heights)
+    assert np.max(tilts) < 20.0, np.max(tilts)
+    weight = b.model.body_subtreemass[1] * 9.81
+    support = r.frames["contact_force"][0, :, :, 2].sum(axis=-1)
+    np.testing.assert_allclose(support, weight, rtol=0.05)
+
+
+def test_stays_upright_with_small_random_actions(trajectories):
+    """Uniform random actions with |a| <= 0.3 never end an episode early."""
+    b = MujocoBackend(trajectories, n_envs=2)
+    b.reset()
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        r = b.step(rng.uniform(-0.3, 0.3, (2, 18)).astype(np.float32), substep_frames=False)
+        assert not r.done.any()
+        assert tilt_deg(r.frames["root_quat_xyzw"][0]).max() < 30.0
+
+
+def test_frame_shapes_and_substep_row0_equals_policy_row(trajectories):
+    """Substep mode gives 4 rows, policy mode 1 row, equal to substep row 0, for the same seed and actions."""
+    fields = None
+    subs = MujocoBackend(trajectories, n_envs=2, seed=3, init_noise_rad=0.05)
+    pol = MujocoBackend(trajectories, n_envs=2, seed=3, init_noise_rad=0.05)
+    np.testing.assert_array_equal(subs.reset(), pol.reset())
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        a = rng.uniform(-0.3, 0.3, (2, 18)).astype(np.float32)
+        rs, rp = subs.step(a, substep_frames=True), pol.step(a, substep_frames=False)
+        fields = frame_fields(18, len(subs.info.body_names))
+        for name, (shape, dtype) in fields.items():
+            assert rs.frames[name].shape == (4, 2) + shape and rs.frames[name].dtype == dtype
+            assert rp.frames[name].shape == (1, 2) + shape
+            np.testing.assert_array_equal(rs.frames[name][0], rp.frames[name][0], err_msg=name)
+        np.testing.assert_array_equal(rs.obs, rp.obs)
+        for name, (shape, dtype) in PRE_FIELDS.items():
+            assert rp.pre[name].shape == (2,) + shape and rp.pre[name].dtype == dtype
+    t = rs.frames["episode_time_s"][:, 0]
+    np.testing.assert_allclose(t, 5 * 0.02 + np.arange(4) * 0.005, atol=1e-6)
+    assert not np.array_equal(rs.frames["root_pos"][0], rs.frames["root_pos"][3])
+
+
+def test_timeout_after_350_steps_resets_the_episode(trajectories):
+    """Step 350 of an episode sets done and timeout; the next step starts episode 1 at step 0."""
+    b = MujocoBackend(trajectories, n_envs=2)
+    b.reset()
+    zeros = np.zeros((2, 18), np.float32)
+    for i in range(STEPS_PER_EPISODE):
+        r = b.step(zeros, substep_frames=False)
+        assert r.pre["step_in_episode"].tolist() == [i, i] and r.pre["episode"].tolist() == [0, 0]
+        assert r.done.all() == (i == STEPS_PER_EPISODE - 1)
+    assert r.timeout.all() and r.done.all()
+    np.testing.assert_allclose(r.obs[:, OBS["dof_pos"]], 0.0, atol=1e-6)
+    r = b.step(zeros, substep_frames=False)
+    assert r.pre["step_in_episode"].tolist() == [0, 0] and r.pre["episode"].tolist() == [1, 1]
+    assert not r.done.any()
+
+
+def test_trunk_on_the_ground_terminates_without_timeout(trajectories):
+    """A trunk dropped onto the floor ends the episode as a termination (done, not timeout) with a penalty."""
+    b = MujocoBackend(trajectories, n_envs=2)
+    b.reset()
+    b.datas[1].qpos[2] = 0.06
+    b.datas[1].qpos[3:7] = [0.0, 1.0, 0.0, 0.0]  # upside down
+    r = b.step(np.zeros((2, 18), np.float32), substep_frames=False)
+    assert r.done.tolist() == [False, True] and not r.timeout.any()
+    assert r.terms["reward_termination"][1] < 0 and r.terms["reward_termination"][0] == 0
+    assert b.episode.tolist() == [0, 1] and b.step_in_episode.tolist() == [1, 0]
+
+
+def test_envs_play_trajectory_episodes_in_turn_xy_centred(trajectories):
+    """Env i plays episode (i + k E) mod N on its k-th episode, with the episode's mean xy moved to the origin."""
+    b = MujocoBackend(trajectories, n_envs=2)
+    b.reset()
+    r = b.step(np.zeros((2, 18), np.float32), substep_frames=False)
+    mean_xy = trajectories.ee_pos[:, :, :2].mean(axis=1)
+    for e in range(2):
+        expected = trajectories.ee_pos[e, 0].astype(np.float64)
+        expected[:2] -= mean_xy[e]
+        np.testing.assert_allclose(r.pre["target_pos"][e], expected, atol=1e-5)
+    b.episode[:] = 1
+    b._traj_index[:] = (np.arange(2) + 2) % trajectories.n_episodes  # what a reset does on episode 1
+    assert b._traj_index.tolist() == [2, 0]
+    for _ in range(STEPS_PER_EPISODE):
+        r = b.step(np.zeros((2, 18), np.float32), substep_frames=False)
+    assert b._traj_index.tolist() == [(0 + 2 * 2) % 3, (1 + 2 * 2) % 3]
+    z = b._traj.lookup(b._traj_index, np.zeros((2, 1)))[0][:, 0, 2]
+    np.testing.assert_allclose(z, [0.5 + 0.02, 0.5 + 0.04], atol=1e-6)
+
+
+def test_deterministic_given_the_seed(trajectories):
+    """Same seed gives identical results (1 or 2 physics threads alike); another seed a different start."""
+    runs = []
+    for seed, threads in ((7, 1), (7, 2), (8, 1)):
+        b = MujocoBackend(trajectories, n_envs=2, seed=seed, init_noise_rad=0.05, n_threads=threads)
+        out = [b.reset()]
+        for _ in range(10):
+            out.append(b.step(np.full((2, 18), 0.1, np.float32), substep_frames=False).obs)
+        b.close()
+        runs.append(np.array(out))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0][0], runs[2][0])
+
+
+def test_user_mjcf_missing_a_joint_is_a_clear_error(trajectories, tmp_path):
+    """An MJCF without joint6 raises InputError naming the file, the joint and the 18 expected joints."""
+    xml = Path(BUNDLED_XML).read_text(encoding="utf-8").replace('"joint6"', '"wrist_roll"')
+    path = tmp_path / "robot.xml"
+    path.write_text(xml)
+    with pytest.raises(
+        InputError, match=r"robot\.xml: joint 'joint6' missing; expected the 18 joints FL_hip"
+    ):
+        MujocoBackend(trajectories, robot_xml=str(path))
+
+
+def test_user_mjcf_that_does_not_load_is_a_clear_error(trajectories, tmp_path):
+    """A malformed or non-self-contained MJCF raises InputError naming the file."""
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<mujoco><worldbody><body></mujoco>")
+    with pytest.raises(InputError, match=r"bad\.xml: MuJoCo cannot load it"):
+        MujocoBackend(trajectories, robot_xml=str(bad))
+    meshy = tmp_path / "meshy.xml"
+    meshy.write_text('<mujoco><asset><mesh file="arm.stl"/></asset></mujoco>')
+    with pytest.raises(InputError, match=r"meshy\.xml: only self-contained MJCF"):
+        MujocoBackend(trajectories, robot_xml=str(meshy))
+
+
+def test_user_mjcf_with_the_same_joints_runs(trajectories, tmp_path):
+    """A user copy of the model (without the default keyframe) loads, uses the built-in default pose and steps."""
+    xml = Path(BUNDLED_XML).read_text(encoding="utf-8")
+    xml = xml[: xml.index("<keyframe>")] + xml[xml.index("</keyframe>") + len("</keyframe>") :]
+    path = tmp_path / "robot.xml"
+    path.write_text(xml)
+    b = MujocoBackend(trajectories, n_envs=1, robot_xml=str(path))
+    obs = b.reset()
+    np.testing.assert_allclose(obs[:, OBS["dof_pos"]], 0.0, atol=1e-6)
+    assert b.info.model_xml == xml
+    assert np.isfinite(b.step(np.zeros((1, 18), np.float32), substep_frames=True).obs).all()
+
+
+def test_torque_is_the_clipped_pd_law(trajectories):
+    """Recorded torque = clip(kp (default + 0.25 a - q) - kd qdot) with the §5 gains, at the frame's state."""
+    kp = np.array([40.0] * 12 + [100, 100, 100, 20, 20, 5])
+    kd = np.array([1.0] * 12 + [3, 3, 3, 2, 1, 0.5])
+    limit = np.array([33.5] * 12 + [30, 30, 30, 10, 10, 5])
+    b = MujocoBackend(trajectories, n_envs=2)
+    b.reset()
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        a = rng.uniform(-1.0, 1.0, (2, 18)).astype(np.float32)
+        r = b.step(a, substep_frames=True)
+    f = r.frames
+    for k in range(4):
+        target = b.ix.default_pos + 0.25 * a.astype(np.float64)
+        tau = np.clip(kp * (target - f["dof_pos"][k]) - kd * f["dof_vel"][k], -limit, limit)
+        np.testing.assert_allclose(f["torque"][k], tau, atol=1e-3)
