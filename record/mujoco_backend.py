@@ -4,6 +4,9 @@ The task reproduces the MoE env of DESIGN.md §5: 200 Hz physics, decimation 4 (
 targets ``default + 0.25 * action`` (C-side position actuators with kp/kv, torque-limited by
 ``forcerange``), 7 s episodes, and the 109-dim observation laid out in :data:`OBS_LAYOUT`.
 
+An episode ends by termination (trunk contact force > 1 N, base below 0.12 m or tilted > 60 deg) or
+at the time limit; ``done`` is either, ``timeout`` is the time limit reached (legacy ``time_outs``, set
+even when a termination happens on the same step). Ended envs reset at once to the default pose.
 Env ``i`` plays trajectory episode ``(i + k * E) mod N`` on its ``k``-th episode, xy-centred on the
 world origin; the robot spawns at (-0.5, 0, h) facing +x. Per-env Python work is kept to a few
 C calls and copies out of cached MjData views; everything else is numpy over all envs at once.
@@ -82,7 +85,7 @@ REWARD_WEIGHTS: Dict[str, float] = {
     "reward_ori": 0.5,  # * exp(-ori_err / 0.5 rad)
     "reward_upright": -1.0,  # * |projected gravity xy|^2
     "reward_action_rate": -0.01,  # * sum((a - a_prev)^2)
-    "reward_termination": -10.0,  # * terminated (not on timeout)
+    "reward_termination": -10.0,  # * terminated (trunk contact, base too low or tilted), not the time limit
 }
 """Reward parts (per policy step, not scaled by dt); ``reward_total`` is their sum."""
 
@@ -134,7 +137,11 @@ class _Indices:
         self.root_dof = int(m.jnt_dofadr[free[0]])
         self.qpos = np.array([m.jnt_qposadr[j] for j in jids])
         self.dof = np.array([m.jnt_dofadr[j] for j in jids])
-        acts = {int(m.actuator_trnid[a, 0]): a for a in range(m.nu) if m.actuator_trntype[a] == 0}
+        acts = {
+            int(m.actuator_trnid[a, 0]): a
+            for a in range(m.nu)
+            if m.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT
+        }
         no_act = [n for n, j in zip(JOINT_NAMES, jids) if j not in acts]
         if no_act:
             raise InputError(
@@ -232,6 +239,7 @@ class MujocoBackend:
         self.target_pos = np.zeros((E, len(TARGET_TIMES_S), 3))  # at TARGET_TIMES_S after episode time
         self.target_quat = np.zeros((E, len(TARGET_TIMES_S), 4))
         self._traj_index = np.arange(E) % self._traj.n_episodes
+        self.reset()  # a valid state even if the caller steps first
 
     # ---- per-env C calls and copies ------------------------------------------------------------
 
@@ -377,7 +385,7 @@ class MujocoBackend:
             obs=self._observe(),
             reward=terms["reward_total"],
             done=done,
-            timeout=timeout & ~terminated,
+            timeout=timeout,
             terms=terms,
             pre=pre,
             frames=frames,

@@ -113,6 +113,8 @@ class TargetTable:
         self.pos = pos  # float64 (N, T, 3)
         self.quat = quat  # float64 (N, T, 4) wxyz
         self.dt_s = float(trajectories.dt_s)
+        self._pos_rows = pos.reshape(-1, 3)
+        self._quat_rows = quat.reshape(-1, 4)
 
     @property
     def n_episodes(self) -> int:
@@ -126,11 +128,13 @@ class TargetTable:
         """
         n_t = self.pos.shape[1]
         f = np.clip(np.asarray(times_s, np.float64) / self.dt_s, 0.0, n_t - 1)
-        i0 = np.floor(f).astype(np.int64)
-        i1 = np.minimum(i0 + 1, n_t - 1)
+        i0 = f.astype(np.int64)  # floor, f >= 0
         w = (f - i0)[..., None]
-        ep = np.asarray(episodes)[:, None]
-        pos = self.pos[ep, i0] * (1.0 - w) + self.pos[ep, i1] * w
-        quat = self.quat[ep, i0] * (1.0 - w) + self.quat[ep, i1] * w
-        quat /= np.linalg.norm(quat, axis=-1, keepdims=True)
+        row0 = np.asarray(episodes, np.int64)[:, None] * n_t + i0  # rows of the (N * T) tables
+        row1 = row0 + (i0 < n_t - 1)
+        pos = np.take(self._pos_rows, row0, axis=0)
+        pos += (np.take(self._pos_rows, row1, axis=0) - pos) * w
+        quat = np.take(self._quat_rows, row0, axis=0)
+        quat += (np.take(self._quat_rows, row1, axis=0) - quat) * w
+        quat /= np.sqrt(np.sum(quat * quat, axis=-1, keepdims=True))
         return pos, quat

@@ -11,7 +11,7 @@ import click
 from moetape.schema.validate import validate
 from moetape.schema.version import FORMAT_VERSION
 
-log_argument = click.argument("log", type=click.Path(dir_okay=False))
+log_argument = click.argument("log", type=click.Path())
 
 
 def _fmt_bytes(n: float) -> str:

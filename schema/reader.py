@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from moetape.schema import layout
-from moetape.schema.errors import LogFormatError, NewerFormatError
+from moetape.schema.errors import LogFormatError, LogReadError, NewerFormatError
 from moetape.schema.io import open_for_read, read_dataset
 from moetape.schema.upcast import upcast
 from moetape.schema.version import FORMAT_VERSION, OLDEST_READABLE
@@ -91,6 +91,28 @@ class Log:
             raise LogFormatError("{}: {} dataset(s) missing: {}. The file is damaged or not written by "
                                  "moetape; run `moetape verify`.".format(p, len(absent), ", ".join(absent[:5])))
         self.refresh()
+        self._check_extent()
+
+    def _check_extent(self) -> None:
+        """Refuse a truncated file: the chunk holding each dataset's last committed row must lie inside it."""
+        size = os.path.getsize(self.path)
+        for fp in self._paths.values():
+            ds = self._f[fp]
+            n = self.n_frames if layout.stream_of(fp) else self.n_steps
+            if n == 0 or ds.chunks is None:
+                continue
+            coord = tuple(((n - 1) // ds.chunks[0]) * ds.chunks[0] if i == 0 else
+                          ((ds.shape[i] - 1) // ds.chunks[i]) * ds.chunks[i] for i in range(ds.ndim))
+            try:
+                info = ds.id.get_chunk_info_by_coord(coord)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise LogReadError("{}: cannot locate the data of {} ({}); the file may be truncated or "
+                                   "corrupt. Run `moetape verify`.".format(self.path, fp, e)) from e
+            if info.byte_offset is not None and info.byte_offset + info.size > size:
+                raise LogReadError(
+                    "{}: file is truncated: {} needs {} bytes but the file has {}. Restore a complete "
+                    "copy; `moetape verify` lists what is readable.".format(
+                        self.path, fp, info.byte_offset + info.size, size))
 
     def _field_paths(self) -> Dict[str, str]:
         names: Dict[str, str] = {}

@@ -79,9 +79,11 @@ class LogSpec:
         if len(self.expert_names) < 1:
             problems.append("at least one expert name is needed")
         for group, names in (("terms", self.term_names), ("metrics", list(self.metrics))):
-            for n in names:
-                if not n or "/" in n or n != n.strip():
-                    problems.append("{} name {!r} is not a plain name".format(group, n))
+            for n in names:  # "/" nests groups (legacy term names such as "task/reaching/pos_err")
+                if not n or n != n.strip() or "" in n.split("/") or n.startswith("."):
+                    problems.append("{} name {!r} is not a usable name".format(group, n))
+                elif any(o.startswith(n + "/") for o in names):
+                    problems.append("{} name {!r} is also a prefix of another name".format(group, n))
             if len(set(names)) != len(names):
                 problems.append("{} names repeat: {}".format(group, names))
         if problems:

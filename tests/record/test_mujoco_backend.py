@@ -309,3 +309,33 @@ def test_torque_is_the_clipped_pd_law(trajectories):
         target = b.ix.default_pos + 0.25 * a.astype(np.float64)
         tau = np.clip(kp * (target - f["dof_pos"][k]) - kd * f["dof_vel"][k], -limit, limit)
         np.testing.assert_allclose(f["torque"][k], tau, atol=1e-3)
+
+
+def test_pose_helpers_agree_with_mujoco():
+    """Rotation vectors, quaternion products, matrices and yaw agree with MuJoCo's own functions."""
+    rng = np.random.default_rng(4)
+    for v in rng.normal(size=(5, 3)):
+        q = poses.rotvec_to_quat(v)
+        ref = np.zeros(4)
+        mujoco.mju_axisAngle2Quat(ref, v / np.linalg.norm(v), np.linalg.norm(v))
+        np.testing.assert_allclose(q, ref, atol=1e-12)
+        mat = np.zeros(9)
+        mujoco.mju_quat2Mat(mat, q)
+        np.testing.assert_allclose(poses.quat_to_mat(q), mat.reshape(3, 3), atol=1e-12)
+        q2, prod = poses.rotvec_to_quat(v[::-1]), np.zeros(4)
+        mujoco.mju_mulQuat(prod, q, q2)
+        np.testing.assert_allclose(poses.quat_mul(q, q2), prod, atol=1e-12)
+    np.testing.assert_allclose(poses.yaw(poses.rotvec_to_quat(np.array([0, 0, 0.7]))), 0.7)
+    np.testing.assert_allclose(poses.rotvec_to_quat(np.zeros(3)), [1, 0, 0, 0])
+
+
+def test_target_lookup_interpolates_and_holds_the_ends():
+    """Targets are linear between 200 Hz samples, hold the last sample past the end, and are xy-centred."""
+    pos = np.zeros((1, 3, 3), np.float32)
+    pos[0, :, 0] = [0.0, 1.0, 2.0]
+    pos[0, :, 2] = [0.5, 0.6, 0.7]
+    table = poses.TargetTable(Trajectories(pos, np.zeros((1, 3, 3), np.float32)))
+    p, q = table.lookup(np.array([0]), np.array([[0.0, 0.0025, 0.0075, 5.0]]))
+    np.testing.assert_allclose(p[0, :, 0], [-1.0, -0.5, 0.5, 1.0])
+    np.testing.assert_allclose(p[0, :, 2], [0.5, 0.55, 0.65, 0.7], atol=1e-6)
+    np.testing.assert_allclose(q[0], [[1, 0, 0, 0]] * 4)
