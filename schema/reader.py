@@ -21,7 +21,7 @@ from moetape.schema.io import open_for_read, read_dataset
 from moetape.schema.upcast import upcast
 from moetape.schema.version import FORMAT_VERSION, OLDEST_READABLE
 
-STREAM_BYTES = 32 * 1024 * 1024
+STREAM_BYTES = 8 * 1024 * 1024
 EnvSel = Union[None, int, slice, Sequence[int]]
 
 
@@ -296,7 +296,7 @@ class Log:
 
     def iter_chunks(self, fields: Sequence[str], *, start: int = 0, stop: Optional[int] = None,
                     env: EnvSel = None, chunk_steps: Optional[int] = None) -> Iterator[Chunk]:
-        """Yield the committed steps [start, stop) in chunks of about 32 MB (memory stays bounded)."""
+        """Yield the committed steps [start, stop) in chunks of about 8 MB (memory stays bounded)."""
         fields = list(fields)
         for name in fields:
             self._path(name)

@@ -96,19 +96,25 @@ def gate_entropy(gate: np.ndarray) -> np.ndarray:
     return (-(g * np.log(g + np.float32(ENTROPY_EPS))).sum(axis=-1)).astype(np.float32)
 
 
-def chunk_shape(row_shape: Tuple[int, ...], itemsize: int, target: int = CHUNK_TARGET_BYTES) -> Tuple[int, ...]:
-    """Chunk a growable dataset so a chunk holds about ``target`` bytes and at most 1024 rows.
+def chunk_shape(row_shape: Tuple[int, ...], itemsize: int, target: int = CHUNK_TARGET_BYTES,
+                max_rows: int = MAX_CHUNK_ROWS) -> Tuple[int, ...]:
+    """Chunk a growable dataset: about ``target`` bytes, rows a power of two dividing ``max_rows``.
 
-    Up to 256 envs share a chunk (so reading one env does not read every env of a large run), and
-    as many rows as fit the target.
+    ``max_rows`` is the writer's batch size (a power of two), so a full batch writes whole chunks
+    and no chunk is rewritten by the next batch. Envs are split across chunks only when one row of
+    all envs exceeds the target.
     """
+    inner = int(np.prod(row_shape, dtype=np.int64)) * itemsize if row_shape else itemsize
+    rows = _pow2_floor(max(1, min(max_rows, MAX_CHUNK_ROWS, target // max(1, inner))))
     if not row_shape:
-        return (int(max(1, min(MAX_CHUNK_ROWS, target // itemsize))),)
-    env_chunk = min(row_shape[0], 256)
-    inner = int(np.prod(row_shape[1:], dtype=np.int64)) if len(row_shape) > 1 else 1
-    per_row = max(1, env_chunk * inner * itemsize)
-    rows = int(max(1, min(MAX_CHUNK_ROWS, target // per_row)))
+        return (rows,)
+    per_env = max(1, inner // max(1, row_shape[0]))
+    env_chunk = int(min(row_shape[0], max(1, target // (rows * per_env))))
     return (rows, env_chunk) + tuple(row_shape[1:])
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (int(n).bit_length() - 1)
 
 
 def utc_now() -> str:
@@ -176,7 +182,7 @@ class LogWriter:
             int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize * (self._fps if layout.stream_of(p) else 1)
             for p, (s, d) in self._specs.items()
         )
-        self.batch_steps = int(batch_steps or max(1, min(MAX_BATCH_STEPS, BATCH_TARGET_BYTES // step_bytes)))
+        self.batch_steps = int(batch_steps or _pow2_floor(max(1, min(MAX_BATCH_STEPS, BATCH_TARGET_BYTES // step_bytes))))
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
         self._batch = _Batch(self._specs, self.batch_steps, self._fps)
@@ -238,7 +244,7 @@ class LogWriter:
         for path, (shape, dtype) in self._specs.items():
             ds = f.create_dataset(
                 path, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
-                chunks=chunk_shape(shape, np.dtype(dtype).itemsize, self.chunk_bytes), fletcher32=True,
+                chunks=self._chunks(path, shape, dtype), fletcher32=True,
             )
             name = path.rsplit("/", 1)[-1]
             if name in layout.UNITS:
@@ -258,6 +264,11 @@ class LogWriter:
             f.create_dataset(layout.TRAJ_EE_AXIS_ANGLE, data=np.asarray(ee_aa, np.float32), fletcher32=True)
             f[layout.TRAJ_EE_POS].attrs["dt_s"] = float(dt_s)
         f.flush()
+
+    def _chunks(self, path: str, shape: Tuple[int, ...], dtype: str) -> Tuple[int, ...]:
+        """Chunk shape aligned with the batch (frames/ rows per batch = batch_steps * frames_per_step)."""
+        rows = self.batch_steps * (self._fps if layout.stream_of(path) else 1)
+        return chunk_shape(shape, np.dtype(dtype).itemsize, self.chunk_bytes, _pow2_floor(rows))
 
     # ---------------------------------------------------------------- caller side
     def append(self, step: Mapping[str, np.ndarray], frames: Optional[Mapping[str, np.ndarray]] = None) -> None:

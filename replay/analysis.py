@@ -1,0 +1,470 @@
+"""Gating statistics of a log, streamed chunk by chunk with O(1)-memory accumulators.
+
+``summary(log)`` makes one pass over the committed steps and returns a JSON-ready dict:
+
+- per expert: mean, std (population), min, max of the gate weight; usage (share of rows with
+  w > 0.5), dominance (w > 0.7) and balance (0.3 <= w <= 0.7) shares; mean gate entropy (nats);
+- switching: changes of the dominant expert (argmax of the gate) per second of observed time,
+  counted between consecutive steps of the same env and episode (a reset is not a switch);
+  observed time = selected env-steps * policy_dt_s;
+- dwell: how long the same expert stays dominant (mean/median/max seconds, per expert); a run
+  ends at a switch, at the end of its episode, or at the end of the log (runs cut by the end of
+  the log are counted as they are);
+- correlation: Pearson r of each expert's weight with the EE position error
+  (``steps/terms/task_reaching_pos_err`` if recorded, else ||target_pos - ee_pos||) and with the
+  base-to-target distance (||target_pos - frames/root_pos|| at the step's first frame), overall,
+  per env and per episode (episode ids of the selected envs, pooled); ``None`` where a variable
+  is constant;
+- legacy: the figures the legacy script printed from ``weight_stats.pkl`` (env 0, every step,
+  entropy averaged over envs), independent of ``env``/``episode``;
+- plugins: results of custom analyses (see ``moetape.replay.plugins``).
+
+Only the dwell runs (one integer per run) are kept in memory; everything else is sums.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from moetape.replay import plugins as plugins_mod
+from moetape.schema.errors import InputError
+from moetape.schema.reader import Log, open_log
+
+SUMMARY_FORMAT_VERSION = 1
+USAGE_THRESHOLD = 0.5
+DOMINANCE_THRESHOLD = 0.7
+BALANCE_RANGE = (0.3, 0.7)
+EE_ERR_FIELD = "terms/task_reaching_pos_err"
+ROOT_POS_FIELD = "frames/root_pos"
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def ee_error_fields(log: Log) -> List[str]:
+    """Return the fields ``ee_error`` needs: the recorded error term, else the two positions."""
+    return [EE_ERR_FIELD] if log.has_field(EE_ERR_FIELD) else ["ee_pos", "target_pos"]
+
+
+def ee_error_source(log: Log) -> str:
+    """Describe where the EE position error comes from (for reports)."""
+    return "steps/" + EE_ERR_FIELD if log.has_field(EE_ERR_FIELD) else "norm(target_pos - ee_pos)"
+
+
+def ee_error(data: Dict[str, np.ndarray]) -> F64:
+    """Return the EE position error, m, float64 (n, E), from a chunk read with ``ee_error_fields``."""
+    if EE_ERR_FIELD in data:
+        return np.asarray(data[EE_ERR_FIELD], dtype=np.float64)
+    diff = np.asarray(data["target_pos"], dtype=np.float64) - np.asarray(data["ee_pos"], dtype=np.float64)
+    return np.asarray(np.linalg.norm(diff, axis=-1), dtype=np.float64)
+
+
+def _num(x: float) -> Optional[float]:
+    """Return a JSON-ready float: None for NaN/inf."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The envs and (optionally) the one episode an analysis covers."""
+
+    envs: List[int]
+    episode: Optional[int]
+
+    def mask(self, episode: np.ndarray) -> npt.NDArray[np.bool_]:
+        """Return bool (n, len(envs)): rows in the selection, given episode ids (n, len(envs))."""
+        if self.episode is None:
+            return np.ones(episode.shape, dtype=bool)
+        return np.asarray(episode == self.episode)
+
+
+def select(log: Log, *, env: Optional[int] = None, episode: Optional[int] = None) -> Selection:
+    """Check ``env``/``episode`` against the log and return the selection.
+
+    Raises:
+        InputError: env index out of range, or the episode is in none of the selected envs.
+    """
+    n = log.n_envs
+    if env is not None and not 0 <= int(env) < n:
+        raise InputError("{}: --env {} out of range; the log has {} env{} (0-{}).".format(
+            log.path, env, n, "" if n == 1 else "s", n - 1))
+    envs = [int(env)] if env is not None else list(range(n))
+    if episode is None:
+        return Selection(envs, None)
+    lo = np.full(len(envs), np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(len(envs), -1, dtype=np.int64)
+    found = False
+    for chunk in log.iter_chunks(["episode"]):
+        ep = chunk.data["episode"][:, envs]
+        lo = np.minimum(lo, ep.min(axis=0))
+        hi = np.maximum(hi, ep.max(axis=0))
+        found = found or bool((ep == episode).any())
+    if not found:
+        if log.n_steps == 0:
+            have = "the log has no steps"
+        elif len(envs) == 1:
+            have = "env {} has episodes {}-{}".format(envs[0], lo[0], hi[0])
+        else:
+            have = "its envs have episodes {}-{}".format(int(lo.min()), int(hi.max()))
+        raise InputError("{}: episode {} not in the log ({}).".format(log.path, episode, have))
+    return Selection(envs, int(episode))
+
+
+# ---------------------------------------------------------------------------- accumulators
+class Moments:
+    """Streaming per-group means and co-moments of V variables (Chan et al. pairwise merge).
+
+    Groups are small non-negative ints (env index, episode id); memory is O(groups * V^2).
+    """
+
+    def __init__(self, n_vars: int) -> None:
+        self.n_vars = n_vars
+        self.n = np.zeros(0, dtype=np.int64)
+        self.mean = np.zeros((0, n_vars))
+        self.comoment = np.zeros((0, n_vars, n_vars))
+
+    def _grow(self, size: int) -> None:
+        extra = size - self.n.shape[0]
+        if extra > 0:
+            v = self.n_vars
+            self.n = np.concatenate([self.n, np.zeros(extra, dtype=np.int64)])
+            self.mean = np.concatenate([self.mean, np.zeros((extra, v))])
+            self.comoment = np.concatenate([self.comoment, np.zeros((extra, v, v))])
+
+    def update(self, groups: I64, x: F64) -> None:
+        """Add rows ``x`` float64 (N, V) belonging to ``groups`` int (N,)."""
+        if x.shape[0] == 0:
+            return
+        size = int(groups.max()) + 1
+        self._grow(size)
+        v = self.n_vars
+        nb = np.bincount(groups, minlength=size).astype(np.int64)
+        sums = np.stack([np.bincount(groups, x[:, i], minlength=size) for i in range(v)], axis=1)
+        mb = sums / np.maximum(nb, 1)[:, None]
+        d = x - mb[groups]
+        cb = np.empty((size, v, v))
+        for i in range(v):
+            for j in range(i, v):
+                cb[:, i, j] = cb[:, j, i] = np.bincount(groups, d[:, i] * d[:, j], minlength=size)
+        na, ma, ca = self.n[:size], self.mean[:size], self.comoment[:size]
+        n = na + nb
+        safe = np.maximum(n, 1)
+        delta = mb - ma
+        self.mean[:size] = ma + delta * (nb / safe)[:, None]
+        self.comoment[:size] = ca + cb + delta[:, :, None] * delta[:, None, :] * (na * nb / safe)[:, None, None]
+        self.n[:size] = n
+
+    def groups(self) -> List[int]:
+        """Return the group ids that received rows."""
+        return [int(g) for g in np.flatnonzero(self.n)]
+
+    def std(self, g: int, i: int) -> Optional[float]:
+        """Return the population standard deviation of variable ``i`` in group ``g``."""
+        if g >= self.n.shape[0] or self.n[g] == 0:
+            return None
+        return _num(math.sqrt(max(0.0, self.comoment[g, i, i] / self.n[g])))
+
+    def corr(self, g: int, i: int, j: int) -> Optional[float]:
+        """Return Pearson r of variables ``i`` and ``j`` in group ``g``; None if one is constant."""
+        if g >= self.n.shape[0] or self.n[g] < 2:
+            return None
+        c = self.comoment[g]
+        n = float(self.n[g])
+        tiny = [1e-18 * n * (1.0 + self.mean[g, k] ** 2) for k in (i, j)]
+        if c[i, i] <= tiny[0] or c[j, j] <= tiny[1]:
+            return None
+        return _num(max(-1.0, min(1.0, c[i, j] / math.sqrt(c[i, i] * c[j, j]))))
+
+
+class GateStats:
+    """Per-expert weight moments, extremes and threshold shares, plus the mean entropy."""
+
+    def __init__(self, n_experts: int) -> None:
+        self.k = n_experts
+        self.moments = Moments(n_experts + 1)  # last variable: entropy
+        self.min = np.full(n_experts, np.inf)
+        self.max = np.full(n_experts, -np.inf)
+        self.usage = np.zeros(n_experts, dtype=np.int64)
+        self.dominance = np.zeros(n_experts, dtype=np.int64)
+        self.balance = np.zeros(n_experts, dtype=np.int64)
+
+    def update(self, gate: np.ndarray, entropy: np.ndarray) -> None:
+        """Add rows: gate (N, K), entropy (N,)."""
+        if gate.shape[0] == 0:
+            return
+        g = np.asarray(gate, dtype=np.float64)
+        x = np.concatenate([g, np.asarray(entropy, dtype=np.float64)[:, None]], axis=1)
+        self.moments.update(np.zeros(g.shape[0], dtype=np.int64), x)
+        self.min = np.minimum(self.min, g.min(axis=0))
+        self.max = np.maximum(self.max, g.max(axis=0))
+        w = np.asarray(gate)  # thresholds on the stored float32 values, as the legacy script did
+        self.usage += (w > USAGE_THRESHOLD).sum(axis=0)
+        self.dominance += (w > DOMINANCE_THRESHOLD).sum(axis=0)
+        self.balance += ((w >= BALANCE_RANGE[0]) & (w <= BALANCE_RANGE[1])).sum(axis=0)
+
+    @property
+    def n(self) -> int:
+        return int(self.moments.n[0]) if self.moments.n.shape[0] else 0
+
+    def experts(self, names: Sequence[str]) -> List[Dict[str, Any]]:
+        """Return one JSON-ready dict per expert."""
+        n = self.n
+        out = []
+        for k, name in enumerate(names):
+            has = n > 0
+            out.append({
+                "name": name,
+                "mean": _num(self.moments.mean[0, k]) if has else None,
+                "std": self.moments.std(0, k) if has else None,
+                "min": _num(self.min[k]) if has else None,
+                "max": _num(self.max[k]) if has else None,
+                "usage": self.usage[k] / n if has else None,
+                "dominance": self.dominance[k] / n if has else None,
+                "balance": self.balance[k] / n if has else None,
+            })
+        return out
+
+    def mean_entropy(self) -> Optional[float]:
+        return _num(self.moments.mean[0, self.k]) if self.n else None
+
+
+class SwitchStats:
+    """Switches of the dominant expert and the dwell runs between them, per env, streamed.
+
+    Rows come as dominant expert ``dom`` int (n, E) and a segment key ``key`` int (n, E): the
+    episode id, or -1 for rows outside the selection. A run is a stretch of equal (key, dom)
+    within one env; a switch is a change of dom between consecutive rows with the same key >= 0.
+    """
+
+    def __init__(self, n_envs: int, n_experts: int) -> None:
+        self.k = n_experts
+        self.cur_dom = np.full(n_envs, -1, dtype=np.int64)
+        self.cur_key = np.full(n_envs, -1, dtype=np.int64)
+        self.cur_len = np.zeros(n_envs, dtype=np.int64)
+        self.n_switches = 0
+        self.n_rows = 0
+        self._runs: List[List[I64]] = [[] for _ in range(n_experts)]
+
+    def _close(self, dom: I64, key: I64, length: I64) -> None:
+        keep = (key >= 0) & (dom >= 0) & (length > 0)
+        dom, length = dom[keep], length[keep]
+        for k in range(self.k):
+            sel = length[dom == k]
+            if sel.size:
+                self._runs[k].append(sel.astype(np.int64))
+
+    def update(self, dom: I64, key: I64) -> None:
+        """Add consecutive rows of every env: dom, key int (n, E)."""
+        n = dom.shape[0]
+        if n == 0:
+            return
+        valid = key >= 0
+        self.n_rows += int(valid.sum())
+        prev_dom = np.concatenate([self.cur_dom[None], dom[:-1]])
+        prev_key = np.concatenate([self.cur_key[None], key[:-1]])
+        same_seg = (key == prev_key) & valid
+        self.n_switches += int((same_seg & (dom != prev_dom) & (prev_dom >= 0)).sum())
+        boundary = (key != prev_key) | (dom != prev_dom)
+        for e in range(dom.shape[1]):
+            idx = np.flatnonzero(boundary[:, e])
+            if idx.size == 0:
+                self.cur_len[e] += n
+                continue
+            first = np.array([self.cur_len[e] + idx[0]])
+            self._close(self.cur_dom[e:e + 1], self.cur_key[e:e + 1], first)
+            self._close(dom[idx[:-1], e], key[idx[:-1], e], np.diff(idx))
+            self.cur_dom[e], self.cur_key[e], self.cur_len[e] = dom[idx[-1], e], key[idx[-1], e], n - idx[-1]
+
+    def finish(self) -> None:
+        """Close the runs still open at the end of the log."""
+        self._close(self.cur_dom, self.cur_key, self.cur_len)
+        self.cur_len[:] = 0
+
+    def runs(self, k: int) -> I64:
+        """Return the lengths, in steps, of expert ``k``'s dwell runs."""
+        return np.concatenate(self._runs[k]) if self._runs[k] else np.zeros(0, dtype=np.int64)
+
+    def result(self, names: Sequence[str], dt_s: float) -> Dict[str, Any]:
+        """Return the JSON-ready switching and dwell figures (call ``finish`` first)."""
+        duration = self.n_rows * dt_s
+        dwell = []
+        for k, name in enumerate(names):
+            r = self.runs(k) * dt_s
+            dwell.append({
+                "expert": name,
+                "n_runs": int(r.size),
+                "mean_s": _num(r.mean()) if r.size else None,
+                "median_s": _num(np.median(r)) if r.size else None,
+                "max_s": _num(r.max()) if r.size else None,
+            })
+        return {
+            "switching": {
+                "n_switches": self.n_switches,
+                "duration_s": duration,
+                "rate_hz": self.n_switches / duration if duration > 0 else None,
+            },
+            "dwell": dwell,
+        }
+
+
+class CorrStats:
+    """Pearson r of every expert's weight with the EE error and the base-to-target distance."""
+
+    def __init__(self, n_experts: int) -> None:
+        self.k = n_experts
+        self.overall = Moments(n_experts + 2)
+        self.by_env = Moments(n_experts + 2)
+        self.by_episode = Moments(n_experts + 2)
+
+    def update(self, gate: np.ndarray, err: F64, dist: F64, env: I64, episode: I64) -> None:
+        """Add selected rows: gate (N, K), err (N,), dist (N,), env ids (N,), episode ids (N,)."""
+        x = np.concatenate([np.asarray(gate, dtype=np.float64), err[:, None], dist[:, None]], axis=1)
+        ok = np.isfinite(x).all(axis=1)
+        x, env, episode = x[ok], env[ok], episode[ok]
+        self.overall.update(np.zeros(x.shape[0], dtype=np.int64), x)
+        self.by_env.update(env, x)
+        self.by_episode.update(episode, x)
+
+    def _row(self, m: Moments, g: int) -> Dict[str, Any]:
+        k = self.k
+        return {
+            "n": int(m.n[g]) if g < m.n.shape[0] else 0,
+            "r_ee_pos_err": [m.corr(g, i, k) for i in range(k)],
+            "r_target_distance": [m.corr(g, i, k + 1) for i in range(k)],
+            "mean_ee_pos_err_m": _num(m.mean[g, k]) if g < m.n.shape[0] and m.n[g] else None,
+        }
+
+    def result(self) -> Dict[str, Any]:
+        return {
+            "overall": self._row(self.overall, 0),
+            "by_env": [dict(env=g, **self._row(self.by_env, g)) for g in self.by_env.groups()],
+            "by_episode": [dict(episode=g, **self._row(self.by_episode, g)) for g in self.by_episode.groups()],
+        }
+
+
+class LegacyStats:
+    """What the legacy script printed from weight_stats.pkl: env 0 base/arm usage, env-mean entropy."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.base_used = 0
+        self.arm_used = 0
+        self.entropy_sum = 0.0
+
+    def update(self, gate: np.ndarray, entropy: np.ndarray) -> None:
+        """Add steps of every env: gate (n, E, K), entropy (n, E)."""
+        self.n += gate.shape[0]
+        self.base_used += int((gate[:, 0, 0] > USAGE_THRESHOLD).sum())
+        if gate.shape[2] > 1:
+            self.arm_used += int((gate[:, 0, 1] > USAGE_THRESHOLD).sum())
+        self.entropy_sum += float(np.asarray(entropy, dtype=np.float64).mean(axis=1).sum())
+
+    def result(self, n_experts: int) -> Dict[str, Any]:
+        n = self.n
+        return {
+            "source": "weight_stats.pkl as the legacy script wrote it: env 0 gate columns 0/1 and the "
+                      "entropy averaged over envs, every step",
+            "n_steps": n,
+            "base_usage": self.base_used / n if n else None,
+            "arm_usage": self.arm_used / n if n and n_experts > 1 else None,
+            "mean_entropy": self.entropy_sum / n if n else None,
+        }
+
+
+# ---------------------------------------------------------------------------- the pass
+def _take(arr: np.ndarray, envs: List[int], n_envs: int) -> np.ndarray:
+    """Select the env axis (axis 1) unless every env is selected."""
+    return arr if len(envs) == n_envs else arr[:, envs]
+
+
+def summary(log: Union[Log, str, "os.PathLike[str]"], *, env: Optional[int] = None,
+            episode: Optional[int] = None, plugins: Iterable[Any] = ()) -> Dict[str, Any]:
+    """Return the gating statistics of ``log`` as a JSON-ready dict (see the module docstring).
+
+    Args:
+        log: an open Log (or a path, opened and closed here).
+        env: one env index; default every env.
+        episode: one episode id (of the selected envs); default every episode.
+        plugins: custom analyses: "module:attribute" specs, ``plugins.Plugin`` objects or
+            callables (see ``moetape.replay.plugins``); none by default.
+
+    Raises:
+        InputError: env out of range, episode not present, or a bad plugin.
+    """
+    if not isinstance(log, Log):
+        with open_log(os.fspath(log)) as opened:
+            return summary(opened, env=env, episode=episode, plugins=plugins)
+    sel = select(log, env=env, episode=episode)
+    names = log.expert_names
+    k, n_envs = len(names), log.n_envs
+    active = plugins_mod.start(plugins_mod.resolve(plugins), log)
+    has_root = log.has_field(ROOT_POS_FIELD)
+    fields = ["gate", "gate_entropy", "episode"] + ee_error_fields(log) + ["target_pos"]
+    fields += [ROOT_POS_FIELD] if has_root else []
+    fields = list(dict.fromkeys(fields + plugins_mod.fields_of(active)))
+    gate_stats, switch_stats = GateStats(k), SwitchStats(len(sel.envs), k)
+    corr_stats, legacy = CorrStats(k), LegacyStats()
+    env_ids = np.asarray(sel.envs, dtype=np.int64)
+    fps = log.frames_per_step
+    for chunk in log.iter_chunks(fields):
+        d = chunk.data
+        legacy.update(d["gate"], d["gate_entropy"])
+        gate = _take(d["gate"], sel.envs, n_envs)
+        ent = _take(d["gate_entropy"], sel.envs, n_envs)
+        ep = _take(d["episode"], sel.envs, n_envs).astype(np.int64)
+        mask = sel.mask(ep)
+        gate_stats.update(gate[mask], ent[mask])
+        dom = np.where(mask, gate.argmax(axis=2), -1)
+        switch_stats.update(dom, np.where(mask, ep, -1))
+        err = _take(ee_error(d), sel.envs, n_envs)
+        if has_root:
+            root = np.asarray(d[ROOT_POS_FIELD][::fps], dtype=np.float64)
+            diff = np.asarray(d["target_pos"], dtype=np.float64) - root
+            dist = _take(np.linalg.norm(diff, axis=-1), sel.envs, n_envs)
+        else:
+            dist = np.full(err.shape, np.nan)
+        env_grid = np.broadcast_to(env_ids[None, :], ep.shape)
+        corr_stats.update(gate[mask], err[mask], dist[mask], env_grid[mask], ep[mask])
+        plugins_mod.feed(active, chunk, sel.envs, mask)
+    switch_stats.finish()
+    n_rows = gate_stats.n
+    out: Dict[str, Any] = {
+        "format_version": SUMMARY_FORMAT_VERSION,
+        "log": {
+            "path": log.path,
+            "log_id": log.log_id,
+            "log_format_version": log.format_version,
+            "run_status": log.run_status,
+            "n_steps": log.n_steps,
+            "n_envs": n_envs,
+            "policy_dt_s": log.policy_dt_s,
+        },
+        "selection": {
+            "envs": sel.envs,
+            "episode": sel.episode,
+            "env_steps": n_rows,
+            "duration_s": n_rows * log.policy_dt_s,
+        },
+        "thresholds": {"usage": USAGE_THRESHOLD, "dominance": DOMINANCE_THRESHOLD,
+                       "balance": list(BALANCE_RANGE)},
+        "expert_names": names,
+        "experts": gate_stats.experts(names),
+        "entropy": {"mean": gate_stats.mean_entropy(), "max_possible": math.log(k) if k > 1 else 0.0},
+    }
+    out.update(switch_stats.result(names, log.policy_dt_s))
+    out["correlation"] = dict(
+        ee_pos_err_source=ee_error_source(log),
+        target_distance_source="norm(target_pos - frames/root_pos)" if has_root else None,
+        **corr_stats.result(),
+    )
+    out["legacy"] = legacy.result(k)
+    out["plugins"] = plugins_mod.results(active)
+    return out
