@@ -57,7 +57,7 @@ bench: install
 	@if [ -f bench/derive.py ]; then $(BIN)/python bench/derive.py; fi
 
 demo: install
-	$(BIN)/moetape demo
+	$(BIN)/moetape demo --force
 
 golden: install
 	$(BIN)/python tests/data/make_v1.py

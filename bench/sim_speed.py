@@ -4,7 +4,7 @@ Both rates count physics substeps per second summed over envs (policy steps x de
 The backend runs with zero actions and ``substep_frames=False`` (obs, terms, one frame row per
 step); the bare loop calls ``mj_step(m, d, decimation)`` per env from the same standing start.
 
-    python bench/sim_speed.py [N_THREADS]   # prints {"env_steps_per_s": ..., "bare_mj_step_per_s": ..., ...}
+    python bench/sim_speed.py [N_THREADS]   # prints {"env_steps_per_s": ..., "sim_ratio": ..., ...}
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import mujoco
 import numpy as np
@@ -33,19 +33,20 @@ def _circle_trajectories(n_episodes: int = 4, n_samples: int = 1600) -> Trajecto
 
 
 def measure_sim_ratio(
-    n_envs: int = 64, policy_steps: int = 200, *, rounds: int = 4, n_threads: int = 1
+    n_envs: int = 64, policy_steps: int = 200, *, rounds: int = 4, n_threads: Optional[int] = None
 ) -> Dict[str, float]:
     """Time the backend and a bare mj_step loop on the same model for the same substeps x envs.
 
     The steps are split into ``rounds`` interleaved backend/bare rounds and the fastest round of
     each side counts, so a burst of load from another process does not decide the ratio.
-    ``n_threads`` is the backend's; the bare loop is always single-threaded.
+    ``n_threads`` is the backend's (None: its default); the bare loop is always single-threaded.
 
     Returns:
         {"env_steps_per_s", "bare_mj_step_per_s"} in physics substeps per second, their ratio
         "sim_ratio" (backend / bare), plus "n_envs" and "policy_steps".
     """
     backend = MujocoBackend(_circle_trajectories(), n_envs=n_envs, n_threads=n_threads)
+    backend_threads = backend.n_threads
     backend.reset()
     model = backend.model
     start = [mujoco.MjData(model) for _ in range(n_envs)]
@@ -88,10 +89,10 @@ def measure_sim_ratio(
         "sim_ratio": env_rate / bare_rate,
         "n_envs": float(n_envs),
         "policy_steps": float(policy_steps),
-        "n_threads": float(n_threads),
+        "n_threads": float(backend_threads),
     }
 
 
 if __name__ == "__main__":
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else None
     print(json.dumps(measure_sim_ratio(n_threads=threads), indent=2))

@@ -1,8 +1,8 @@
 """The embedded MuJoCo backend: E envs of the EE-tracking task on one MjModel and E MjData, on the CPU.
 
 The task reproduces the MoE env of DESIGN.md §5: 200 Hz physics, decimation 4 (50 Hz policy), PD
-targets ``default + 0.25 * action`` (C-side position actuators with kp/kv, torque-limited by
-``forcerange``), 7 s episodes, and the 109-dim observation laid out in :data:`OBS_LAYOUT`.
+targets ``default + 0.25 * action`` (C-side PD actuators, ctrl = target, torque-limited by
+``forcerange``, so ``mj_step(m, d, n)`` runs n substeps in one call), 7 s episodes, and the 109-dim observation laid out in :data:`OBS_LAYOUT`.
 
 An episode ends by termination (trunk contact force > 1 N, base below 0.12 m or tilted > 60 deg) or
 at the time limit; ``done`` is either, ``timeout`` is the time limit reached (legacy ``time_outs``, set
@@ -20,6 +20,7 @@ poses for the observation.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
@@ -172,13 +173,16 @@ class MujocoBackend:
     Args:
         trajectories: EE targets, N episodes of T samples at 200 Hz (world frame).
         n_envs: E, number of envs.
-        robot_xml: path to a self-contained MJCF with the 18 joints of :data:`JOINT_NAMES`, a position
-            actuator per joint, a free joint on the trunk and an ``end_effector`` site; default: the bundled model.
+        robot_xml: path to a self-contained MJCF with the 18 joints of :data:`JOINT_NAMES`, one joint
+            actuator each whose ctrl is the PD target (``<position kp kv>`` or ``<general>`` affine), a
+            free joint on the trunk and an ``end_effector`` site; optional keyframe "default" (default
+            pose, spawn height). Default: the bundled model. Its timestep is set to 0.005 s.
         seed: seeds the reset noise (only used when ``init_noise_rad > 0``).
         episode_length_s: time limit of an episode.
         init_noise_rad: uniform noise added to the default joint positions at every reset.
         n_threads: physics threads; envs are split into this many fixed chunks and stepped in
-            parallel (MuJoCo releases the GIL). Results do not depend on it.
+            parallel (MuJoCo releases the GIL). Results do not depend on it. Default: one thread
+            per 16 envs, at most 4 and at most half the CPUs.
     """
 
     def __init__(
@@ -190,7 +194,7 @@ class MujocoBackend:
         seed: int = 0,
         episode_length_s: float = 7.0,
         init_noise_rad: float = 0.0,
-        n_threads: int = 1,
+        n_threads: Optional[int] = None,
     ) -> None:
         if n_envs < 1:
             raise InputError(f"n_envs must be >= 1, got {n_envs}")
@@ -202,7 +206,9 @@ class MujocoBackend:
         self.max_steps = int(round(episode_length_s / POLICY_DT_S))
         self._rng = np.random.default_rng(seed)
         self._noise = float(init_noise_rad)
-        self._n_threads = max(1, min(int(n_threads), int(n_envs)))
+        if n_threads is None:
+            n_threads = min(4, (os.cpu_count() or 1) // 2, n_envs // 16)  # leave cores to policy/writer
+        self.n_threads = max(1, min(int(n_threads), int(n_envs)))  # physics threads in use
         self._pool: Optional[ThreadPoolExecutor] = None
         self._traj = mm.TargetTable(trajectories)
         self.datas = [mujoco.MjData(self.model) for _ in range(E)]
@@ -224,10 +230,10 @@ class MujocoBackend:
         )
         self._fields = frame_fields(18, len(self.ix.bodies))
         self._cache_views()
-        bounds = np.linspace(0, E, self._n_threads + 1).astype(int)
+        bounds = np.linspace(0, E, self.n_threads + 1).astype(int)
         self._chunks = [self.datas[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-        if self._n_threads > 1:
-            self._pool = ThreadPoolExecutor(self._n_threads, thread_name_prefix="moetape-mujoco")
+        if self.n_threads > 1:
+            self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="moetape-mujoco")
         self.episode = np.zeros(E, np.int32)
         self.step_in_episode = np.zeros(E, np.int32)
         self.last_action = np.zeros((E, 18), np.float32)

@@ -1,0 +1,340 @@
+"""The rollout loop: policy -> backend -> event log, one policy step for every env at a time.
+
+For each step the gate weights and the action come from the same observation, before the step;
+the backend then applies the action and reports what happened (see record/backend.py for the
+timing contract). Rows go to the log's background writer; Ctrl-C ends the run cleanly with every
+step flushed and the log marked "interrupted".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from moetape.record.backend import Backend, StepResult
+from moetape.schema import layout
+from moetape.schema.errors import InputError, OutputExistsError
+from moetape.schema.writer import LogSpec, LogWriter, gate_entropy
+
+LOG_NAME = "log.h5"
+FRAMES_CHOICES = ("substep", "policy")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a recording is made from; stored as JSON in the log (``config_json``)."""
+
+    moe_ckpt_path: str
+    trajectory_file_path: str
+    out: str
+    base_ckpt_path: Optional[str] = None
+    arm_ckpt_path: Optional[str] = None
+    device: str = "cpu"
+    num_envs: int = 1
+    num_steps: int = 1000
+    backend: str = "mujoco"
+    robot: Optional[str] = None
+    seed: int = 0
+    flush_seconds: float = 1.0
+    frames: str = "substep"
+    visualize: bool = False
+    show_weights: bool = False
+    record_video: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A custom per-step metric, declared before the run (the legacy ``state_logs["custom_metric"]``).
+
+    ``compute(backend, result)`` returns an array of shape (E, *shape) for every step, from the
+    backend's state after the step and the step's StepResult.
+    """
+
+    name: str
+    compute: Callable[[Any, StepResult], np.ndarray]
+    shape: Tuple[int, ...] = ()
+    dtype: str = "float32"
+
+
+@dataclass
+class GateSummary:
+    """Running figures of the legacy --show_weights summary (env-0 weights, env-mean entropy)."""
+
+    n: int = 0
+    sums: Optional[np.ndarray] = None
+    sq_sums: Optional[np.ndarray] = None
+    above_half: Optional[np.ndarray] = None
+    entropy_sum: float = 0.0
+
+    def update(self, gate: np.ndarray, entropy: np.ndarray) -> None:
+        w = gate[0].astype(np.float64)
+        if self.sums is None:
+            self.sums = np.zeros_like(w)
+            self.sq_sums = np.zeros_like(w)
+            self.above_half = np.zeros_like(w)
+        self.sums += w
+        self.sq_sums += w * w  # type: ignore[operator]
+        self.above_half += w > 0.5  # type: ignore[operator]
+        self.entropy_sum += float(entropy.mean())
+        self.n += 1
+
+    def result(self, names: Sequence[str]) -> Dict[str, Any]:
+        if self.n == 0 or self.sums is None:
+            return {"steps": 0}
+        mean = self.sums / self.n
+        std = np.sqrt(np.maximum(self.sq_sums / self.n - mean ** 2, 0.0))  # type: ignore[operator]
+        return {
+            "steps": self.n,
+            "experts": {n: {"mean": float(mean[k]), "std": float(std[k]),
+                            "usage_above_0_5": float(self.above_half[k] / self.n)}  # type: ignore[index]
+                        for k, n in enumerate(names)},
+            "mean_entropy": self.entropy_sum / self.n,
+        }
+
+
+@dataclass
+class StepReport:
+    """What the display callback sees after each step."""
+
+    step: int
+    num_steps: int
+    gate: np.ndarray  # float32 (E, K)
+    entropy: np.ndarray  # float32 (E,)
+    steps_per_s: float
+    n_committed: int
+
+
+@dataclass
+class RunResult:
+    """How a recording ended."""
+
+    log_path: str
+    steps: int
+    status: str
+    seconds: float
+    summary: Dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_device(requested: Optional[str], *, notice: Callable[[str], None]) -> str:
+    """Return the torch device to use: the legacy default cuda:0 falls back to cpu with a notice.
+
+    Raises:
+        InputError: an explicitly requested CUDA device is not available.
+    """
+    import torch
+
+    device = requested or "cuda:0"
+    if not device.startswith("cuda"):
+        return device
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if torch.cuda.is_available() and index < torch.cuda.device_count():
+        return device
+    if requested is None:
+        notice("no CUDA device here: running the policy on cpu (pass --device to choose)")
+        return "cpu"
+    raise InputError("--device {}: no such CUDA device here ({} visible); expected cpu or an available "
+                     "cuda:N. Pass --device cpu".format(device, torch.cuda.device_count() if torch.cuda.is_available() else 0))
+
+
+def prepare_out(out: str, *, force: bool) -> str:
+    """Create the run folder and return the log path; refuse to overwrite an existing log without force."""
+    log_path = os.path.join(out, LOG_NAME)
+    if os.path.exists(log_path) and not force:
+        raise OutputExistsError("{}: a recording exists there. Pick a new --out or pass --force to overwrite.".format(out))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputExistsError("{}: exists and is not a folder; --out names a new run folder.".format(out))
+    os.makedirs(out, exist_ok=True)
+    if force and os.path.exists(log_path):
+        os.remove(log_path)
+    return log_path
+
+
+def build_backend(cfg: RunConfig, trajectories: Any, device: str) -> Backend:
+    """Construct the chosen simulator backend."""
+    if cfg.backend == "mujoco":
+        from moetape.record.mujoco_backend import MujocoBackend
+
+        return MujocoBackend(trajectories, n_envs=cfg.num_envs, robot_xml=cfg.robot, seed=cfg.seed)
+    if cfg.backend == "isaacgym":
+        from moetape.record.isaacgym_backend import IsaacGymBackend
+
+        config_path = os.path.join(os.path.dirname(os.path.abspath(cfg.moe_ckpt_path)), "config.pkl")
+        return IsaacGymBackend(config_path=config_path, checkpoint_path=cfg.moe_ckpt_path,
+                               trajectory_path=cfg.trajectory_file_path, num_envs=cfg.num_envs, device=device,
+                               visualize=cfg.visualize, seed=cfg.seed)
+    raise InputError("--backend {}: unknown backend; expected mujoco or isaacgym".format(cfg.backend))
+
+
+def provenance(cfg: RunConfig, backend: Backend, policy: Any, device: str) -> Dict[str, Any]:
+    """Versions, files and hashes that make the recording reproducible."""
+    import h5py
+    import torch
+
+    info = backend.info
+    prov: Dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "torch": torch.__version__,
+        "device": device,
+        "seed": cfg.seed,
+        "backend": info.name,
+        "backend_versions": info.versions,
+        "policy_kind": policy.kind,
+        "policy_notes": list(getattr(policy, "notes", [])),
+        "checkpoints": policy.sources,
+        "checkpoint_sha256": {s["role"]: s["sha256"] for s in policy.sources},
+        "trajectory_file": os.path.abspath(cfg.trajectory_file_path),
+        "trajectory_sha256": sha256_file(cfg.trajectory_file_path),
+        "model_sha256": info.model_sha256,
+        "robot_file": os.path.abspath(cfg.robot) if cfg.robot else None,
+        "episode_length_s": info.episode_length_s,
+    }
+    overrides = getattr(backend, "applied_overrides", None)
+    if overrides:
+        prov["config_overrides"] = list(overrides)
+    return prov
+
+
+def record(cfg: RunConfig, *, metrics: Sequence[Metric] = (), command_line: Optional[str] = None,
+           on_step: Optional[Callable[[StepReport], None]] = None,
+           notice: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> RunResult:
+    """Play the checkpoint against the trajectories and append every step to ``cfg.out``/log.h5.
+
+    Raises:
+        InputError: bad checkpoint, trajectory, robot model, device or sizes (one-line messages).
+        OutputExistsError: the run folder holds a log and ``cfg.force`` is False.
+        LogWriteError: the log could not be written (the steps committed before stay readable).
+    """
+    import torch
+
+    from moetape.record.policy import check_dims, load_policy
+    from moetape.record.trajectory import load_trajectories
+
+    if cfg.frames not in FRAMES_CHOICES:
+        raise InputError("--frames {}: expected one of {}".format(cfg.frames, ", ".join(FRAMES_CHOICES)))
+    if cfg.num_envs < 1 or cfg.num_steps < 1:
+        raise InputError("--num_envs and --num_steps must be >= 1, got {} and {}".format(cfg.num_envs, cfg.num_steps))
+    device = cfg.device
+    trajectories = load_trajectories(cfg.trajectory_file_path)
+    policy = load_policy(cfg.moe_ckpt_path, base_path=cfg.base_ckpt_path, arm_path=cfg.arm_ckpt_path, device=device)
+    log_path = prepare_out(cfg.out, force=cfg.force)
+    torch.manual_seed(cfg.seed)
+    backend = build_backend(cfg, trajectories, device)
+    try:
+        info = backend.info
+        check_dims(policy, info.obs_dim, info.action_dim, info.name)
+        substep = cfg.frames == "substep"
+        spec = LogSpec(
+            n_envs=info.n_envs, obs_dim=info.obs_dim, action_dim=info.action_dim,
+            joint_names=list(info.joint_names), body_names=list(info.body_names),
+            expert_names=list(policy.expert_names), term_names=list(info.term_names),
+            metrics={m.name: (tuple(m.shape), m.dtype) for m in metrics},
+            sim_dt_s=info.sim_dt_s, decimation=info.decimation,
+            frames_per_step=info.decimation if substep else 1, backend=info.name,
+        )
+        meta = {
+            "command_line": command_line if command_line is not None else " ".join(shlex.quote(a) for a in sys.argv),
+            "config": dict(asdict(cfg), device=device),
+            "provenance": provenance(cfg, backend, policy, device),
+        }
+        traj = (trajectories.ee_pos, trajectories.ee_axis_angle, trajectories.dt_s)
+        viewer = _open_viewer(backend) if cfg.visualize and info.name == "mujoco" else None
+        writer = LogWriter(log_path, spec, meta=meta, model_xml=info.model_xml,
+                           model_source=os.path.abspath(cfg.robot) if cfg.robot else "bundled",
+                           trajectory=traj, flush_seconds=cfg.flush_seconds)
+        return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer)
+    finally:
+        backend.close()
+
+
+def _open_viewer(backend: Any) -> Any:
+    """Open MuJoCo's passive viewer on env 0, or explain why it cannot open."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise InputError("--visualize: no display here (DISPLAY is not set). Record headless and watch it with "
+                         "--record_video or `moetape view LOG` on a machine with a screen")
+    import mujoco.viewer
+
+    return mujoco.viewer.launch_passive(backend.model, backend.datas[0])
+
+
+def _loop(cfg: RunConfig, backend: Backend, policy: Any, writer: LogWriter, metrics: Sequence[Metric],
+          substep: bool, on_step: Optional[Callable[[StepReport], None]], viewer: Any) -> RunResult:
+    """Run the steps; the writer's context marks the end status (clean, interrupted, failed)."""
+    summary = GateSummary()
+    status = layout.STATUS_CLEAN
+    t0 = time.monotonic()
+    s = 0
+    with writer:
+        try:
+            obs = backend.reset()
+            for s in range(cfg.num_steps):
+                action, gate = policy.policy_step(obs)
+                result = backend.step(action, substep_frames=substep)
+                entropy = gate_entropy(gate)
+                step: Dict[str, np.ndarray] = {
+                    "obs": obs, "action": action, "gate": gate, "gate_entropy": entropy,
+                    "reward": result.reward, "done": result.done, "timeout": result.timeout,
+                }
+                step.update(result.pre)
+                for name, value in result.terms.items():
+                    step["terms/" + name] = value
+                for m in metrics:
+                    step["metrics/" + m.name] = np.asarray(m.compute(backend, result), dtype=m.dtype)
+                writer.append(step, result.frames)
+                summary.update(gate, entropy)
+                obs = result.obs
+                if viewer is not None:
+                    if not viewer.is_running():
+                        raise KeyboardInterrupt
+                    viewer.sync()
+                if on_step is not None:
+                    elapsed = time.monotonic() - t0
+                    on_step(StepReport(s, cfg.num_steps, gate, entropy, (s + 1) / max(elapsed, 1e-9),
+                                       writer.n_committed))
+            s = cfg.num_steps
+        except KeyboardInterrupt:
+            status = layout.STATUS_INTERRUPTED
+            writer.close(status)
+        finally:
+            if viewer is not None:
+                viewer.close()
+    return RunResult(writer.path, summary.n, status, time.monotonic() - t0,
+                     summary.result(list(writer.spec.expert_names)))
+
+
+def summary_lines(summary: Dict[str, Any]) -> List[str]:
+    """Format the --show_weights end summary like the legacy script's."""
+    if not summary.get("steps"):
+        return ["no steps recorded"]
+    lines = ["Gate weight summary over {} steps (env 0; entropy averaged over envs):".format(summary["steps"])]
+    for name, e in summary["experts"].items():
+        lines.append("  {:>6}: mean {:.3f} +/- {:.3f}, usage (>0.5) {:.1f}%".format(
+            name, e["mean"], e["std"], 100 * e["usage_above_0_5"]))
+    lines.append("  mean entropy: {:.4f} (max ln K)".format(summary["mean_entropy"]))
+    return lines
+
+
+def config_json(cfg: RunConfig) -> str:
+    return json.dumps(asdict(cfg), sort_keys=True)
