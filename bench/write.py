@@ -168,7 +168,15 @@ def spawn(variant, path, envs, env_steps, nbytes=0):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_envs(envs, env_steps):
+def median_run(runs):
+    """The run with the median time (lower median for an even count), with every time listed."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["all_seconds"] = [round(r["seconds"], 3) for r in runs]
+    return out
+
+
+def bench_envs(envs, env_steps, repeat=3):
     from moetape.schema.writer import LogSpec  # noqa: F401 - fail early if moetape is missing
 
     n_steps = env_steps // envs
@@ -183,9 +191,16 @@ def bench_envs(envs, env_steps):
     res = {"envs": envs, "env_steps": real_env_steps, "payload_bytes_per_env_step": per_env_step,
            "payload_mb": round(total / 1e6, 1)}
     runs = {}
-    runs["raw"] = spawn("raw", paths["raw"], envs, env_steps, total)
-    os.remove(paths["raw"])
-    runs["moetape"] = spawn("moetape", paths["moetape"], envs, env_steps)
+    # raw and moetape alternate `repeat` times and keep the median time: the disk here is noisy.
+    raws, moes = [], []
+    for i in range(repeat):
+        raws.append(spawn("raw", paths["raw"], envs, env_steps, total))
+        os.remove(paths["raw"])
+        if i:
+            os.remove(paths["moetape"])
+        moes.append(spawn("moetape", paths["moetape"], envs, env_steps))
+    runs["raw"] = median_run(raws)
+    runs["moetape"] = median_run(moes)
     runs["read_gate"] = spawn("read_gate", paths["moetape"], envs, env_steps)
     runs["read_all"] = spawn("read_all", paths["moetape"], envs, env_steps)
     half = spawn("moetape", paths["moetape"] + ".quarter", envs, env_steps // 4)
@@ -220,6 +235,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env-steps", type=int, default=1_000_000)
     ap.add_argument("--envs", default="64,4096")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating raw/moetape runs; the median is kept")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
@@ -230,7 +246,7 @@ def main():
         args.envs = int(args.envs)
         child(args)
         return
-    results = [bench_envs(int(e), args.env_steps) for e in args.envs.split(",")]
+    results = [bench_envs(int(e), args.env_steps, args.repeat) for e in args.envs.split(",")]
     for r in results:
         print("{} envs, {} env-steps ({} MB):".format(r["envs"], r["env_steps"], r["payload_mb"]), file=sys.stderr)
         for name, run in r["runs"].items():

@@ -1,0 +1,100 @@
+"""Benchmark the recorder: the same rollout with and without the event log, and the simulator's speed.
+
+One run, 64 envs, the demo checkpoint and trajectory, MuJoCo backend, substep frames (the default).
+Rollouts with and without the log alternate over several rounds and the fastest round of each
+counts (the machines here are noisy). ``overhead`` = step time with the log / without (goal
+<= 1.03); ``sim_ratio`` = backend physics substeps/s / bare ``mj_step`` substeps/s (goal >= 0.8,
+from bench/sim_speed.py).
+
+Usage: python bench/record.py [--envs 64] [--steps 200] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def rollout(policy, backend, n_steps, writer=None, substep=True):
+    """Run n_steps policy steps; append every step to ``writer`` when given. Returns seconds."""
+    from moetape.schema.writer import gate_entropy
+
+    obs = backend.reset()
+    t = time.perf_counter()
+    for _ in range(n_steps):
+        action, gate = policy.policy_step(obs)
+        res = backend.step(action, substep_frames=substep)
+        if writer is not None:
+            step = {"obs": obs, "action": action, "gate": gate, "gate_entropy": gate_entropy(gate),
+                    "reward": res.reward, "done": res.done, "timeout": res.timeout}
+            step.update(res.pre)
+            step.update({"terms/" + k: v for k, v in res.terms.items()})
+            writer.append(step, res.frames)
+        obs = res.obs
+    if writer is not None:
+        writer.flush()
+    return time.perf_counter() - t
+
+
+def measure_overhead(n_envs=64, n_steps=200, rounds=3):
+    import torch
+
+    from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory
+    from moetape.record.mujoco_backend import MujocoBackend
+    from moetape.record.policy import load_policy
+    from moetape.record.trajectory import load_trajectories
+    from moetape.schema.writer import LogSpec, LogWriter
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = make_demo_checkpoint(os.path.join(d, "m.pt"))
+        traj = load_trajectories(make_demo_trajectory(os.path.join(d, "t.pkl")))
+        policy = load_policy(ckpt)
+        backend = MujocoBackend(traj, n_envs=n_envs)
+        info = backend.info
+        spec = LogSpec(n_envs=n_envs, obs_dim=info.obs_dim, action_dim=info.action_dim,
+                       joint_names=info.joint_names, body_names=info.body_names, term_names=info.term_names,
+                       decimation=info.decimation, frames_per_step=info.decimation)
+        with_log, without = [], []
+        for r in range(rounds):
+            without.append(rollout(policy, backend, n_steps))
+            with LogWriter(os.path.join(d, "log{}.h5".format(r)), spec, model_xml=info.model_xml) as w:
+                with_log.append(rollout(policy, backend, n_steps, w))
+            os.remove(os.path.join(d, "log{}.h5".format(r)))
+        backend.close()
+    return {"n_envs": n_envs, "steps": n_steps, "seconds_without_log": without, "seconds_with_log": with_log,
+            "overhead": round(min(with_log) / min(without), 4)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--envs", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    from sim_speed import measure_sim_ratio
+
+    res = measure_overhead(args.envs, args.steps, args.rounds)
+    sim = measure_sim_ratio(args.envs, args.steps)
+    res.update({"sim_ratio": round(sim["sim_ratio"], 3), "env_steps_per_s": sim["env_steps_per_s"],
+                "bare_mj_step_per_s": sim["bare_mj_step_per_s"]})
+    print("record, {} envs x {} steps: with log {:.3f} s, without {:.3f} s (fastest of {}), overhead {:.3f} (goal <= 1.03)"
+          .format(args.envs, args.steps, min(res["seconds_with_log"]), min(res["seconds_without_log"]), args.rounds,
+                  res["overhead"]), file=sys.stderr)
+    print("sim: {:.0f} substeps/s vs bare mj_step {:.0f}/s, sim_ratio {:.3f} (goal >= 0.8)".format(
+        res["env_steps_per_s"], res["bare_mj_step_per_s"], res["sim_ratio"]), file=sys.stderr)
+    if args.json:
+        print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Analysis commands: stats, plot, compare. Each parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import click
+
+log_argument = click.argument("log", type=click.Path(dir_okay=False))
+MAX_EPISODE_ROWS = 20
+
+
+# ---------------------------------------------------------------------------- formatting
+def _f(x: Optional[float], fmt: str = "{:.3f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else "{:.1f}%".format(100 * x)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """Align columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        cells = [str(r[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(r[1:], widths[1:])]
+        return "  ".join(cells).rstrip()
+
+    return [line(header)] + [line(r) for r in rows]
+
+
+def format_stats(d: Dict[str, Any]) -> List[str]:
+    """Return the human-readable report of an ``analysis.summary`` dict, one string per line."""
+    sel, log = d["selection"], d["log"]
+    names = d["expert_names"]
+    envs = sel["envs"]
+    env_txt = "env {}".format(envs[0]) if len(envs) == 1 else "envs 0-{}".format(log["n_envs"] - 1)
+    ep_txt = "all episodes" if sel["episode"] is None else "episode {}".format(sel["episode"])
+    out = [
+        "log        {}".format(log["path"]),
+        "selection  {}, {}: {} env-steps ({:.2f} s at {:g} Hz)".format(
+            env_txt, ep_txt, sel["env_steps"], sel["duration_s"], 1 / log["policy_dt_s"]),
+        "",
+    ]
+    th = d["thresholds"]
+    rows = [[e["name"], _f(e["mean"]), _f(e["std"]), _f(e["min"]), _f(e["max"]), _pct(e["usage"]),
+             _pct(e["dominance"]), _pct(e["balance"])] for e in d["experts"]]
+    out += _table(["expert", "mean", "std", "min", "max", "usage >{:g}".format(th["usage"]),
+                   "dominant >{:g}".format(th["dominance"]),
+                   "balanced {:g}-{:g}".format(*th["balance"])], rows)
+    sw = d["switching"]
+    out += [
+        "",
+        "mean gate entropy  {} nats (max {:.3f})".format(_f(d["entropy"]["mean"]), d["entropy"]["max_possible"]),
+        "switching rate     {} switches/s ({} switches of the dominant expert in {:.2f} s)".format(
+            _f(sw["rate_hz"]), sw["n_switches"], sw["duration_s"]),
+        "",
+        "dwell time of the dominant expert (s)",
+    ]
+    out += _table(["expert", "runs", "mean", "median", "max"],
+                  [[w["expert"], str(w["n_runs"]), _f(w["mean_s"]), _f(w["median_s"]), _f(w["max_s"])]
+                   for w in d["dwell"]])
+    out += [""] + _format_corr(d["correlation"], names)
+    lg = d["legacy"]
+    out += [
+        "",
+        "legacy figures (weight_stats.pkl: env 0, every step, entropy averaged over envs)",
+        "Base usage (>0.5): {}".format(_f(lg["base_usage"], "{:.2%}")),
+        "Arm usage (>0.5): {}".format(_f(lg["arm_usage"], "{:.2%}")),
+        "Mean entropy: {}".format(_f(lg["mean_entropy"])),
+    ]
+    for name, res in d["plugins"].items():
+        out += ["", "plugin {}".format(name), "  " + json.dumps(res, sort_keys=True)]
+    return out
+
+
+def _format_corr(c: Dict[str, Any], names: List[str]) -> List[str]:
+    dist = c["target_distance_source"] or "not recorded"
+    out = ["correlation (Pearson r) of each weight with EE position error [{}] and base-target "
+           "distance [{}]".format(c["ee_pos_err_source"], dist)]
+    header = ["", "n", "EE err (m)"] + ["{}~err".format(n) for n in names] + ["{}~dist".format(n) for n in names]
+
+    def row(label: str, r: Dict[str, Any]) -> List[str]:
+        return ([label, str(r["n"]), _f(r["mean_ee_pos_err_m"])] + [_f(x, "{:+.3f}") for x in r["r_ee_pos_err"]]
+                + [_f(x, "{:+.3f}") for x in r["r_target_distance"]])
+
+    rows = [row("all", c["overall"])] + [row("env {}".format(r["env"]), r) for r in c["by_env"]]
+    eps = c["by_episode"]
+    rows += [row("episode {}".format(r["episode"]), r) for r in eps[:MAX_EPISODE_ROWS]]
+    out += _table(header, rows)
+    if len(eps) > MAX_EPISODE_ROWS:
+        out.append("... {} more episodes (see --json)".format(len(eps) - MAX_EPISODE_ROWS))
+    return out
+
+
+def format_compare(d: Dict[str, Any]) -> List[str]:
+    """Return the human-readable report of a ``compare.compare`` dict."""
+    a, b = d["a"], d["b"]
+    out = [
+        "A  {}  ({} steps, {})".format(a["path"], a["n_steps"], a["run_status"]),
+        "B  {}  ({} steps, {})".format(b["path"], b["n_steps"], b["run_status"]),
+        "common steps  {} x {} envs".format(d["common_steps"], d["n_envs"]),
+        "",
+    ]
+    rows = [[n, _f(ga), _f(gb), _f(dg)] for n, ga, gb, dg in
+            zip(d["expert_names"], a["mean_gate"], b["mean_gate"], d["mean_abs_gate_diff"])]
+    out += _table(["expert", "mean w A", "mean w B", "mean |dw|"], rows)
+    out += [""]
+    out += _table(["action", "mean |d action|"], [[g, _f(v)] for g, v in d["mean_abs_action_diff"].items()])
+    out += [
+        "",
+        "mean EE position error  A {} m   B {} m   (B - A {} m)".format(
+            _f(a["mean_ee_pos_err_m"], "{:.4f}"), _f(b["mean_ee_pos_err_m"], "{:.4f}"),
+            _f(d["ee_pos_err_diff_m"], "{:+.4f}")),
+    ]
+    return out
+
+
+# ---------------------------------------------------------------------------- commands
+@click.command()
+@log_argument
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--env", type=int, default=None, help="Only this env (default: every env).")
+@click.option("--episode", type=int, default=None, help="Only this episode id (default: every episode).")
+@click.option("--plugin", "plugin_specs", multiple=True, metavar="MODULE:FUNCTION",
+              help="Run a custom analysis (repeatable); see moetape.replay.plugins for the protocol.")
+@click.option("--no-registered", is_flag=True,
+              help="Skip the analyses installed under the 'moetape.analyses' entry-point group.")
+def stats(log: str, as_json: bool, env: Optional[int], episode: Optional[int],
+          plugin_specs: Tuple[str, ...], no_registered: bool) -> None:
+    """Gating statistics: usage, dominance, entropy, switching, dwell times, correlations.
+
+    Per expert: mean/std/min/max weight, usage (w > 0.5), dominance (w > 0.7) and balance
+    (0.3-0.7) shares; mean entropy; switches of the dominant expert per second; dwell times;
+    Pearson r of each weight with the EE error and the base-target distance (per env and per
+    episode); and the legacy script's figures (env 0). Streams the log in bounded memory.
+
+    \b
+    Example:
+      moetape stats runs/demo/log.h5
+      moetape stats runs/demo/log.h5 --env 1 --episode 2 --json
+      moetape stats runs/demo/log.h5 --plugin my_analyses:MeanArm
+    """
+    from moetape.replay import plugins
+    from moetape.replay.analysis import summary
+    from moetape.schema.reader import open_log
+
+    chosen = ([] if no_registered else plugins.registered()) + [plugins.load_spec(s) for s in plugin_specs]
+    with open_log(log) as lg:
+        d = summary(lg, env=env, episode=episode, plugins=chosen)
+    if as_json:
+        click.echo(json.dumps(d, sort_keys=True))
+    else:
+        for line in format_stats(d):
+            click.echo(line)
+
+
+@click.command()
+@log_argument
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the PNGs (created if missing).")
+@click.option("--env", type=int, default=0, show_default=True, help="Env to plot.")
+@click.option("--force", is_flag=True, help="Overwrite existing PNGs.")
+def plot(log: str, out_dir: str, env: int, force: bool) -> None:
+    """Write PNG plots of the gate weights, entropy and EE error of one env.
+
+    gate_panels.png: weight histograms, base-vs-arm scatter, weight timeline, box plot (the
+    legacy script's four panels). timeline.png: weights, entropy and EE position error on one
+    time axis (s) with episode starts marked. Long logs are decimated while streaming.
+
+    \b
+    Example:
+      moetape plot runs/demo/log.h5 -o runs/demo/plots --env 0
+    """
+    from moetape.replay.plots import plot_all
+    from moetape.schema.reader import open_log
+
+    with open_log(log) as lg:
+        paths = plot_all(lg, out_dir, env=env, force=force)
+    for p in paths:
+        click.echo(p)
+
+
+@click.command()
+@click.argument("log_a", type=click.Path(dir_okay=False))
+@click.argument("log_b", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write compare_timeline.png into this folder.")
+@click.option("--env", type=int, default=0, show_default=True, help="Env shown in the PNG.")
+@click.option("--force", is_flag=True, help="Overwrite an existing compare_timeline.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def compare(log_a: str, log_b: str, out_dir: Optional[str], env: int, force: bool, as_json: bool) -> None:
+    """Compare two logs of the same trajectory (two checkpoints): weights, actions, errors.
+
+    Checks that the logs are comparable (envs, obs/action sizes, experts; warns on stderr when
+    the trajectory or robot differ), then over the common steps: mean |gate A - gate B| per
+    expert, mean |action A - action B| (all, legs, arm) and each log's mean EE position error.
+
+    \b
+    Example:
+      moetape compare runs/ckpt100/log.h5 runs/ckpt200/log.h5 -o runs/cmp
+    """
+    from moetape.replay.compare import compare as do_compare
+    from moetape.replay.plots import plot_compare
+    from moetape.schema.reader import open_log
+
+    with open_log(log_a) as a, open_log(log_b) as b:
+        d = do_compare(a, b)
+        for w in d["warnings"]:
+            click.echo("warning: " + w, err=True)
+        if out_dir is not None:
+            d["plots"] = plot_compare(a, b, out_dir, env=env, force=force)
+    if as_json:
+        click.echo(json.dumps(d, sort_keys=True))
+    else:
+        for line in format_compare(d):
+            click.echo(line)
+        for p in d.get("plots", []):
+            click.echo(p)

@@ -1,0 +1,606 @@
+"""Re-render the robot from a log with MuJoCo offscreen, and write it as an H.264 video.
+
+How a frame is made (``FrameRenderer``):
+- Scene: the robot model stored in the log (``Log.model_xml``). The state of one frames/ row is set
+  as qpos: the model's first free joint gets root_pos and root_quat (the log stores x, y, z, w;
+  MuJoCo's free joint wants w, x, y, z), every other joint gets dof_pos of the log joint with the same
+  name (joints the model lacks are left at their default pose; when no name matches but the model
+  has exactly J hinge/slide joints, they are taken in order). Then mj_forward.
+  Logs without a model (Isaac Gym runs) are drawn as a skeleton of frames/body_pos in a floor-only
+  scene; see ``moetape.replay.skeleton``.
+- Camera: the legacy one, a free camera that follows the base: it sits at root_pos + [0.8, 0.3, 0.3]
+  * 1.5 (world frame) and looks at root_pos.
+- Decorations: the EE target pose (steps/target_pos, target_quat_xyzw) and the EE pose (steps/ee_pos,
+  ee_quat_xyzw) of the row's policy step, each as three short x/y/z capsules, joined by a line.
+- Overlay: a panel in the top-left corner with the step and time, one bar per expert (gate weight,
+  labelled with expert_names) and the gate entropy (bar full at ln K), drawn with numpy; text is
+  rasterised once per string with Pillow (already installed with matplotlib).
+
+Quality: "fast" (default) turns off shadows, reflections and multisampling, which is what makes
+software rendering (Mesa llvmpipe) reach video rates; "high" keeps the model's settings. The skybox
+stays on in both: it cost nothing measurable here, and without it the sky renders black.
+
+Video (``render_video``): output frames are spaced 1/fps apart starting at the first selected step;
+each one shows the frames/ row *nearest in time* (row time = row / frame_rate_hz), so a 200 Hz
+substep log at 24 fps shows every 8th or 9th row, and a 50 Hz "policy" log repeats none.
+
+OpenGL: headless by default. Unless the user set MUJOCO_GL, it is set to "egl" on Linux before
+mujoco is imported; if no EGL context can be created, OSMesa is tried. If neither works, a one-line
+RenderError says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from moetape.schema.errors import InputError, LogError
+from moetape.schema.io import atomic_output, check_output
+from moetape.schema.reader import Log, open_log
+from moetape.replay import skeleton
+
+CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5
+QUALITIES = ("fast", "high")
+MAX_SIDE_PX = 4096
+WINDOW_STEPS = 256
+GATE_COLORS: Tuple[Tuple[int, int, int], ...] = (  # matplotlib's tab10, so the viewer's lines match
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+STEP_FIELDS = ("gate", "gate_entropy", "ee_pos", "ee_quat_xyzw", "target_pos", "target_quat_xyzw")
+
+SizeArg = Union[str, Tuple[int, int]]
+StepsArg = Union[None, str, Tuple[Optional[int], Optional[int]]]
+Progress = Callable[[int, int], None]
+Image = npt.NDArray[np.uint8]
+
+
+class RenderError(LogError, RuntimeError):
+    """Rendering cannot run here (no mujoco, no OpenGL context, a model MuJoCo cannot load)."""
+
+
+# ---------------------------------------------------------------------------------------- options
+def parse_size(size: SizeArg) -> Tuple[int, int]:
+    """Return (width, height) from "640x480" or a pair; both even, 16 to 4096 pixels.
+
+    Raises:
+        InputError: bad syntax or out-of-range values.
+    """
+    if isinstance(size, str):
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
+        if not m:
+            raise InputError("--size {!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480.".format(size))
+        w, h = int(m.group(1)), int(m.group(2))
+    else:
+        w, h = int(size[0]), int(size[1])
+    if not (16 <= w <= MAX_SIDE_PX and 16 <= h <= MAX_SIDE_PX) or w % 2 or h % 2:
+        raise InputError("--size {}x{}: width and height must be even numbers from 16 to {} "
+                         "(H.264 needs even sizes), e.g. 640x480.".format(w, h, MAX_SIDE_PX))
+    return w, h
+
+
+def parse_steps(steps: StepsArg) -> Tuple[Optional[int], Optional[int]]:
+    """Return (start, stop) from "A:B" (either end may be left out) or a pair; None means "all".
+
+    Raises:
+        InputError: bad syntax.
+    """
+    if steps is None:
+        return None, None
+    if not isinstance(steps, str):
+        return (None if steps[0] is None else int(steps[0]), None if steps[1] is None else int(steps[1]))
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", steps)
+    if not m:
+        raise InputError("--steps {!r}: expected START:STOP policy steps, e.g. 0:500 "
+                         "(either end may be left out: 100: or :500).".format(steps))
+    return (int(m.group(1)) if m.group(1) else None, int(m.group(2)) if m.group(2) else None)
+
+
+def resolve_steps(log: Log, steps: StepsArg) -> Tuple[int, int]:
+    """Return the policy steps [start, stop) to render, checked against the committed steps."""
+    a, b = parse_steps(steps)
+    start = 0 if a is None else a
+    stop = log.n_steps if b is None else b
+    if not 0 <= start < stop <= log.n_steps:
+        raise InputError("{}: --steps {}:{} out of range; the log has {} committed steps (0:{}).".format(
+            log.path, start, stop, log.n_steps, log.n_steps))
+    return start, stop
+
+
+def check_env(log: Log, env: int) -> int:
+    """Return ``env`` if the log has it, else raise InputError."""
+    if not 0 <= int(env) < log.n_envs:
+        raise InputError("{}: --env {} out of range; the log has {} env(s) (0-{}).".format(
+            log.path, env, log.n_envs, log.n_envs - 1))
+    return int(env)
+
+
+def check_frames(log: Log) -> None:
+    """Raise InputError if the log has no committed frames to render."""
+    if log.n_steps == 0 or log.n_frames == 0:
+        raise InputError("{}: no committed frames (0 policy steps); nothing to render. "
+                         "Is the recording still starting?".format(log.path))
+
+
+def pick_rows(start: int, stop: int, frames_per_step: int, frame_rate_hz: float,
+              fps: float) -> npt.NDArray[np.int64]:
+    """Return the frames/ rows of a video at ``fps`` over policy steps [start, stop): nearest row in time.
+
+    Output frame k is at time start_time + k / fps; it shows the row whose time (row / frame_rate_hz)
+    is nearest. The video lasts floor(duration * fps) frames, at least one.
+    """
+    first, last = start * frames_per_step, stop * frames_per_step
+    duration_s = (last - first) / float(frame_rate_hz)
+    n = max(1, int(math.floor(duration_s * fps + 1e-9)))
+    rows = first + np.rint(np.arange(n) / float(fps) * frame_rate_hz).astype(np.int64)
+    return np.clip(rows, first, last - 1)
+
+
+# ------------------------------------------------------------------------------ mujoco and OpenGL
+_USER_MUJOCO_GL: Optional[str] = None
+
+
+def import_mujoco() -> Any:
+    """Import mujoco for headless rendering (MUJOCO_GL=egl on Linux unless the user chose one).
+
+    Raises:
+        RenderError: mujoco is not installed.
+    """
+    global _USER_MUJOCO_GL
+    if "mujoco" not in sys.modules:
+        _USER_MUJOCO_GL = os.environ.get("MUJOCO_GL")
+        if _USER_MUJOCO_GL is None and sys.platform.startswith("linux"):
+            os.environ["MUJOCO_GL"] = "egl"
+    try:
+        import mujoco
+    except ImportError as e:
+        raise RenderError("render needs mujoco: pip install mujoco") from e
+    return mujoco
+
+
+def gl_backends(user_choice: Optional[str], platform: str) -> List[str]:
+    """Return the OpenGL backends to try in order: the user's MUJOCO_GL alone, else egl then osmesa."""
+    if user_choice:
+        return [user_choice.lower().strip()]
+    if platform.startswith("linux"):
+        return ["egl", "osmesa"]
+    return ["default"]
+
+
+def _context_class(backend: str) -> Any:
+    if backend == "egl":
+        return importlib.import_module("mujoco.egl").GLContext
+    if backend == "osmesa":
+        if "mujoco.osmesa" not in sys.modules and os.environ.get("PYOPENGL_PLATFORM", "osmesa") != "osmesa":
+            # PyOpenGL fixes its platform at first import; EGL failed, so start it again on OSMesa.
+            os.environ["PYOPENGL_PLATFORM"] = "osmesa"
+            for name in [n for n in sys.modules if n == "OpenGL" or n.startswith("OpenGL.")]:
+                del sys.modules[name]
+        return importlib.import_module("mujoco.osmesa").GLContext
+    if backend == "glfw":
+        return importlib.import_module("mujoco.glfw").GLContext
+    mujoco = import_mujoco()
+    return mujoco.GLContext
+
+
+def create_gl_context(width: int, height: int) -> Tuple[Any, str]:
+    """Create and make current an offscreen OpenGL context; return it and the backend's name.
+
+    Raises:
+        RenderError: no backend works (one line naming each backend's failure).
+    """
+    import_mujoco()
+    failures = []
+    for backend in gl_backends(_USER_MUJOCO_GL, sys.platform):
+        try:
+            ctx = _context_class(backend)(width, height)
+            ctx.make_current()
+            return ctx, backend
+        except Exception as e:  # any failure of a GL backend means: try the next one
+            failures.append("{}: {}".format(backend, _first_line(e)))
+    raise RenderError("cannot create an OpenGL context for offscreen rendering ({}). Install EGL or OSMesa "
+                      "(apt install libegl1 libosmesa6) or set MUJOCO_GL.".format("; ".join(failures)))
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+class Offscreen:
+    """An OpenGL context and a MuJoCo offscreen framebuffer of one image size."""
+
+    def __init__(self, model: Any, width: int, height: int) -> None:
+        mujoco = import_mujoco()
+        self.width, self.height = width, height
+        self.ctx, self.backend = create_gl_context(width, height)
+        try:
+            self.mjr = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100.value)
+            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self.mjr)
+        except BaseException:
+            self.ctx.free()
+            raise
+        self.rect = mujoco.MjrRect(0, 0, width, height)
+        self._buf = np.empty((height, width, 3), dtype=np.uint8)
+
+    def render(self, scene: Any) -> Image:
+        """Render ``scene`` and return a new uint8 (H, W, 3) image, top row first."""
+        import mujoco
+
+        self.ctx.make_current()
+        mujoco.mjr_render(self.rect, scene, self.mjr)
+        mujoco.mjr_readPixels(self._buf, None, self.rect, self.mjr)
+        return np.ascontiguousarray(self._buf[::-1])
+
+    def close(self) -> None:
+        """Free the framebuffer and the context (idempotent)."""
+        if self.mjr is not None:
+            self.ctx.make_current()
+            self.mjr.free()
+            self.mjr = None
+            self.ctx.free()
+
+
+# ---------------------------------------------------------------------------------- robot state
+@dataclass(frozen=True)
+class JointMap:
+    """Where the log's state goes in the model's qpos.
+
+    root_qposadr: qpos address of the first free joint, or None. log_index / qpos_index: int (n,),
+    log joint i goes to qpos[qpos_index]. unmatched: log joints the model does not have.
+    """
+
+    root_qposadr: Optional[int]
+    log_index: npt.NDArray[np.int64]
+    qpos_index: npt.NDArray[np.int64]
+    unmatched: Tuple[str, ...]
+
+
+def joint_map(model: Any, joint_names: Sequence[str]) -> JointMap:
+    """Map the log's joints to the model's by name (by order if no name matches and counts agree)."""
+    import mujoco
+
+    free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+    scalar = [j for j in range(model.njnt)
+              if model.jnt_type[j] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)]
+    log_idx: List[int] = []
+    qpos_idx: List[int] = []
+    unmatched: List[str] = []
+    for i, name in enumerate(joint_names):
+        j = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+        if j >= 0 and j in scalar:
+            log_idx.append(i)
+            qpos_idx.append(int(model.jnt_qposadr[j]))
+        else:
+            unmatched.append(name)
+    if not log_idx and len(scalar) == len(joint_names):
+        log_idx = list(range(len(joint_names)))
+        qpos_idx = [int(model.jnt_qposadr[j]) for j in scalar]
+        unmatched = []
+    return JointMap(int(model.jnt_qposadr[free[0]]) if free else None,
+                    np.asarray(log_idx, dtype=np.int64), np.asarray(qpos_idx, dtype=np.int64), tuple(unmatched))
+
+
+def xyzw_to_wxyz(q_xyzw: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Return a quaternion reordered from x, y, z, w (log) to w, x, y, z (MuJoCo), normalised."""
+    q = np.asarray(q_xyzw, dtype=np.float64)
+    n = float(np.linalg.norm(q))
+    if not np.isfinite(n) or n < 1e-9:
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    return np.array([q[3], q[0], q[1], q[2]]) / n
+
+
+def apply_state(qpos: npt.NDArray[np.float64], jmap: JointMap, root_pos: npt.ArrayLike,
+                root_quat_xyzw: npt.ArrayLike, dof_pos: npt.ArrayLike) -> None:
+    """Write one frames/ row (root_pos (3,), root_quat_xyzw (4,), dof_pos (J,)) into ``qpos`` in place."""
+    if jmap.root_qposadr is not None:
+        a = jmap.root_qposadr
+        qpos[a:a + 3] = np.asarray(root_pos, dtype=np.float64)
+        qpos[a + 3:a + 7] = xyzw_to_wxyz(root_quat_xyzw)
+    if len(jmap.log_index):
+        qpos[jmap.qpos_index] = np.asarray(dof_pos, dtype=np.float64)[jmap.log_index]
+
+
+def follow_camera(cam: Any, root_pos: npt.ArrayLike) -> None:
+    """Point a free MjvCamera at ``root_pos`` from root_pos + CAMERA_OFFSET_M (world frame)."""
+    import mujoco
+
+    off = CAMERA_OFFSET_M
+    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+    cam.lookat[:] = np.asarray(root_pos, dtype=np.float64)
+    cam.distance = float(np.linalg.norm(off))
+    # MuJoCo places a free camera at lookat - distance * forward(azimuth, elevation).
+    cam.azimuth = math.degrees(math.atan2(-off[1], -off[0]))
+    cam.elevation = math.degrees(math.asin(-off[2] / np.linalg.norm(off)))
+
+
+# ---------------------------------------------------------------------------------------- overlay
+@functools.lru_cache(maxsize=1)
+def _font_path() -> Optional[str]:
+    try:
+        import matplotlib
+
+        path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+        return path if os.path.exists(path) else None
+    except ImportError:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def text_mask(text: str, px: int) -> npt.NDArray[np.float32]:
+    """Return the coverage of ``text`` at ``px`` pixels as float32 (h, w) in [0, 1] (cached)."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw, ImageFont
+
+    path = _font_path()
+    font: Any = ImageFont.truetype(path, px) if path else ImageFont.load_default()
+    left, top, right, bottom = font.getbbox(text)
+    img = PILImage.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+    ImageDraw.Draw(img).text((-left, -top), text, fill=255, font=font)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def blit(img: Image, mask: npt.NDArray[np.float32], x: int, y: int, rgb: Sequence[int]) -> None:
+    """Blend ``rgb`` into ``img`` where ``mask`` covers it, top-left corner at (x, y); clipped."""
+    h, w = mask.shape
+    x1, y1 = min(img.shape[1], x + w), min(img.shape[0], y + h)
+    if x1 <= x or y1 <= y:
+        return
+    m = mask[: y1 - y, : x1 - x, None]
+    region = img[y:y1, x:x1].astype(np.float32)
+    img[y:y1, x:x1] = (region * (1.0 - m) + np.asarray(rgb, dtype=np.float32) * m + 0.5).astype(np.uint8)
+
+
+def _fill(img: Image, x0: int, y0: int, x1: int, y1: int, rgb: Sequence[int]) -> None:
+    x1, y1 = min(img.shape[1], x1), min(img.shape[0], y1)
+    if x1 > x0 and y1 > y0:
+        img[y0:y1, x0:x1] = np.asarray(rgb, dtype=np.uint8)
+
+
+def draw_overlay(img: Image, *, names: Sequence[str], weights: npt.ArrayLike, entropy: float,
+                 caption: str = "") -> Tuple[int, int]:
+    """Draw the gate panel (caption, one bar per expert, entropy) onto ``img`` in place.
+
+    Args:
+        img: uint8 (H, W, 3).
+        names: K expert names; weights: float (K,) gate weights in [0, 1].
+        entropy: gate entropy, natural log; its bar is full at ln K.
+    Returns:
+        (width, height) of the panel in pixels, drawn from the top-left corner.
+    """
+    w = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float64)), 0.0, 1.0)
+    scale = max(0.75, img.shape[0] / 480.0)
+    px, row, pad, bar_w = round(13 * scale), round(19 * scale), round(6 * scale), round(110 * scale)
+    labels = list(names) + ["entropy"]
+    label_w = max(text_mask(s, px).shape[1] for s in labels)
+    value_w = text_mask("0.000", px).shape[1]
+    panel_w = max(pad + label_w + pad + bar_w + pad + value_w + pad,
+                  2 * pad + (text_mask(caption, px).shape[1] if caption else 0))
+    panel_h = 2 * pad + row * (len(labels) + (1 if caption else 0))
+    y1, x1 = min(img.shape[0], panel_h), min(img.shape[1], panel_w)
+    img[:y1, :x1] = (img[:y1, :x1].astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the panel
+    y = pad
+    if caption:
+        blit(img, text_mask(caption, px), pad, y + (row - px) // 2, (255, 255, 255))
+        y += row
+    max_entropy = math.log(max(2, len(names)))
+    values = list(w) + [float(entropy) / max_entropy]
+    for k, label in enumerate(labels):
+        color = GATE_COLORS[k % len(GATE_COLORS)] if k < len(names) else (235, 235, 235)
+        text_y = y + (row - px) // 2
+        blit(img, text_mask(label, px), pad, text_y, (230, 230, 230))
+        bx, by0, by1 = pad + label_w + pad, y + row // 5, y + row - row // 5
+        _fill(img, bx, by0, bx + bar_w, by1, (70, 70, 70))
+        frac = float(np.clip(np.nan_to_num(values[k]), 0.0, 1.0))
+        _fill(img, bx, by0, bx + int(round(frac * bar_w)), by1, color)
+        value = float(w[k]) if k < len(names) else float(entropy)
+        blit(img, text_mask("{:.3f}".format(value), px), bx + bar_w + pad, text_y, (230, 230, 230))
+        y += row
+    return panel_w, panel_h
+
+
+# ----------------------------------------------------------------------------- reading the log
+class StepWindow:
+    """Some fields of one env for a window of policy steps, re-read when a step falls outside it."""
+
+    def __init__(self, log: Log, env: int, fields: Sequence[str], span: int = WINDOW_STEPS) -> None:
+        self.log, self.env, self.fields, self.span = log, env, list(fields), span
+        self.start = self.stop = 0
+        self.data: Dict[str, np.ndarray] = {}
+
+    def _load(self, step: int) -> None:
+        self.start = max(0, step - self.span // 4)  # keep a little history for scrubbing back
+        self.stop = min(self.log.n_steps, self.start + self.span)
+        self.data = {f: self.log.read(f, self.start, self.stop, env=self.env) for f in self.fields}
+
+    def step(self, step: int) -> Dict[str, np.ndarray]:
+        """Return each field's row of policy step ``step``."""
+        if not self.start <= step < self.stop:
+            self._load(step)
+        return {f: v[step - self.start] for f, v in self.data.items()}
+
+    def row(self, row: int) -> Dict[str, np.ndarray]:
+        """Return each frames/ field's row ``row`` (frames_per_step rows per step)."""
+        fps = self.log.frames_per_step
+        step = row // fps
+        if not self.start <= step < self.stop:
+            self._load(step)
+        return {f: v[row - self.start * fps] for f, v in self.data.items()}
+
+
+# ------------------------------------------------------------------------------- frame renderer
+class FrameRenderer:
+    """Render frames of one env of a log; used by the video writer and the viewer.
+
+    Example:
+        with open_log("run.h5") as log, FrameRenderer(log, env=0, size=(640, 480)) as fr:
+            img = fr.render(10)          # uint8 (480, 640, 3), first frame row of policy step 10
+    """
+
+    def __init__(self, log: Log, *, env: int = 0, size: SizeArg = (640, 480), quality: str = "fast",
+                 overlay: bool = True) -> None:
+        mujoco = import_mujoco()
+        self.log = log
+        self.env = check_env(log, env)
+        self.width, self.height = parse_size(size)
+        if quality not in QUALITIES:
+            raise InputError("--quality {!r}: expected one of {}.".format(quality, ", ".join(QUALITIES)))
+        self.quality, self.overlay = quality, overlay
+        xml = log.model_xml
+        self.mode = "model" if xml else "skeleton"
+        self.model = self._load_model(mujoco, xml or skeleton.SKELETON_MJCF)
+        self.data = mujoco.MjData(self.model)
+        self._qpos0 = np.array(self.model.qpos0, dtype=np.float64)
+        self.jmap = joint_map(self.model, log.joint_names) if xml else None
+        self._parents: Optional[List[int]] = None
+        n_bodies = len(log.body_names)
+        self.scene = mujoco.MjvScene(self.model, maxgeom=self.model.ngeom + skeleton.decoration_budget(n_bodies) + 64)
+        if quality == "fast":
+            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+                self.scene.flags[flag] = 0
+        self.option = mujoco.MjvOption()
+        self.camera = mujoco.MjvCamera()
+        frame_fields = ["frames/root_pos", "frames/root_quat_xyzw"]
+        frame_fields.append("frames/dof_pos" if xml else "frames/body_pos")
+        self._frames = StepWindow(log, self.env, frame_fields)
+        self._steps = StepWindow(log, self.env, STEP_FIELDS)
+        self.gl = Offscreen(self.model, self.width, self.height)
+
+    def _load_model(self, mujoco: Any, xml: str) -> Any:
+        try:
+            model = mujoco.MjModel.from_xml_string(xml)
+        except Exception as e:  # mujoco raises ValueError with the XML error
+            raise RenderError("{}: the robot model stored in the log does not load in MuJoCo {} ({})".format(
+                self.log.path, mujoco.__version__, _first_line(e))) from e
+        model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), self.width)
+        model.vis.global_.offheight = max(int(model.vis.global_.offheight), self.height)
+        if self.quality == "fast":
+            model.vis.quality.shadowsize = 0
+            model.vis.quality.offsamples = 0
+        return model
+
+    @property
+    def backend(self) -> str:
+        """The OpenGL backend in use ("egl", "osmesa", ...)."""
+        return str(self.gl.backend)
+
+    def set_row(self, row: int) -> Dict[str, np.ndarray]:
+        """Put the simulator state of frames/ row ``row`` into ``self.data``; return the row's fields."""
+        import mujoco
+
+        frame = self._frames.row(row)
+        if self.jmap is not None:
+            qpos = self._qpos0.copy()
+            apply_state(qpos, self.jmap, frame["frames/root_pos"], frame["frames/root_quat_xyzw"],
+                        frame["frames/dof_pos"])
+            self.data.qpos[:] = qpos
+        mujoco.mj_forward(self.model, self.data)
+        return frame
+
+    def render_row(self, row: int) -> Image:
+        """Render frames/ row ``row`` (0 <= row < n_frames); return uint8 (H, W, 3)."""
+        import mujoco
+
+        if not 0 <= row < self.log.n_steps * self.log.frames_per_step:
+            raise InputError("{}: frame row {} out of range (0-{}).".format(
+                self.log.path, row, self.log.n_steps * self.log.frames_per_step - 1))
+        frame = self.set_row(row)
+        step_idx = row // self.log.frames_per_step
+        step = self._steps.step(step_idx)
+        follow_camera(self.camera, frame["frames/root_pos"])
+        mujoco.mjv_updateScene(self.model, self.data, self.option, None, self.camera,
+                               mujoco.mjtCatBit.mjCAT_ALL.value, self.scene)
+        if self.jmap is None:
+            body_pos = frame["frames/body_pos"]
+            if self._parents is None:
+                self._parents = skeleton.infer_parents(self.log.body_names, body_pos)
+            skeleton.add_skeleton(self.scene, body_pos, self._parents)
+        skeleton.add_axes(self.scene, step["target_pos"], step["target_quat_xyzw"], radius=0.007)
+        skeleton.add_axes(self.scene, step["ee_pos"], step["ee_quat_xyzw"], radius=0.005, alpha=0.7)
+        skeleton.add_connector(self.scene, step["ee_pos"], step["target_pos"], width=skeleton.LINE_WIDTH_PX,
+                               rgba=skeleton.LINE_RGBA, kind="line")
+        img = self.gl.render(self.scene)
+        if self.overlay:
+            caption = "step {}  t {:.2f} s  env {}".format(step_idx, row / self.log.frame_rate_hz, self.env)
+            draw_overlay(img, names=self.log.expert_names, weights=step["gate"],
+                         entropy=float(step["gate_entropy"]), caption=caption)
+        return img
+
+    def set_env(self, env: int) -> None:
+        """Render env ``env`` from now on."""
+        self.env = check_env(self.log, env)
+        for window in (self._frames, self._steps):
+            window.env, window.start, window.stop = self.env, 0, 0
+
+    def render(self, step: int) -> Image:
+        """Render the first frame row of policy step ``step``; return uint8 (H, W, 3)."""
+        return self.render_row(int(step) * self.log.frames_per_step)
+
+    def close(self) -> None:
+        """Free the OpenGL resources (idempotent)."""
+        self.gl.close()
+
+    def __enter__(self) -> "FrameRenderer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------- video
+def render_video(log_path: str, out_path: str, *, env: int = 0, fps: float = 24, size: SizeArg = (640, 480),
+                 steps: StepsArg = None, quality: str = "fast", force: bool = False,
+                 progress: Optional[Progress] = None) -> Dict[str, Any]:
+    """Re-render policy steps of one env of a log to an H.264 mp4 (written to a temporary name, then renamed).
+
+    Args:
+        steps: "A:B" or (A, B) policy steps [A, B); None renders every committed step.
+        progress: called as progress(frames_done, frames_total) after each frame.
+    Returns:
+        {"out", "frames", "fps", "seconds", "render_fps" (frames per wall second achieved, encoding
+        included), "env", "steps": [A, B], "size": [W, H], "mode" ("model" | "skeleton"),
+        "gl_backend", "unmatched_joints"}.
+    Raises:
+        InputError: bad env, size, steps, fps or quality, or a log without frames.
+        OutputExistsError: ``out_path`` exists and ``force`` is False.
+        RenderError: mujoco or OpenGL unavailable, or the stored model does not load.
+    """
+    width, height = parse_size(size)
+    if not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
+        raise InputError("--fps {}: expected a number of frames per second above 0, e.g. 24.".format(fps))
+    check_output(out_path, force=force)
+    import imageio
+
+    t0 = time.perf_counter()
+    with open_log(log_path) as log:
+        check_env(log, env)
+        check_frames(log)
+        start, stop = resolve_steps(log, steps)
+        rows = pick_rows(start, stop, log.frames_per_step, log.frame_rate_hz, fps)
+        with FrameRenderer(log, env=env, size=(width, height), quality=quality) as fr, \
+                atomic_output(out_path, force=force, suffix=".mp4") as tmp:
+            writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                        quality=9 if quality == "high" else 7, macro_block_size=2,
+                                        output_params=["-f", "mp4"])
+            try:
+                for i, row in enumerate(rows):
+                    writer.append_data(fr.render_row(int(row)))
+                    if progress is not None:
+                        progress(i + 1, len(rows))
+            finally:
+                writer.close()
+            info = {"mode": fr.mode, "gl_backend": fr.backend,
+                    "unmatched_joints": list(fr.jmap.unmatched) if fr.jmap else []}
+    seconds = time.perf_counter() - t0
+    return dict(info, out=os.fspath(out_path), frames=int(len(rows)), fps=float(fps), seconds=seconds,
+                render_fps=len(rows) / max(seconds, 1e-9), env=int(env), steps=[start, stop],
+                size=[width, height])

@@ -1,0 +1,172 @@
+"""moetape record / demo end to end on MuJoCo with the demo checkpoint: real rollouts into real logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("mujoco")
+
+from moetape.cli import cli  # noqa: E402
+from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory  # noqa: E402
+from moetape.record.policy import load_policy  # noqa: E402
+from moetape.record.runner import Metric, RunConfig, record  # noqa: E402
+from moetape.schema.reader import open_log  # noqa: E402
+from moetape.schema.validate import validate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):
+    """The demo checkpoint and trajectory, made once for the module."""
+    d = tmp_path_factory.mktemp("demo")
+    return make_demo_checkpoint(str(d / "moe.pt")), make_demo_trajectory(str(d / "traj.pkl"))
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_record_legacy_flags_gate_and_action_from_same_obs(demo_files, tmp_path):
+    """Legacy flag spellings work; logged gate and action equal the policy applied to the logged obs."""
+    ckpt, traj = demo_files
+    out = str(tmp_path / "run")
+    r = run("record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", traj, "--num_envs", "2",
+            "--num_steps", "30", "--device", "cpu", "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == os.path.join(out, "log.h5")
+    path = os.path.join(out, "log.h5")
+    assert validate(path) == []
+    policy = load_policy(ckpt)
+    with open_log(path) as log:
+        assert log.n_steps == 30 and log.n_envs == 2 and log.frames_per_step == 4 and log.ended_cleanly
+        obs = log.read("obs")
+        for s in (0, 7, 29):
+            action, gate = policy.policy_step(obs[s])
+            # same obs -> same outputs (up to float reassociation between torch thread counts)
+            np.testing.assert_allclose(log.read("action", s, s + 1)[0], action, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(log.read("gate", s, s + 1)[0], gate, rtol=0, atol=1e-6)
+        prov = log.provenance
+        assert prov["checkpoint_sha256"]["moe"] == policy.sources[0]["sha256"]
+        assert log.config["num_envs"] == 2 and log.model_xml and log.trajectory() is not None
+
+
+def test_record_dash_spellings_and_policy_frames(demo_files, tmp_path):
+    """The dashed spellings work too, and --frames policy writes one frame row per step."""
+    ckpt, traj = demo_files
+    out = str(tmp_path / "run")
+    r = run("record", "--moe-ckpt-path", ckpt, "--trajectory-file-path", traj, "--num-envs", "1",
+            "--num-steps", "10", "--device", "cpu", "--out", out, "--frames", "policy", "-q")
+    assert r.exit_code == 0, r.output
+    with open_log(os.path.join(out, "log.h5")) as log:
+        assert log.frames_per_step == 1 and log.n_frames == 10
+
+
+def test_record_refuses_existing_log(demo_files, tmp_path):
+    """A run folder with a log is not overwritten without --force."""
+    ckpt, traj = demo_files
+    out = str(tmp_path / "run")
+    args = ["record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", traj, "--num_steps", "3",
+            "--device", "cpu", "--out", out, "-q"]
+    assert run(*args).exit_code == 0
+    r = run(*args)
+    assert r.exit_code == 1 and "--force" in r.stderr and "Traceback" not in r.stderr
+    assert run(*args, "--force").exit_code == 0
+
+
+def test_record_bad_inputs_one_line(demo_files, tmp_path):
+    """Missing checkpoint, absent CUDA device and bad trajectory each give one 'Error:' line, exit 1."""
+    ckpt, traj = demo_files
+    base = ["record", "--trajectory_file_path", traj, "--num_steps", "3", "--out", str(tmp_path / "x"), "-q"]
+    cases = [
+        (["--moe_ckpt_path", str(tmp_path / "nope.pt"), "--device", "cpu"], "no such file"),
+        (["--moe_ckpt_path", ckpt, "--device", "cuda:3"], "no such CUDA device"),
+    ]
+    for extra, needle in cases:
+        r = run(*(base + extra))
+        assert r.exit_code == 1, r.output
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], r.stderr
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"not a pickle")
+    r = run("record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", str(bad), "--device", "cpu",
+            "--out", str(tmp_path / "y"), "-q")
+    assert r.exit_code == 1 and str(bad) in r.stderr
+
+
+def test_default_device_falls_back_to_cpu(demo_files, tmp_path):
+    """With no --device and no CUDA the legacy default cuda:0 falls back to cpu with a notice."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    ckpt, traj = demo_files
+    r = run("record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", traj, "--num_steps", "2",
+            "--out", str(tmp_path / "r"), "-q")
+    assert r.exit_code == 0 and "running the policy on cpu" in r.stderr
+
+
+def test_custom_metric_api(demo_files, tmp_path):
+    """A metric declared before the run is stored per step under metrics/."""
+    ckpt, traj = demo_files
+    cfg = RunConfig(moe_ckpt_path=ckpt, trajectory_file_path=traj, out=str(tmp_path / "m"), num_envs=2,
+                    num_steps=12, frames="policy")
+    height = Metric("base_height", lambda backend, res: res.frames["root_pos"][0][:, 2])
+    result = record(cfg, metrics=[height], command_line="test")
+    with open_log(result.log_path) as log:
+        np.testing.assert_array_equal(log.read("metrics/base_height"), log.read("frames/root_pos")[:, :, 2])
+
+
+def test_demo_stays_upright(tmp_path):
+    """moetape demo records 4 envs x 500 steps and the robot stays upright the whole time."""
+    out = str(tmp_path / "demo")
+    r = run("demo", "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    with open_log(os.path.join(out, "log.h5")) as log:
+        assert log.n_steps == 500 and log.n_envs == 4 and log.ended_cleanly
+        z = log.read("frames/root_pos")[..., 2]
+        q = log.read("frames/root_quat_xyzw")
+        # tilt from the quaternion: the body z axis's world z component
+        x, y = q[..., 0], q[..., 1]
+        up_z = 1 - 2 * (x * x + y * y)
+        assert z.min() > 0.25, z.min()
+        assert up_z.min() > np.cos(np.radians(15)), up_z.min()
+        gate = log.read("gate")
+        assert gate[..., 1].max() - gate[..., 1].min() > 0.3  # the gate hands control back and forth
+        terminated = log.read("done") & ~log.read("timeout")
+        assert not terminated.any()
+
+
+def test_ctrl_c_ends_cleanly(demo_files, tmp_path):
+    """SIGINT during a recording flushes every step, marks the log interrupted and exits 130."""
+    ckpt, traj = demo_files
+    out = str(tmp_path / "int")
+    proc = subprocess.Popen([sys.executable, "-m", "moetape", "record", "--moe_ckpt_path", ckpt,
+                             "--trajectory_file_path", traj, "--num_steps", "1000000", "--device", "cpu",
+                             "--out", out, "--flush-seconds", "0.2", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    path = os.path.join(out, "log.h5")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            try:
+                with open_log(path) as log:
+                    if log.n_steps > 20:
+                        break
+            except Exception:  # noqa: BLE001 - the file may be mid-creation
+                pass
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    with open_log(path) as log:
+        assert log.run_status == "interrupted" and log.n_steps > 20
+    assert validate(path) == []
