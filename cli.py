@@ -14,18 +14,54 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 # name -> ("module:attribute", one-line help shown by `moetape --help` without importing it)
 COMMANDS: Dict[str, tuple] = {
-    "info": ("moetape.replay.cli:info", "Show a log's provenance, size, envs, experts, rates and end status."),
-    "verify": ("moetape.replay.cli:verify", "Check a log's structure, dtypes, counters, checksums and continuity."),
-    "upgrade": ("moetape.replay.cli:upgrade", "Write an older log as a new file at the current format version."),
-    "record": ("moetape.record.cli:record", "Play an MoE checkpoint on MuJoCo or Isaac Gym, every step into a log."),
-    "demo": ("moetape.record.cli:demo", "Make the demo checkpoint and trajectory, then record 4 envs x 500 steps."),
-    "export": ("moetape.replay.cli_export:export", "Derive one legacy file (weight-stats, results, zarr, pkl) from a log."),
-    "derive": ("moetape.replay.cli_export:derive", "Derive every legacy file, video, summary and plots into a folder."),
-    "render": ("moetape.replay.cli_render:render", "Re-render a video of the robot from a log (MuJoCo offscreen)."),
-    "view": ("moetape.replay.cli_render:view", "Open a window: robot, gate timeline, scrubbing; --follow a live log."),
-    "stats": ("moetape.replay.cli_analysis:stats", "Gating statistics: usage, dominance, entropy, switching, correlations."),
-    "plot": ("moetape.replay.cli_analysis:plot", "Write PNG plots of the gate weights, entropy and EE error."),
-    "compare": ("moetape.replay.cli_analysis:compare", "Compare two logs of the same trajectory: weights, actions, errors."),
+    "info": (
+        "moetape.replay.cli:info",
+        "Show a log's provenance, size, envs, experts, rates and end status.",
+    ),
+    "verify": (
+        "moetape.replay.cli:verify",
+        "Check a log's structure, dtypes, counters, checksums and continuity.",
+    ),
+    "upgrade": (
+        "moetape.replay.cli:upgrade",
+        "Write an older log as a new file at the current format version.",
+    ),
+    "record": (
+        "moetape.record.cli:record",
+        "Play an MoE checkpoint on MuJoCo or Isaac Gym, every step into a log.",
+    ),
+    "demo": (
+        "moetape.record.cli:demo",
+        "Make the demo checkpoint and trajectory, then record 4 envs x 500 steps.",
+    ),
+    "export": (
+        "moetape.replay.cli_export:export",
+        "Derive one legacy file (weight-stats, results, zarr, pkl) from a log.",
+    ),
+    "derive": (
+        "moetape.replay.cli_export:derive",
+        "Derive every legacy file, video, summary and plots into a folder.",
+    ),
+    "render": (
+        "moetape.replay.cli_render:render",
+        "Re-render a video of the robot from a log (MuJoCo offscreen).",
+    ),
+    "view": (
+        "moetape.replay.cli_render:view",
+        "Open a window: robot, gate timeline, scrubbing; --follow a live log.",
+    ),
+    "stats": (
+        "moetape.replay.cli_analysis:stats",
+        "Gating statistics: usage, dominance, entropy, switching, correlations.",
+    ),
+    "plot": (
+        "moetape.replay.cli_analysis:plot",
+        "Write PNG plots of the gate weights, entropy and EE error.",
+    ),
+    "compare": (
+        "moetape.replay.cli_analysis:compare",
+        "Compare two logs of the same trajectory: weights, actions, errors.",
+    ),
 }
 
 

@@ -18,8 +18,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -33,8 +31,15 @@ def rollout(policy, backend, n_steps, writer=None, substep=True):
         action, gate = policy.policy_step(obs)
         res = backend.step(action, substep_frames=substep)
         if writer is not None:
-            step = {"obs": obs, "action": action, "gate": gate, "gate_entropy": gate_entropy(gate),
-                    "reward": res.reward, "done": res.done, "timeout": res.timeout}
+            step = {
+                "obs": obs,
+                "action": action,
+                "gate": gate,
+                "gate_entropy": gate_entropy(gate),
+                "reward": res.reward,
+                "done": res.done,
+                "timeout": res.timeout,
+            }
             step.update(res.pre)
             step.update({"terms/" + k: v for k, v in res.terms.items()})
             writer.append(step, res.frames)
@@ -60,18 +65,30 @@ def measure_overhead(n_envs=64, n_steps=200, rounds=3):
         policy = load_policy(ckpt)
         backend = MujocoBackend(traj, n_envs=n_envs)
         info = backend.info
-        spec = LogSpec(n_envs=n_envs, obs_dim=info.obs_dim, action_dim=info.action_dim,
-                       joint_names=info.joint_names, body_names=info.body_names, term_names=info.term_names,
-                       decimation=info.decimation, frames_per_step=info.decimation)
+        spec = LogSpec(
+            n_envs=n_envs,
+            obs_dim=info.obs_dim,
+            action_dim=info.action_dim,
+            joint_names=info.joint_names,
+            body_names=info.body_names,
+            term_names=info.term_names,
+            decimation=info.decimation,
+            frames_per_step=info.decimation,
+        )
         with_log, without = [], []
         for r in range(rounds):
             without.append(rollout(policy, backend, n_steps))
-            with LogWriter(os.path.join(d, "log{}.h5".format(r)), spec, model_xml=info.model_xml) as w:
+            with LogWriter(os.path.join(d, f"log{r}.h5"), spec, model_xml=info.model_xml) as w:
                 with_log.append(rollout(policy, backend, n_steps, w))
-            os.remove(os.path.join(d, "log{}.h5".format(r)))
+            os.remove(os.path.join(d, f"log{r}.h5"))
         backend.close()
-    return {"n_envs": n_envs, "steps": n_steps, "seconds_without_log": without, "seconds_with_log": with_log,
-            "overhead": round(min(with_log) / min(without), 4)}
+    return {
+        "n_envs": n_envs,
+        "steps": n_steps,
+        "seconds_without_log": without,
+        "seconds_with_log": with_log,
+        "overhead": round(min(with_log) / min(without), 4),
+    }
 
 
 def main():
@@ -85,13 +102,30 @@ def main():
 
     res = measure_overhead(args.envs, args.steps, args.rounds)
     sim = measure_sim_ratio(args.envs, args.steps)
-    res.update({"sim_ratio": round(sim["sim_ratio"], 3), "env_steps_per_s": sim["env_steps_per_s"],
-                "bare_mj_step_per_s": sim["bare_mj_step_per_s"]})
-    print("record, {} envs x {} steps: with log {:.3f} s, without {:.3f} s (fastest of {}), overhead {:.3f} (goal <= 1.03)"
-          .format(args.envs, args.steps, min(res["seconds_with_log"]), min(res["seconds_without_log"]), args.rounds,
-                  res["overhead"]), file=sys.stderr)
-    print("sim: {:.0f} substeps/s vs bare mj_step {:.0f}/s, sim_ratio {:.3f} (goal >= 0.8)".format(
-        res["env_steps_per_s"], res["bare_mj_step_per_s"], res["sim_ratio"]), file=sys.stderr)
+    res.update(
+        {
+            "sim_ratio": round(sim["sim_ratio"], 3),
+            "env_steps_per_s": sim["env_steps_per_s"],
+            "bare_mj_step_per_s": sim["bare_mj_step_per_s"],
+        }
+    )
+    print(
+        "record, {} envs x {} steps: with log {:.3f} s, without {:.3f} s (fastest of {}), overhead {:.3f} (goal <= 1.03)".format(
+            args.envs,
+            args.steps,
+            min(res["seconds_with_log"]),
+            min(res["seconds_without_log"]),
+            args.rounds,
+            res["overhead"],
+        ),
+        file=sys.stderr,
+    )
+    print(
+        "sim: {:.0f} substeps/s vs bare mj_step {:.0f}/s, sim_ratio {:.3f} (goal >= 0.8)".format(
+            res["env_steps_per_s"], res["bare_mj_step_per_s"], res["sim_ratio"]
+        ),
+        file=sys.stderr,
+    )
     if args.json:
         print(json.dumps(res))
 

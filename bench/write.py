@@ -37,8 +37,15 @@ PER_STEP_CAP = 100_000  # env-steps for the slow per-step-resize variant (its ra
 def spec_for(n_envs):
     from moetape.schema.writer import LogSpec
 
-    return LogSpec(n_envs=n_envs, obs_dim=109, action_dim=18, joint_names=["j%d" % i for i in range(18)],
-                   body_names=["trunk"], frames_per_step=1, backend="bench")
+    return LogSpec(
+        n_envs=n_envs,
+        obs_dim=109,
+        action_dim=18,
+        joint_names=["j%d" % i for i in range(18)],
+        body_names=["trunk"],
+        frames_per_step=1,
+        backend="bench",
+    )
 
 
 def step_arrays(spec, seed=0):
@@ -100,8 +107,12 @@ def run_per_step(path, n_envs, n_steps):
     fields = flat_fields(spec)
     t = time.perf_counter()
     with h5py.File(path, "w") as f:
-        ds = {k: f.create_dataset(k, shape=(0,) + v.shape, maxshape=(None,) + v.shape, dtype=v.dtype, chunks=True)
-              for k, v in fields.items()}
+        ds = {
+            k: f.create_dataset(
+                k, shape=(0,) + v.shape, maxshape=(None,) + v.shape, dtype=v.dtype, chunks=True
+            )
+            for k, v in fields.items()
+        }
         for s in range(n_steps):
             for k, v in fields.items():
                 ds[k].resize(s + 1, axis=0)
@@ -152,7 +163,9 @@ def child(args):
         secs, nbytes = run_read(args.path, args.variant.split("_", 1)[1])
         print(json.dumps({"seconds": secs, "bytes_read": nbytes, "peak_rss_mb": peak_rss_mb()}))
         return
-    print(json.dumps({"seconds": secs, "file_bytes": os.path.getsize(args.path), "peak_rss_mb": peak_rss_mb()}))
+    print(
+        json.dumps({"seconds": secs, "file_bytes": os.path.getsize(args.path), "peak_rss_mb": peak_rss_mb()})
+    )
 
 
 def peak_rss_mb():
@@ -162,8 +175,20 @@ def peak_rss_mb():
 
 def spawn(variant, path, envs, env_steps, nbytes=0):
     """Run a variant in a fresh subprocess; return its result with the child's peak RSS."""
-    cmd = [sys.executable, __file__, "--child", variant, "--path", path, "--envs", str(envs),
-           "--env-steps", str(env_steps), "--bytes", str(nbytes)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--path",
+        path,
+        "--envs",
+        str(envs),
+        "--env-steps",
+        str(env_steps),
+        "--bytes",
+        str(nbytes),
+    ]
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -184,12 +209,16 @@ def bench_envs(envs, env_steps, repeat=3):
     per_env_step = payload_bytes(spec_for(envs)) / envs
     total = int(per_env_step * real_env_steps)
     os.makedirs(OUT, exist_ok=True)
-    paths = {v: os.path.join(OUT, "bench_{}_{}".format(envs, v)) for v in ("moetape", "raw", "per_step", "legacy")}
+    paths = {v: os.path.join(OUT, f"bench_{envs}_{v}") for v in ("moetape", "raw", "per_step", "legacy")}
     for p in paths.values():
         if os.path.exists(p):
             os.remove(p)
-    res = {"envs": envs, "env_steps": real_env_steps, "payload_bytes_per_env_step": per_env_step,
-           "payload_mb": round(total / 1e6, 1)}
+    res = {
+        "envs": envs,
+        "env_steps": real_env_steps,
+        "payload_bytes_per_env_step": per_env_step,
+        "payload_mb": round(total / 1e6, 1),
+    }
     runs = {}
     # raw and moetape alternate `repeat` times and keep the median time: the disk here is noisy.
     raws, moes = [], []
@@ -248,12 +277,22 @@ def main():
         return
     results = [bench_envs(int(e), args.env_steps, args.repeat) for e in args.envs.split(",")]
     for r in results:
-        print("{} envs, {} env-steps ({} MB):".format(r["envs"], r["env_steps"], r["payload_mb"]), file=sys.stderr)
+        print(
+            "{} envs, {} env-steps ({} MB):".format(r["envs"], r["env_steps"], r["payload_mb"]),
+            file=sys.stderr,
+        )
         for name, run in r["runs"].items():
-            print("  {:10s} {:8.1f} MB/s {:>12} env-steps/s  peak RSS {} MB".format(
-                name, run["mb_per_s"], run.get("env_steps_per_s", "-"), run["peak_rss_mb"]), file=sys.stderr)
-        print("  moetape / raw = {ratio_raw}  (goal >= 0.7); moetape / per-step resize = {ratio_per_step} "
-              "(goal >= 10); writer RSS at 1/4 run {moetape_rss_quarter_run_mb} MB".format(**r), file=sys.stderr)
+            print(
+                "  {:10s} {:8.1f} MB/s {:>12} env-steps/s  peak RSS {} MB".format(
+                    name, run["mb_per_s"], run.get("env_steps_per_s", "-"), run["peak_rss_mb"]
+                ),
+                file=sys.stderr,
+            )
+        print(
+            "  moetape / raw = {ratio_raw}  (goal >= 0.7); moetape / per-step resize = {ratio_per_step} "
+            "(goal >= 10); writer RSS at 1/4 run {moetape_rss_quarter_run_mb} MB".format(**r),
+            file=sys.stderr,
+        )
     summary = {"ratio_raw": min(r["ratio_raw"] for r in results), "results": results}
     if args.json:
         print(json.dumps(summary))

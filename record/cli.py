@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import click
 
-from moetape.record.runner import FRAMES_CHOICES, RunConfig, StepReport, record as run_record
-from moetape.record.runner import resolve_device, summary_lines
+from moetape.record.runner import FRAMES_CHOICES, RunConfig, StepReport, resolve_device, summary_lines
+from moetape.record.runner import record as run_record
 
 
 def _echo_err(msg: str) -> None:
@@ -20,13 +20,16 @@ def _echo_err(msg: str) -> None:
 class _Display:
     """Progress on stderr: a bar, or with --show_weights a live line and the legacy every-50-steps print."""
 
-    def __init__(self, num_steps: int, *, show_weights: bool, quiet: bool, expert_names: Any = ("base", "arm")) -> None:
+    def __init__(
+        self, num_steps: int, *, show_weights: bool, quiet: bool, expert_names: Any = ("base", "arm")
+    ) -> None:
         self.show_weights = show_weights
         self.quiet = quiet
         self.bar: Any = None
         if not quiet and not show_weights:
-            self.bar = click.progressbar(length=num_steps, label="recording", file=sys.stderr,
-                                         show_pos=True, show_eta=True)
+            self.bar = click.progressbar(
+                length=num_steps, label="recording", file=sys.stderr, show_pos=True, show_eta=True
+            )
             self.bar.__enter__()
 
     def __call__(self, r: StepReport) -> None:
@@ -39,13 +42,15 @@ class _Display:
         mean = r.gate.mean(axis=0)
         if r.step % 50 == 0:
             sys.stderr.write("\r\x1b[K")
-            click.echo("Step {}: base weight {:.3f}, arm weight {:.3f}, entropy {:.3f}".format(
-                r.step, float(g0[0]), float(g0[-1] if len(g0) > 1 else 0.0), float(r.entropy.mean())), err=True)
+            click.echo(
+                f"Step {r.step}: base weight {float(g0[0]):.3f}, arm weight {float(g0[-1] if len(g0) > 1 else 0.0):.3f}, entropy {float(r.entropy.mean()):.3f}",
+                err=True,
+            )
         if not self.quiet:
-            sys.stderr.write("\r\x1b[K{:>6}/{} {:7.1f} steps/s | env0 base {:.3f} arm {:.3f} | mean base {:.3f} "
-                             "arm {:.3f} | entropy {:.3f} | committed {}".format(
-                                 r.step + 1, r.num_steps, r.steps_per_s, float(g0[0]), float(g0[-1]),
-                                 float(mean[0]), float(mean[-1]), float(r.entropy.mean()), r.n_committed))
+            sys.stderr.write(
+                f"\r\x1b[K{r.step + 1:>6}/{r.num_steps} {r.steps_per_s:7.1f} steps/s | env0 base {float(g0[0]):.3f} arm {float(g0[-1]):.3f} | mean base {float(mean[0]):.3f} "
+                f"arm {float(mean[-1]):.3f} | entropy {float(r.entropy.mean()):.3f} | committed {r.n_committed}"
+            )
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -63,8 +68,9 @@ def render_video(log_path: str, out: str, *, force: bool) -> None:
         cmd.append("--force")
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
-        raise click.ClickException("the log is complete, but rendering {} failed; retry with: moetape render {} -o {}"
-                                   .format(out, log_path, out))
+        raise click.ClickException(
+            f"the log is complete, but rendering {out} failed; retry with: moetape render {log_path} -o {out}"
+        )
 
 
 def run_and_report(cfg: RunConfig, *, quiet: bool) -> None:
@@ -75,12 +81,13 @@ def run_and_report(cfg: RunConfig, *, quiet: bool) -> None:
     finally:
         display.close()
     if result.status == "interrupted":
-        _echo_err("interrupted after {} steps: every step is flushed and the log is marked interrupted".format(
-            result.steps))
+        _echo_err(
+            f"interrupted after {result.steps} steps: every step is flushed and the log is marked interrupted"
+        )
     if cfg.show_weights:
         for line in summary_lines(result.summary):
             click.echo(line, err=True)
-    _echo_err("{} steps x {} envs in {:.1f} s -> {}".format(result.steps, cfg.num_envs, result.seconds, result.log_path))
+    _echo_err(f"{result.steps} steps x {cfg.num_envs} envs in {result.seconds:.1f} s -> {result.log_path}")
     if cfg.record_video and result.steps:
         render_video(result.log_path, os.path.join(cfg.out, "video.mp4"), force=cfg.force)
     click.echo(result.log_path)
@@ -89,41 +96,109 @@ def run_and_report(cfg: RunConfig, *, quiet: bool) -> None:
 
 
 def _frames_help() -> str:
-    return ("rate of the simulator-state stream: substep = every physics substep (4 rows per policy step, "
-            "like the legacy headless logs.zarr; default), policy = one row per step (4x smaller, for thousands of envs)")
+    return (
+        "rate of the simulator-state stream: substep = every physics substep (4 rows per policy step, "
+        "like the legacy headless logs.zarr; default), policy = one row per step (4x smaller, for thousands of envs)"
+    )
 
 
 @click.command()
-@click.option("--moe_ckpt_path", "--moe-ckpt-path", "moe_ckpt_path", required=True, type=click.Path(),
-              help="MoE checkpoint (rsl_rl dict, variant A or B).")
-@click.option("--trajectory_file_path", "--trajectory-file-path", "trajectory_file_path", required=True,
-              type=click.Path(), help="EE target trajectories (.pkl legacy list of dicts, or .npz).")
-@click.option("--base_ckpt_path", "--base-ckpt-path", "base_ckpt_path", type=click.Path(),
-              help="Replace the base expert's weights with this rsl_rl expert.")
-@click.option("--arm_ckpt_path", "--arm-ckpt-path", "arm_ckpt_path", type=click.Path(),
-              help="Replace the arm expert's weights with this rsl_rl expert.")
-@click.option("--device", default=None, help="Torch device of the policy [legacy default cuda:0; cpu when no CUDA].")
+@click.option(
+    "--moe_ckpt_path",
+    "--moe-ckpt-path",
+    "moe_ckpt_path",
+    required=True,
+    type=click.Path(),
+    help="MoE checkpoint (rsl_rl dict, variant A or B).",
+)
+@click.option(
+    "--trajectory_file_path",
+    "--trajectory-file-path",
+    "trajectory_file_path",
+    required=True,
+    type=click.Path(),
+    help="EE target trajectories (.pkl legacy list of dicts, or .npz).",
+)
+@click.option(
+    "--base_ckpt_path",
+    "--base-ckpt-path",
+    "base_ckpt_path",
+    type=click.Path(),
+    help="Replace the base expert's weights with this rsl_rl expert.",
+)
+@click.option(
+    "--arm_ckpt_path",
+    "--arm-ckpt-path",
+    "arm_ckpt_path",
+    type=click.Path(),
+    help="Replace the arm expert's weights with this rsl_rl expert.",
+)
+@click.option(
+    "--device", default=None, help="Torch device of the policy [legacy default cuda:0; cpu when no CUDA]."
+)
 @click.option("--num_envs", "--num-envs", "num_envs", default=1, show_default=True, type=int)
 @click.option("--num_steps", "--num-steps", "num_steps", default=1000, show_default=True, type=int)
 @click.option("--visualize", is_flag=True, help="Show MuJoCo's viewer on env 0 (needs a display).")
-@click.option("--show_weights", "--show-weights", "show_weights", is_flag=True,
-              help="Live gate-weight line, the legacy every-50-steps print and a summary at the end.")
-@click.option("--record_video", "--record-video", "record_video", is_flag=True,
-              help="After the run, render video.mp4 into the run folder from the log.")
+@click.option(
+    "--show_weights",
+    "--show-weights",
+    "show_weights",
+    is_flag=True,
+    help="Live gate-weight line, the legacy every-50-steps print and a summary at the end.",
+)
+@click.option(
+    "--record_video",
+    "--record-video",
+    "record_video",
+    is_flag=True,
+    help="After the run, render video.mp4 into the run folder from the log.",
+)
 @click.option("--backend", type=click.Choice(["mujoco", "isaacgym"]), default="mujoco", show_default=True)
-@click.option("--robot", type=click.Path(), help="MJCF of the robot (same joint names); default: the bundled model.")
-@click.option("--out", "-o", default=None, type=click.Path(),
-              help="New run folder for log.h5 [runs/<checkpoint name>-<time>].")
+@click.option(
+    "--robot", type=click.Path(), help="MJCF of the robot (same joint names); default: the bundled model."
+)
+@click.option(
+    "--out",
+    "-o",
+    default=None,
+    type=click.Path(),
+    help="New run folder for log.h5 [runs/<checkpoint name>-<time>].",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--flush-seconds", "--flush_seconds", "flush_seconds", default=1.0, show_default=True, type=float,
-              help="Commit buffered steps at least this often: a killed run loses at most this much.")
-@click.option("--frames", type=click.Choice(FRAMES_CHOICES), default="substep", show_default=True, help=_frames_help())
+@click.option(
+    "--flush-seconds",
+    "--flush_seconds",
+    "flush_seconds",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Commit buffered steps at least this often: a killed run loses at most this much.",
+)
+@click.option(
+    "--frames", type=click.Choice(FRAMES_CHOICES), default="substep", show_default=True, help=_frames_help()
+)
 @click.option("--force", is_flag=True, help="Overwrite a log in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def record(moe_ckpt_path: str, trajectory_file_path: str, base_ckpt_path: Optional[str],
-           arm_ckpt_path: Optional[str], device: Optional[str], num_envs: int, num_steps: int, visualize: bool,
-           show_weights: bool, record_video: bool, backend: str, robot: Optional[str], out: Optional[str],
-           seed: int, flush_seconds: float, frames: str, force: bool, quiet: bool) -> None:
+def record(
+    moe_ckpt_path: str,
+    trajectory_file_path: str,
+    base_ckpt_path: Optional[str],
+    arm_ckpt_path: Optional[str],
+    device: Optional[str],
+    num_envs: int,
+    num_steps: int,
+    visualize: bool,
+    show_weights: bool,
+    record_video: bool,
+    backend: str,
+    robot: Optional[str],
+    out: Optional[str],
+    seed: int,
+    flush_seconds: float,
+    frames: str,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Play an MoE checkpoint on MuJoCo or Isaac Gym, every step into a log.
 
     Writes OUT/log.h5 (and OUT/video.mp4 with --record_video). The legacy flag
@@ -140,17 +215,37 @@ def record(moe_ckpt_path: str, trajectory_file_path: str, base_ckpt_path: Option
         stem = os.path.splitext(os.path.basename(moe_ckpt_path))[0]
         out = os.path.join("runs", "{}-{}".format(stem, time.strftime("%Y%m%d-%H%M%S")))
     dev = resolve_device(device, notice=_echo_err)
-    cfg = RunConfig(moe_ckpt_path=moe_ckpt_path, trajectory_file_path=trajectory_file_path, out=out,
-                    base_ckpt_path=base_ckpt_path, arm_ckpt_path=arm_ckpt_path, device=dev, num_envs=num_envs,
-                    num_steps=num_steps, backend=backend, robot=robot, seed=seed, flush_seconds=flush_seconds,
-                    frames=frames, visualize=visualize, show_weights=show_weights, record_video=record_video,
-                    force=force)
+    cfg = RunConfig(
+        moe_ckpt_path=moe_ckpt_path,
+        trajectory_file_path=trajectory_file_path,
+        out=out,
+        base_ckpt_path=base_ckpt_path,
+        arm_ckpt_path=arm_ckpt_path,
+        device=dev,
+        num_envs=num_envs,
+        num_steps=num_steps,
+        backend=backend,
+        robot=robot,
+        seed=seed,
+        flush_seconds=flush_seconds,
+        frames=frames,
+        visualize=visualize,
+        show_weights=show_weights,
+        record_video=record_video,
+        force=force,
+    )
     run_and_report(cfg, quiet=quiet)
 
 
 @click.command()
-@click.option("--out", "-o", default=os.path.join("runs", "demo"), show_default=True, type=click.Path(),
-              help="Run folder for the demo checkpoint, trajectory and log.")
+@click.option(
+    "--out",
+    "-o",
+    default=os.path.join("runs", "demo"),
+    show_default=True,
+    type=click.Path(),
+    help="Run folder for the demo checkpoint, trajectory and log.",
+)
 @click.option("--num_envs", "--num-envs", "num_envs", default=4, show_default=True, type=int)
 @click.option("--num_steps", "--num-steps", "num_steps", default=500, show_default=True, type=int)
 @click.option("--record_video", "--record-video", "record_video", is_flag=True, help="Also render video.mp4.")
@@ -177,6 +272,15 @@ def demo(out: str, num_envs: int, num_steps: int, record_video: bool, force: boo
             os.remove(path)
     make_demo_checkpoint(ckpt, seed=0)
     make_demo_trajectory(traj, seed=0)
-    cfg = RunConfig(moe_ckpt_path=ckpt, trajectory_file_path=traj, out=out, device="cpu", num_envs=num_envs,
-                    num_steps=num_steps, seed=0, record_video=record_video, force=force)
+    cfg = RunConfig(
+        moe_ckpt_path=ckpt,
+        trajectory_file_path=traj,
+        out=out,
+        device="cpu",
+        num_envs=num_envs,
+        num_steps=num_steps,
+        seed=0,
+        record_video=record_video,
+        force=force,
+    )
     run_and_report(cfg, quiet=quiet)

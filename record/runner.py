@@ -93,12 +93,17 @@ class GateSummary:
         if self.n == 0 or self.sums is None:
             return {"steps": 0}
         mean = self.sums / self.n
-        std = np.sqrt(np.maximum(self.sq_sums / self.n - mean ** 2, 0.0))  # type: ignore[operator]
+        std = np.sqrt(np.maximum(self.sq_sums / self.n - mean**2, 0.0))  # type: ignore[operator]
         return {
             "steps": self.n,
-            "experts": {n: {"mean": float(mean[k]), "std": float(std[k]),
-                            "usage_above_0_5": float(self.above_half[k] / self.n)}  # type: ignore[index]
-                        for k, n in enumerate(names)},
+            "experts": {
+                n: {
+                    "mean": float(mean[k]),
+                    "std": float(std[k]),
+                    "usage_above_0_5": float(self.above_half[k] / self.n),
+                }  # type: ignore[index]
+                for k, n in enumerate(names)
+            },
             "mean_entropy": self.entropy_sum / self.n,
         }
 
@@ -151,17 +156,21 @@ def resolve_device(requested: Optional[str], *, notice: Callable[[str], None]) -
     if requested is None:
         notice("no CUDA device here: running the policy on cpu (pass --device to choose)")
         return "cpu"
-    raise InputError("--device {}: no such CUDA device here ({} visible); expected cpu or an available "
-                     "cuda:N. Pass --device cpu".format(device, torch.cuda.device_count() if torch.cuda.is_available() else 0))
+    raise InputError(
+        f"--device {device}: no such CUDA device here ({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); expected cpu or an available "
+        "cuda:N. Pass --device cpu"
+    )
 
 
 def prepare_out(out: str, *, force: bool) -> str:
     """Create the run folder and return the log path; refuse to overwrite an existing log without force."""
     log_path = os.path.join(out, LOG_NAME)
     if os.path.exists(log_path) and not force:
-        raise OutputExistsError("{}: a recording exists there. Pick a new --out or pass --force to overwrite.".format(out))
+        raise OutputExistsError(
+            f"{out}: a recording exists there. Pick a new --out or pass --force to overwrite."
+        )
     if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputExistsError("{}: exists and is not a folder; --out names a new run folder.".format(out))
+        raise OutputExistsError(f"{out}: exists and is not a folder; --out names a new run folder.")
     os.makedirs(out, exist_ok=True)
     if force and os.path.exists(log_path):
         os.remove(log_path)
@@ -178,10 +187,16 @@ def build_backend(cfg: RunConfig, trajectories: Any, device: str) -> Backend:
         from moetape.record.isaacgym_backend import IsaacGymBackend
 
         config_path = os.path.join(os.path.dirname(os.path.abspath(cfg.moe_ckpt_path)), "config.pkl")
-        return IsaacGymBackend(config_path=config_path, checkpoint_path=cfg.moe_ckpt_path,
-                               trajectory_path=cfg.trajectory_file_path, num_envs=cfg.num_envs, device=device,
-                               visualize=cfg.visualize, seed=cfg.seed)
-    raise InputError("--backend {}: unknown backend; expected mujoco or isaacgym".format(cfg.backend))
+        return IsaacGymBackend(
+            config_path=config_path,
+            checkpoint_path=cfg.moe_ckpt_path,
+            trajectory_path=cfg.trajectory_file_path,
+            num_envs=cfg.num_envs,
+            device=device,
+            visualize=cfg.visualize,
+            seed=cfg.seed,
+        )
+    raise InputError(f"--backend {cfg.backend}: unknown backend; expected mujoco or isaacgym")
 
 
 def provenance(cfg: RunConfig, backend: Backend, policy: Any, device: str) -> Dict[str, Any]:
@@ -217,9 +232,14 @@ def provenance(cfg: RunConfig, backend: Backend, policy: Any, device: str) -> Di
     return prov
 
 
-def record(cfg: RunConfig, *, metrics: Sequence[Metric] = (), command_line: Optional[str] = None,
-           on_step: Optional[Callable[[StepReport], None]] = None,
-           notice: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> RunResult:
+def record(
+    cfg: RunConfig,
+    *,
+    metrics: Sequence[Metric] = (),
+    command_line: Optional[str] = None,
+    on_step: Optional[Callable[[StepReport], None]] = None,
+    notice: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> RunResult:
     """Play the checkpoint against the trajectories and append every step to ``cfg.out``/log.h5.
 
     Raises:
@@ -235,10 +255,12 @@ def record(cfg: RunConfig, *, metrics: Sequence[Metric] = (), command_line: Opti
     if cfg.frames not in FRAMES_CHOICES:
         raise InputError("--frames {}: expected one of {}".format(cfg.frames, ", ".join(FRAMES_CHOICES)))
     if cfg.num_envs < 1 or cfg.num_steps < 1:
-        raise InputError("--num_envs and --num_steps must be >= 1, got {} and {}".format(cfg.num_envs, cfg.num_steps))
+        raise InputError(f"--num_envs and --num_steps must be >= 1, got {cfg.num_envs} and {cfg.num_steps}")
     device = cfg.device
     trajectories = load_trajectories(cfg.trajectory_file_path)
-    policy = load_policy(cfg.moe_ckpt_path, base_path=cfg.base_ckpt_path, arm_path=cfg.arm_ckpt_path, device=device)
+    policy = load_policy(
+        cfg.moe_ckpt_path, base_path=cfg.base_ckpt_path, arm_path=cfg.arm_ckpt_path, device=device
+    )
     log_path = prepare_out(cfg.out, force=cfg.force)
     torch.manual_seed(cfg.seed)
     backend = build_backend(cfg, trajectories, device)
@@ -247,23 +269,37 @@ def record(cfg: RunConfig, *, metrics: Sequence[Metric] = (), command_line: Opti
         check_dims(policy, info.obs_dim, info.action_dim, info.name)
         substep = cfg.frames == "substep"
         spec = LogSpec(
-            n_envs=info.n_envs, obs_dim=info.obs_dim, action_dim=info.action_dim,
-            joint_names=list(info.joint_names), body_names=list(info.body_names),
-            expert_names=list(policy.expert_names), term_names=list(info.term_names),
+            n_envs=info.n_envs,
+            obs_dim=info.obs_dim,
+            action_dim=info.action_dim,
+            joint_names=list(info.joint_names),
+            body_names=list(info.body_names),
+            expert_names=list(policy.expert_names),
+            term_names=list(info.term_names),
             metrics={m.name: (tuple(m.shape), m.dtype) for m in metrics},
-            sim_dt_s=info.sim_dt_s, decimation=info.decimation,
-            frames_per_step=info.decimation if substep else 1, backend=info.name,
+            sim_dt_s=info.sim_dt_s,
+            decimation=info.decimation,
+            frames_per_step=info.decimation if substep else 1,
+            backend=info.name,
         )
         meta = {
-            "command_line": command_line if command_line is not None else " ".join(shlex.quote(a) for a in sys.argv),
+            "command_line": command_line
+            if command_line is not None
+            else " ".join(shlex.quote(a) for a in sys.argv),
             "config": dict(asdict(cfg), device=device),
             "provenance": provenance(cfg, backend, policy, device),
         }
         traj = (trajectories.ee_pos, trajectories.ee_axis_angle, trajectories.dt_s)
         viewer = _open_viewer(backend) if cfg.visualize and info.name == "mujoco" else None
-        writer = LogWriter(log_path, spec, meta=meta, model_xml=info.model_xml,
-                           model_source=os.path.abspath(cfg.robot) if cfg.robot else "bundled",
-                           trajectory=traj, flush_seconds=cfg.flush_seconds)
+        writer = LogWriter(
+            log_path,
+            spec,
+            meta=meta,
+            model_xml=info.model_xml,
+            model_source=os.path.abspath(cfg.robot) if cfg.robot else "bundled",
+            trajectory=traj,
+            flush_seconds=cfg.flush_seconds,
+        )
         return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer)
     finally:
         backend.close()
@@ -272,15 +308,25 @@ def record(cfg: RunConfig, *, metrics: Sequence[Metric] = (), command_line: Opti
 def _open_viewer(backend: Any) -> Any:
     """Open MuJoCo's passive viewer on env 0, or explain why it cannot open."""
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise InputError("--visualize: no display here (DISPLAY is not set). Record headless and watch it with "
-                         "--record_video or `moetape view LOG` on a machine with a screen")
+        raise InputError(
+            "--visualize: no display here (DISPLAY is not set). Record headless and watch it with "
+            "--record_video or `moetape view LOG` on a machine with a screen"
+        )
     import mujoco.viewer
 
     return mujoco.viewer.launch_passive(backend.model, backend.datas[0])
 
 
-def _loop(cfg: RunConfig, backend: Backend, policy: Any, writer: LogWriter, metrics: Sequence[Metric],
-          substep: bool, on_step: Optional[Callable[[StepReport], None]], viewer: Any) -> RunResult:
+def _loop(
+    cfg: RunConfig,
+    backend: Backend,
+    policy: Any,
+    writer: LogWriter,
+    metrics: Sequence[Metric],
+    substep: bool,
+    on_step: Optional[Callable[[StepReport], None]],
+    viewer: Any,
+) -> RunResult:
     """Run the steps; the writer's context marks the end status (clean, interrupted, failed)."""
     summary = GateSummary()
     status = layout.STATUS_CLEAN
@@ -294,8 +340,13 @@ def _loop(cfg: RunConfig, backend: Backend, policy: Any, writer: LogWriter, metr
                 result = backend.step(action, substep_frames=substep)
                 entropy = gate_entropy(gate)
                 step: Dict[str, np.ndarray] = {
-                    "obs": obs, "action": action, "gate": gate, "gate_entropy": entropy,
-                    "reward": result.reward, "done": result.done, "timeout": result.timeout,
+                    "obs": obs,
+                    "action": action,
+                    "gate": gate,
+                    "gate_entropy": entropy,
+                    "reward": result.reward,
+                    "done": result.done,
+                    "timeout": result.timeout,
                 }
                 step.update(result.pre)
                 for name, value in result.terms.items():
@@ -311,8 +362,11 @@ def _loop(cfg: RunConfig, backend: Backend, policy: Any, writer: LogWriter, metr
                     viewer.sync()
                 if on_step is not None:
                     elapsed = time.monotonic() - t0
-                    on_step(StepReport(s, cfg.num_steps, gate, entropy, (s + 1) / max(elapsed, 1e-9),
-                                       writer.n_committed))
+                    on_step(
+                        StepReport(
+                            s, cfg.num_steps, gate, entropy, (s + 1) / max(elapsed, 1e-9), writer.n_committed
+                        )
+                    )
             s = cfg.num_steps
         except KeyboardInterrupt:
             status = layout.STATUS_INTERRUPTED
@@ -320,18 +374,24 @@ def _loop(cfg: RunConfig, backend: Backend, policy: Any, writer: LogWriter, metr
         finally:
             if viewer is not None:
                 viewer.close()
-    return RunResult(writer.path, summary.n, status, time.monotonic() - t0,
-                     summary.result(list(writer.spec.expert_names)))
+    return RunResult(
+        writer.path, summary.n, status, time.monotonic() - t0, summary.result(list(writer.spec.expert_names))
+    )
 
 
 def summary_lines(summary: Dict[str, Any]) -> List[str]:
     """Format the --show_weights end summary like the legacy script's."""
     if not summary.get("steps"):
         return ["no steps recorded"]
-    lines = ["Gate weight summary over {} steps (env 0; entropy averaged over envs):".format(summary["steps"])]
+    lines = [
+        "Gate weight summary over {} steps (env 0; entropy averaged over envs):".format(summary["steps"])
+    ]
     for name, e in summary["experts"].items():
-        lines.append("  {:>6}: mean {:.3f} +/- {:.3f}, usage (>0.5) {:.1f}%".format(
-            name, e["mean"], e["std"], 100 * e["usage_above_0_5"]))
+        lines.append(
+            "  {:>6}: mean {:.3f} +/- {:.3f}, usage (>0.5) {:.1f}%".format(
+                name, e["mean"], e["std"], 100 * e["usage_above_0_5"]
+            )
+        )
     lines.append("  mean entropy: {:.4f} (max ln K)".format(summary["mean_entropy"]))
     return lines
 

@@ -94,8 +94,11 @@ def select(log: Log, *, env: Optional[int] = None, episode: Optional[int] = None
     """
     n = log.n_envs
     if env is not None and not 0 <= int(env) < n:
-        raise InputError("{}: --env {} out of range; the log has {} env{} (0-{}).".format(
-            log.path, env, n, "" if n == 1 else "s", n - 1))
+        raise InputError(
+            "{}: --env {} out of range; the log has {} env{} (0-{}).".format(
+                log.path, env, n, "" if n == 1 else "s", n - 1
+            )
+        )
     envs = [int(env)] if env is not None else list(range(n))
     if episode is None:
         return Selection(envs, None)
@@ -111,10 +114,10 @@ def select(log: Log, *, env: Optional[int] = None, episode: Optional[int] = None
         if log.n_steps == 0:
             have = "the log has no steps"
         elif len(envs) == 1:
-            have = "env {} has episodes {}-{}".format(envs[0], lo[0], hi[0])
+            have = f"env {envs[0]} has episodes {lo[0]}-{hi[0]}"
         else:
-            have = "its envs have episodes {}-{}".format(int(lo.min()), int(hi.max()))
-        raise InputError("{}: episode {} not in the log ({}).".format(log.path, episode, have))
+            have = f"its envs have episodes {int(lo.min())}-{int(hi.max())}"
+        raise InputError(f"{log.path}: episode {episode} not in the log ({have}).")
     return Selection(envs, int(episode))
 
 
@@ -159,7 +162,9 @@ class Moments:
         safe = np.maximum(n, 1)
         delta = mb - ma
         self.mean[:size] = ma + delta * (nb / safe)[:, None]
-        self.comoment[:size] = ca + cb + delta[:, :, None] * delta[:, None, :] * (na * nb / safe)[:, None, None]
+        self.comoment[:size] = (
+            ca + cb + delta[:, :, None] * delta[:, None, :] * (na * nb / safe)[:, None, None]
+        )
         self.n[:size] = n
 
     def groups(self) -> List[int]:
@@ -220,16 +225,18 @@ class GateStats:
         out = []
         for k, name in enumerate(names):
             has = n > 0
-            out.append({
-                "name": name,
-                "mean": _num(self.moments.mean[0, k]) if has else None,
-                "std": self.moments.std(0, k) if has else None,
-                "min": _num(self.min[k]) if has else None,
-                "max": _num(self.max[k]) if has else None,
-                "usage": self.usage[k] / n if has else None,
-                "dominance": self.dominance[k] / n if has else None,
-                "balance": self.balance[k] / n if has else None,
-            })
+            out.append(
+                {
+                    "name": name,
+                    "mean": _num(self.moments.mean[0, k]) if has else None,
+                    "std": self.moments.std(0, k) if has else None,
+                    "min": _num(self.min[k]) if has else None,
+                    "max": _num(self.max[k]) if has else None,
+                    "usage": self.usage[k] / n if has else None,
+                    "dominance": self.dominance[k] / n if has else None,
+                    "balance": self.balance[k] / n if has else None,
+                }
+            )
         return out
 
     def mean_entropy(self) -> Optional[float]:
@@ -279,7 +286,7 @@ class SwitchStats:
                 self.cur_len[e] += n
                 continue
             first = np.array([self.cur_len[e] + idx[0]])
-            self._close(self.cur_dom[e:e + 1], self.cur_key[e:e + 1], first)
+            self._close(self.cur_dom[e : e + 1], self.cur_key[e : e + 1], first)
             self._close(dom[idx[:-1], e], key[idx[:-1], e], np.diff(idx))
             self.cur_dom[e], self.cur_key[e], self.cur_len[e] = dom[idx[-1], e], key[idx[-1], e], n - idx[-1]
 
@@ -298,13 +305,15 @@ class SwitchStats:
         dwell = []
         for k, name in enumerate(names):
             r = self.runs(k) * dt_s
-            dwell.append({
-                "expert": name,
-                "n_runs": int(r.size),
-                "mean_s": _num(r.mean()) if r.size else None,
-                "median_s": _num(np.median(r)) if r.size else None,
-                "max_s": _num(r.max()) if r.size else None,
-            })
+            dwell.append(
+                {
+                    "expert": name,
+                    "n_runs": int(r.size),
+                    "mean_s": _num(r.mean()) if r.size else None,
+                    "median_s": _num(np.median(r)) if r.size else None,
+                    "max_s": _num(r.max()) if r.size else None,
+                }
+            )
         return {
             "switching": {
                 "n_switches": self.n_switches,
@@ -346,7 +355,9 @@ class CorrStats:
         return {
             "overall": self._row(self.overall, 0),
             "by_env": [dict(env=g, **self._row(self.by_env, g)) for g in self.by_env.groups()],
-            "by_episode": [dict(episode=g, **self._row(self.by_episode, g)) for g in self.by_episode.groups()],
+            "by_episode": [
+                dict(episode=g, **self._row(self.by_episode, g)) for g in self.by_episode.groups()
+            ],
         }
 
 
@@ -371,7 +382,7 @@ class LegacyStats:
         n = self.n
         return {
             "source": "weight_stats.pkl as the legacy script wrote it: env 0 gate columns 0/1 and the "
-                      "entropy averaged over envs, every step",
+            "entropy averaged over envs, every step",
             "n_steps": n,
             "base_usage": self.base_used / n if n else None,
             "arm_usage": self.arm_used / n if n and n_experts > 1 else None,
@@ -385,8 +396,13 @@ def _take(arr: np.ndarray, envs: List[int], n_envs: int) -> np.ndarray:
     return arr if len(envs) == n_envs else arr[:, envs]
 
 
-def summary(log: Union[Log, str, "os.PathLike[str]"], *, env: Optional[int] = None,
-            episode: Optional[int] = None, plugins: Iterable[Any] = ()) -> Dict[str, Any]:
+def summary(
+    log: Union[Log, str, os.PathLike[str]],
+    *,
+    env: Optional[int] = None,
+    episode: Optional[int] = None,
+    plugins: Iterable[Any] = (),
+) -> Dict[str, Any]:
     """Return the gating statistics of ``log`` as a JSON-ready dict (see the module docstring).
 
     Args:
@@ -453,8 +469,11 @@ def summary(log: Union[Log, str, "os.PathLike[str]"], *, env: Optional[int] = No
             "env_steps": n_rows,
             "duration_s": n_rows * log.policy_dt_s,
         },
-        "thresholds": {"usage": USAGE_THRESHOLD, "dominance": DOMINANCE_THRESHOLD,
-                       "balance": list(BALANCE_RANGE)},
+        "thresholds": {
+            "usage": USAGE_THRESHOLD,
+            "dominance": DOMINANCE_THRESHOLD,
+            "balance": list(BALANCE_RANGE),
+        },
         "expert_names": names,
         "experts": gate_stats.experts(names),
         "entropy": {"mean": gate_stats.mean_entropy(), "max_possible": math.log(k) if k > 1 else 0.0},

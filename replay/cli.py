@@ -17,7 +17,7 @@ log_argument = click.argument("log", type=click.Path())
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
-            return "{:.1f} {}".format(n, unit) if unit != "B" else "{} B".format(int(n))
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024.0
     return str(n)
 
@@ -36,12 +36,20 @@ def _print_info(d: Dict[str, Any]) -> None:
         ("ended", d["end_time_utc"] or "-"),
         ("status", status),
         ("backend", "{} {}".format(d["backend"], prov.get("backend_versions", "") or "").strip()),
-        ("steps", "{} policy steps x {} envs = {} env-steps ({:.2f} s simulated)".format(
-            d["n_steps"], d["n_envs"], d["env_steps"], d["duration_s"])),
+        (
+            "steps",
+            "{} policy steps x {} envs = {} env-steps ({:.2f} s simulated)".format(
+                d["n_steps"], d["n_envs"], d["env_steps"], d["duration_s"]
+            ),
+        ),
         ("experts", ", ".join(d["expert_names"])),
         ("obs / action", "{} / {}".format(d["obs_dim"], d["action_dim"])),
-        ("rates", "sim {:g} Hz, policy {:g} Hz (decimation {}), frames {:g} Hz".format(
-            1 / d["sim_dt_s"], 1 / d["policy_dt_s"], d["decimation"], d["frame_rate_hz"])),
+        (
+            "rates",
+            "sim {:g} Hz, policy {:g} Hz (decimation {}), frames {:g} Hz".format(
+                1 / d["sim_dt_s"], 1 / d["policy_dt_s"], d["decimation"], d["frame_rate_hz"]
+            ),
+        ),
         ("terms", ", ".join(d["term_names"]) or "-"),
         ("metrics", ", ".join(d["metric_names"]) or "-"),
         ("robot model", "stored" if d["has_model"] else "not stored"),
@@ -53,7 +61,7 @@ def _print_info(d: Dict[str, Any]) -> None:
             rows.append((key, json.dumps(prov[key]) if isinstance(prov[key], (dict, list)) else prov[key]))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        click.echo("{}  {}".format(key.ljust(width), value))
+        click.echo(f"{key.ljust(width)}  {value}")
 
 
 @click.command()
@@ -109,16 +117,27 @@ def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
         if bar is not None:
             bar.__exit__(None, None, None)
     if as_json:
-        click.echo(json.dumps({"path": log, "format_version": FORMAT_VERSION, "ok": not problems,
-                               "n_steps": n_steps, "run_status": status,
-                               "problems": [{"where": p.where, "what": p.what} for p in problems]}))
+        click.echo(
+            json.dumps(
+                {
+                    "path": log,
+                    "format_version": FORMAT_VERSION,
+                    "ok": not problems,
+                    "n_steps": n_steps,
+                    "run_status": status,
+                    "problems": [{"where": p.where, "what": p.what} for p in problems],
+                }
+            )
+        )
     elif problems:
-        click.echo("{}: {} problem{}:".format(log, len(problems), "" if len(problems) == 1 else "s"), err=True)
+        click.echo(
+            "{}: {} problem{}:".format(log, len(problems), "" if len(problems) == 1 else "s"), err=True
+        )
         for p in problems:
-            click.echo("  {}".format(p), err=True)
+            click.echo(f"  {p}", err=True)
     else:
-        note = "" if status == "clean" else " (run status '{}': the run did not end cleanly)".format(status)
-        click.echo("{}: ok, {} steps checked{}".format(log, n_steps, note))
+        note = "" if status == "clean" else f" (run status '{status}': the run did not end cleanly)"
+        click.echo(f"{log}: ok, {n_steps} steps checked{note}")
     if problems:
         sys.exit(1)
 
@@ -142,7 +161,11 @@ def upgrade(old: str, new: str, dry_run: bool, force: bool, as_json: bool) -> No
     if as_json:
         click.echo(json.dumps(dict(plan, format_version=FORMAT_VERSION)))
     elif dry_run:
-        click.echo("would write {output}: format_version {from_version} -> {to_version}, {n_steps} steps x "
-                   "{n_envs} envs (run status {run_status}); {source} stays as it is".format(**plan))
+        click.echo(
+            "would write {output}: format_version {from_version} -> {to_version}, {n_steps} steps x "
+            "{n_envs} envs (run status {run_status}); {source} stays as it is".format(**plan)
+        )
     else:
-        click.echo("wrote {output}: format_version {from_version} -> {to_version}, {n_steps} steps".format(**plan))
+        click.echo(
+            "wrote {output}: format_version {from_version} -> {to_version}, {n_steps} steps".format(**plan)
+        )

@@ -17,7 +17,7 @@ def _f(x: Optional[float], fmt: str = "{:.3f}") -> str:
 
 
 def _pct(x: Optional[float]) -> str:
-    return "-" if x is None else "{:.1f}%".format(100 * x)
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
@@ -36,32 +36,61 @@ def format_stats(d: Dict[str, Any]) -> List[str]:
     sel, log = d["selection"], d["log"]
     names = d["expert_names"]
     envs = sel["envs"]
-    env_txt = "env {}".format(envs[0]) if len(envs) == 1 else "envs 0-{}".format(log["n_envs"] - 1)
+    env_txt = f"env {envs[0]}" if len(envs) == 1 else "envs 0-{}".format(log["n_envs"] - 1)
     ep_txt = "all episodes" if sel["episode"] is None else "episode {}".format(sel["episode"])
     out = [
         "log        {}".format(log["path"]),
         "selection  {}, {}: {} env-steps ({:.2f} s at {:g} Hz)".format(
-            env_txt, ep_txt, sel["env_steps"], sel["duration_s"], 1 / log["policy_dt_s"]),
+            env_txt, ep_txt, sel["env_steps"], sel["duration_s"], 1 / log["policy_dt_s"]
+        ),
         "",
     ]
     th = d["thresholds"]
-    rows = [[e["name"], _f(e["mean"]), _f(e["std"]), _f(e["min"]), _f(e["max"]), _pct(e["usage"]),
-             _pct(e["dominance"]), _pct(e["balance"])] for e in d["experts"]]
-    out += _table(["expert", "mean", "std", "min", "max", "usage >{:g}".format(th["usage"]),
-                   "dominant >{:g}".format(th["dominance"]),
-                   "balanced {:g}-{:g}".format(*th["balance"])], rows)
+    rows = [
+        [
+            e["name"],
+            _f(e["mean"]),
+            _f(e["std"]),
+            _f(e["min"]),
+            _f(e["max"]),
+            _pct(e["usage"]),
+            _pct(e["dominance"]),
+            _pct(e["balance"]),
+        ]
+        for e in d["experts"]
+    ]
+    out += _table(
+        [
+            "expert",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "usage >{:g}".format(th["usage"]),
+            "dominant >{:g}".format(th["dominance"]),
+            "balanced {:g}-{:g}".format(*th["balance"]),
+        ],
+        rows,
+    )
     sw = d["switching"]
     out += [
         "",
-        "mean gate entropy  {} nats (max {:.3f})".format(_f(d["entropy"]["mean"]), d["entropy"]["max_possible"]),
+        "mean gate entropy  {} nats (max {:.3f})".format(
+            _f(d["entropy"]["mean"]), d["entropy"]["max_possible"]
+        ),
         "switching rate     {} switches/s ({} switches of the dominant expert in {:.2f} s)".format(
-            _f(sw["rate_hz"]), sw["n_switches"], sw["duration_s"]),
+            _f(sw["rate_hz"]), sw["n_switches"], sw["duration_s"]
+        ),
         "",
         "dwell time of the dominant expert (s)",
     ]
-    out += _table(["expert", "runs", "mean", "median", "max"],
-                  [[w["expert"], str(w["n_runs"]), _f(w["mean_s"]), _f(w["median_s"]), _f(w["max_s"])]
-                   for w in d["dwell"]])
+    out += _table(
+        ["expert", "runs", "mean", "median", "max"],
+        [
+            [w["expert"], str(w["n_runs"]), _f(w["mean_s"]), _f(w["median_s"]), _f(w["max_s"])]
+            for w in d["dwell"]
+        ],
+    )
     out += [""] + _format_corr(d["correlation"], names)
     lg = d["legacy"]
     out += [
@@ -72,26 +101,31 @@ def format_stats(d: Dict[str, Any]) -> List[str]:
         "Mean entropy: {}".format(_f(lg["mean_entropy"])),
     ]
     for name, res in d["plugins"].items():
-        out += ["", "plugin {}".format(name), "  " + json.dumps(res, sort_keys=True)]
+        out += ["", f"plugin {name}", "  " + json.dumps(res, sort_keys=True)]
     return out
 
 
 def _format_corr(c: Dict[str, Any], names: List[str]) -> List[str]:
     dist = c["target_distance_source"] or "not recorded"
-    out = ["correlation (Pearson r) of each weight with EE position error [{}] and base-target "
-           "distance [{}]".format(c["ee_pos_err_source"], dist)]
-    header = ["", "n", "EE err (m)"] + ["{}~err".format(n) for n in names] + ["{}~dist".format(n) for n in names]
+    out = [
+        "correlation (Pearson r) of each weight with EE position error [{}] and base-target "
+        "distance [{}]".format(c["ee_pos_err_source"], dist)
+    ]
+    header = ["", "n", "EE err (m)"] + [f"{n}~err" for n in names] + [f"{n}~dist" for n in names]
 
     def row(label: str, r: Dict[str, Any]) -> List[str]:
-        return ([label, str(r["n"]), _f(r["mean_ee_pos_err_m"])] + [_f(x, "{:+.3f}") for x in r["r_ee_pos_err"]]
-                + [_f(x, "{:+.3f}") for x in r["r_target_distance"]])
+        return (
+            [label, str(r["n"]), _f(r["mean_ee_pos_err_m"])]
+            + [_f(x, "{:+.3f}") for x in r["r_ee_pos_err"]]
+            + [_f(x, "{:+.3f}") for x in r["r_target_distance"]]
+        )
 
     rows = [row("all", c["overall"])] + [row("env {}".format(r["env"]), r) for r in c["by_env"]]
     eps = c["by_episode"]
     rows += [row("episode {}".format(r["episode"]), r) for r in eps[:MAX_EPISODE_ROWS]]
     out += _table(header, rows)
     if len(eps) > MAX_EPISODE_ROWS:
-        out.append("... {} more episodes (see --json)".format(len(eps) - MAX_EPISODE_ROWS))
+        out.append(f"... {len(eps) - MAX_EPISODE_ROWS} more episodes (see --json)")
     return out
 
 
@@ -104,16 +138,20 @@ def format_compare(d: Dict[str, Any]) -> List[str]:
         "common steps  {} x {} envs".format(d["common_steps"], d["n_envs"]),
         "",
     ]
-    rows = [[n, _f(ga), _f(gb), _f(dg)] for n, ga, gb, dg in
-            zip(d["expert_names"], a["mean_gate"], b["mean_gate"], d["mean_abs_gate_diff"])]
+    rows = [
+        [n, _f(ga), _f(gb), _f(dg)]
+        for n, ga, gb, dg in zip(d["expert_names"], a["mean_gate"], b["mean_gate"], d["mean_abs_gate_diff"])
+    ]
     out += _table(["expert", "mean w A", "mean w B", "mean |dw|"], rows)
     out += [""]
     out += _table(["action", "mean |d action|"], [[g, _f(v)] for g, v in d["mean_abs_action_diff"].items()])
     out += [
         "",
         "mean EE position error  A {} m   B {} m   (B - A {} m)".format(
-            _f(a["mean_ee_pos_err_m"], "{:.4f}"), _f(b["mean_ee_pos_err_m"], "{:.4f}"),
-            _f(d["ee_pos_err_diff_m"], "{:+.4f}")),
+            _f(a["mean_ee_pos_err_m"], "{:.4f}"),
+            _f(b["mean_ee_pos_err_m"], "{:.4f}"),
+            _f(d["ee_pos_err_diff_m"], "{:+.4f}"),
+        ),
     ]
     return out
 
@@ -124,12 +162,26 @@ def format_compare(d: Dict[str, Any]) -> List[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--env", type=int, default=None, help="Only this env (default: every env).")
 @click.option("--episode", type=int, default=None, help="Only this episode id (default: every episode).")
-@click.option("--plugin", "plugin_specs", multiple=True, metavar="MODULE:FUNCTION",
-              help="Run a custom analysis (repeatable); see moetape.replay.plugins for the protocol.")
-@click.option("--no-registered", is_flag=True,
-              help="Skip the analyses installed under the 'moetape.analyses' entry-point group.")
-def stats(log: str, as_json: bool, env: Optional[int], episode: Optional[int],
-          plugin_specs: Tuple[str, ...], no_registered: bool) -> None:
+@click.option(
+    "--plugin",
+    "plugin_specs",
+    multiple=True,
+    metavar="MODULE:FUNCTION",
+    help="Run a custom analysis (repeatable); see moetape.replay.plugins for the protocol.",
+)
+@click.option(
+    "--no-registered",
+    is_flag=True,
+    help="Skip the analyses installed under the 'moetape.analyses' entry-point group.",
+)
+def stats(
+    log: str,
+    as_json: bool,
+    env: Optional[int],
+    episode: Optional[int],
+    plugin_specs: Tuple[str, ...],
+    no_registered: bool,
+) -> None:
     """Gating statistics: usage, dominance, entropy, switching, dwell times, correlations.
 
     Per expert: mean/std/min/max weight, usage (w > 0.5), dominance (w > 0.7) and balance
@@ -159,8 +211,14 @@ def stats(log: str, as_json: bool, env: Optional[int], episode: Optional[int],
 
 @click.command()
 @log_argument
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for the PNGs (created if missing).")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the PNGs (created if missing).",
+)
 @click.option("--env", type=int, default=0, show_default=True, help="Env to plot.")
 @click.option("--force", is_flag=True, help="Overwrite existing PNGs.")
 def plot(log: str, out_dir: str, env: int, force: bool) -> None:
@@ -186,8 +244,14 @@ def plot(log: str, out_dir: str, env: int, force: bool) -> None:
 @click.command()
 @click.argument("log_a", type=click.Path(dir_okay=False))
 @click.argument("log_b", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Also write compare_timeline.png into this folder.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write compare_timeline.png into this folder.",
+)
 @click.option("--env", type=int, default=0, show_default=True, help="Env shown in the PNG.")
 @click.option("--force", is_flag=True, help="Overwrite an existing compare_timeline.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

@@ -27,10 +27,10 @@ def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     if isinstance(value, dict):
         for k, v in value.items():
-            out.update(_flatten(v, "{}.{}".format(prefix, k) if prefix else str(k)))
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            out.update(_flatten(v, "{}.{}".format(prefix, i) if prefix else str(i)))
+            out.update(_flatten(v, f"{prefix}.{i}" if prefix else str(i)))
     else:
         out[prefix] = value
     return out
@@ -43,8 +43,14 @@ def _identity_keys(prov: Dict[str, Any]) -> Dict[str, Any]:
         low = key.lower()
         if "sha" not in low:
             continue
-        if "traj" in low or "robot" in low or ("model" in low and not any(
-                w in low for w in ("checkpoint", "ckpt", "policy", "moe", "expert"))):
+        if (
+            "traj" in low
+            or "robot" in low
+            or (
+                "model" in low
+                and not any(w in low for w in ("checkpoint", "ckpt", "policy", "moe", "expert"))
+            )
+        ):
             out[key] = value
     return out
 
@@ -53,8 +59,13 @@ def _trajectory_warning(a: Log, b: Log) -> Optional[str]:
     ta, tb = a.trajectory(), b.trajectory()
     if ta is None or tb is None:
         return None
-    same = all(np.shape(ta[k]) == np.shape(tb[k]) and np.array_equal(ta[k], tb[k])
-               for k in ("ee_pos", "ee_axis_angle")) and ta["dt_s"] == tb["dt_s"]
+    same = (
+        all(
+            np.shape(ta[k]) == np.shape(tb[k]) and np.array_equal(ta[k], tb[k])
+            for k in ("ee_pos", "ee_axis_angle")
+        )
+        and ta["dt_s"] == tb["dt_s"]
+    )
     return None if same else "the stored target trajectories differ (trajectory/ee_pos, ee_axis_angle)"
 
 
@@ -70,15 +81,17 @@ def check_comparable(a: Log, b: Log) -> List[str]:
         ("action_dim", int(a.meta["action_dim"]), int(b.meta["action_dim"])),
         ("expert_names", a.expert_names, b.expert_names),
     ]
-    problems = ["{} {} vs {}".format(name, va, vb) for name, va, vb in pairs if va != vb]
+    problems = [f"{name} {va} vs {vb}" for name, va, vb in pairs if va != vb]
     if problems:
-        raise InputError("{} and {} are not comparable: {}. Compare logs of the same env count, "
-                         "policy sizes and experts.".format(a.path, b.path, "; ".join(problems)))
+        raise InputError(
+            "{} and {} are not comparable: {}. Compare logs of the same env count, "
+            "policy sizes and experts.".format(a.path, b.path, "; ".join(problems))
+        )
     warnings = []
     ia, ib = _identity_keys(a.provenance), _identity_keys(b.provenance)
     for key in sorted(set(ia) | set(ib)):
         if ia.get(key) != ib.get(key):
-            warnings.append("provenance {} differs: {} vs {}".format(key, ia.get(key), ib.get(key)))
+            warnings.append(f"provenance {key} differs: {ia.get(key)} vs {ib.get(key)}")
     traj = _trajectory_warning(a, b)
     if traj:
         warnings.append(traj)
@@ -86,11 +99,13 @@ def check_comparable(a: Log, b: Log) -> List[str]:
     if xa is not None and xb is not None and xa != xb:
         warnings.append("the stored robot models (model/mjcf) differ")
     if a.policy_dt_s != b.policy_dt_s:
-        warnings.append("policy_dt_s differs: {} vs {}; steps are compared by index".format(
-            a.policy_dt_s, b.policy_dt_s))
+        warnings.append(
+            f"policy_dt_s differs: {a.policy_dt_s} vs {b.policy_dt_s}; steps are compared by index"
+        )
     if a.n_steps != b.n_steps:
-        warnings.append("step counts differ ({} vs {}); comparing the common steps 0-{}".format(
-            a.n_steps, b.n_steps, min(a.n_steps, b.n_steps) - 1))
+        warnings.append(
+            f"step counts differ ({a.n_steps} vs {b.n_steps}); comparing the common steps 0-{min(a.n_steps, b.n_steps) - 1}"
+        )
     return warnings
 
 
@@ -125,8 +140,9 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
     warnings = check_comparable(a, b)
     n = min(a.n_steps, b.n_steps)
     if n == 0:
-        raise InputError("{} and {}: no common steps to compare ({} and {} committed).".format(
-            a.path, b.path, a.n_steps, b.n_steps))
+        raise InputError(
+            f"{a.path} and {b.path}: no common steps to compare ({a.n_steps} and {b.n_steps} committed)."
+        )
     k = len(a.expert_names)
     n_act = int(a.meta["action_dim"])
     fa = ["gate", "action"] + ee_error_fields(a)
@@ -138,7 +154,9 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
         ga = np.asarray(ca.data["gate"], dtype=np.float64)
         gb = np.asarray(cb.data["gate"], dtype=np.float64)
         gate_diff.update(np.abs(ga - gb))
-        act_diff.update(np.abs(np.asarray(ca.data["action"], np.float64) - np.asarray(cb.data["action"], np.float64)))
+        act_diff.update(
+            np.abs(np.asarray(ca.data["action"], np.float64) - np.asarray(cb.data["action"], np.float64))
+        )
         gate_a.update(ga)
         gate_b.update(gb)
         err_a.update(ee_error(ca.data)[..., None])
@@ -150,8 +168,15 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
     ea, eb = err_a.pooled(), err_b.pooled()
 
     def side(lg: Log, gate: _Sums, err: Optional[float]) -> Dict[str, Any]:
-        return {"path": lg.path, "log_id": lg.log_id, "n_steps": lg.n_steps, "run_status": lg.run_status,
-                "mean_gate": gate.mean(), "mean_ee_pos_err_m": err, "ee_pos_err_source": ee_error_source(lg)}
+        return {
+            "path": lg.path,
+            "log_id": lg.log_id,
+            "n_steps": lg.n_steps,
+            "run_status": lg.run_status,
+            "mean_gate": gate.mean(),
+            "mean_ee_pos_err_m": err,
+            "ee_pos_err_source": ee_error_source(lg),
+        }
 
     return {
         "format_version": SUMMARY_FORMAT_VERSION,

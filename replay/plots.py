@@ -34,6 +34,7 @@ GATE_PANELS = "gate_panels.png"
 TIMELINE = "timeline.png"
 COMPARE_TIMELINE = "compare_timeline.png"
 DPI = 100
+MAX_BOUNDARY_LINES = 200  # more episode starts than this would hide the data; they are counted instead
 
 F64 = npt.NDArray[np.float64]
 
@@ -125,8 +126,16 @@ class WeightHistogram:
         hi_in = nz[nz <= q3 + 1.5 * iqr]
         whislo = max(float(self.min[k]), float(lo_in.min()) if lo_in.size else q1)
         whishi = min(float(self.max[k]), float(hi_in.max()) if hi_in.size else q3)
-        return {"label": label, "q1": q1, "med": med, "q3": q3, "whislo": min(whislo, q1),
-                "whishi": max(whishi, q3), "mean": float(self.sum[k] / max(n, 1)), "fliers": []}
+        return {
+            "label": label,
+            "q1": q1,
+            "med": med,
+            "q3": q3,
+            "whislo": min(whislo, q1),
+            "whishi": max(whishi, q3),
+            "mean": float(self.sum[k] / max(n, 1)),
+            "fliers": [],
+        }
 
 
 class _EnvTrace:
@@ -145,7 +154,7 @@ class _EnvTrace:
         self.boundaries: List[int] = []
         self._prev_episode: Optional[int] = None
 
-    def run(self, *, with_details: bool = True) -> "_EnvTrace":
+    def run(self, *, with_details: bool = True) -> _EnvTrace:
         fields = ["gate", "gate_entropy", "episode"] + ee_error_fields(self.log)
         for chunk in self.log.iter_chunks(fields, stop=self.n_steps, env=self.env):
             d = chunk.data
@@ -182,10 +191,20 @@ def _band(ax: Any, t: F64, env: Envelope, i: int, label: str, color: Any) -> Non
 
 
 def _boundaries(axes: Sequence[Any], times: Sequence[float]) -> None:
+    if len(times) > MAX_BOUNDARY_LINES:
+        return
     for i, ax in enumerate(axes):
         if times:
-            ax.vlines(times, 0, 1, transform=ax.get_xaxis_transform(), colors="0.3", linestyles=":",
-                      linewidth=0.8, label="episode start" if i == 0 else None)
+            ax.vlines(
+                times,
+                0,
+                1,
+                transform=ax.get_xaxis_transform(),
+                colors="0.3",
+                linestyles=":",
+                linewidth=0.8,
+                label="episode start" if i == 0 else None,
+            )
 
 
 def _save(fig: Any, path: str, force: bool) -> str:
@@ -198,7 +217,7 @@ def _prepare_out(out_dir: str, names: Sequence[str], force: bool) -> List[str]:
     """Create ``out_dir`` if needed; refuse existing outputs unless ``force`` (before any work)."""
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError("{}: exists and is not a folder; -o expects a folder for the PNGs.".format(out_dir))
+        raise InputError(f"{out_dir}: exists and is not a folder; -o expects a folder for the PNGs.")
     paths = [os.path.join(out_dir, n) for n in names]
     for p in paths:
         check_output(p, force=force)
@@ -208,10 +227,11 @@ def _prepare_out(out_dir: str, names: Sequence[str], force: bool) -> List[str]:
 
 def _check_env(log: Log, env: int) -> None:
     if not 0 <= int(env) < log.n_envs:
-        raise InputError("{}: --env {} out of range; the log has {} env(s) (0-{}).".format(
-            log.path, env, log.n_envs, log.n_envs - 1))
+        raise InputError(
+            f"{log.path}: --env {env} out of range; the log has {log.n_envs} env(s) (0-{log.n_envs - 1})."
+        )
     if log.n_steps == 0:
-        raise InputError("{}: no committed steps; nothing to plot.".format(log.path))
+        raise InputError(f"{log.path}: no committed steps; nothing to plot.")
 
 
 def _colors(k: int) -> List[Any]:
@@ -233,10 +253,15 @@ def _draw_panels(tr: _EnvTrace, names: List[str], title: str) -> Any:
     ax_h.legend()
     if tr.k > 1 and tr.scatter:
         pts = np.concatenate(tr.scatter)
-        ax_s.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.3, color=colors[0], linewidths=0)
-        note = "" if tr.stride == 1 else " (every {}th step)".format(tr.stride)
-        ax_s.set(title="{} vs {} weight{}".format(names[0], names[1], note), xlabel=names[0] + " weight",
-                 ylabel=names[1] + " weight", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        ax_s.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.3, color=colors[0], linewidths=0)
+        note = "" if tr.stride == 1 else f" (every {tr.stride}th step)"
+        ax_s.set(
+            title=f"{names[0]} vs {names[1]} weight{note}",
+            xlabel=names[0] + " weight",
+            ylabel=names[1] + " weight",
+            xlim=(-0.02, 1.02),
+            ylim=(-0.02, 1.02),
+        )
     else:
         ax_s.text(0.5, 0.5, "one expert: no scatter", ha="center", va="center", transform=ax_s.transAxes)
         ax_s.set_axis_off()
@@ -262,13 +287,15 @@ def _draw_timeline(tr: _EnvTrace, names: List[str], title: str) -> Any:
     ax_w.set(ylabel="gate weight", ylim=(-0.02, 1.02))
     _band(ax_e, t, tr.entropy, 0, "gate entropy", "tab:purple")
     if tr.k > 1:
-        ax_e.axhline(math.log(tr.k), color="0.5", linestyle="--", linewidth=0.8, label="max ln {}".format(tr.k))
+        ax_e.axhline(math.log(tr.k), color="0.5", linestyle="--", linewidth=0.8, label=f"max ln {tr.k}")
     ax_e.set(ylabel="entropy (nats)")
     _band(ax_r, t, tr.error, 0, "EE position error", "tab:red")
     ax_r.set(ylabel="EE pos error (m)", xlabel="time (s)")
     _boundaries([ax_w, ax_e, ax_r], [s * dt for s in tr.boundaries])
     for ax in (ax_w, ax_e, ax_r):
         ax.legend(loc="upper right", fontsize="small")
+    if len(tr.boundaries) > MAX_BOUNDARY_LINES:
+        title += f" | {len(tr.boundaries)} episode starts (too many to draw)"
     fig.suptitle(title)
     return fig
 
@@ -284,15 +311,15 @@ def plot_all(log: Log, out_dir: str, *, env: int = 0, force: bool = False) -> Li
     paths = _prepare_out(out_dir, [GATE_PANELS, TIMELINE], force)
     tr = _EnvTrace(log, int(env), log.n_steps).run()
     names = log.expert_names
-    where = "{} | env {} | {} steps ({:.2f} s) | EE error: {}".format(
-        os.path.basename(log.path), env, log.n_steps, log.n_steps * log.policy_dt_s, ee_error_source(log))
+    where = f"{os.path.basename(log.path)} | env {env} | {log.n_steps} steps ({log.n_steps * log.policy_dt_s:.2f} s) | EE error: {ee_error_source(log)}"
     _save(_draw_panels(tr, names, where), paths[0], force)
     _save(_draw_timeline(tr, names, where), paths[1], force)
     return paths
 
 
-def plot_compare(log_a: Log, log_b: Log, out_dir: str, *, env: int = 0, force: bool = False,
-                 n_steps: Optional[int] = None) -> List[str]:
+def plot_compare(
+    log_a: Log, log_b: Log, out_dir: str, *, env: int = 0, force: bool = False, n_steps: Optional[int] = None
+) -> List[str]:
     """Write compare_timeline.png: gate weights and EE error of two logs side by side (common steps).
 
     Args:
@@ -321,6 +348,6 @@ def plot_compare(log_a: Log, log_b: Log, out_dir: str, *, env: int = 0, force: b
         axes[0, col].legend(loc="upper right", fontsize="small")
     axes[0, 0].set(ylabel="gate weight")
     axes[1, 0].set(ylabel="EE pos error (m)")
-    fig.suptitle("env {} | {} common steps ({:.2f} s)".format(env, n, n * log_a.policy_dt_s))
+    fig.suptitle(f"env {env} | {n} common steps ({n * log_a.policy_dt_s:.2f} s)")
     _save(fig, path, force)
     return [path]

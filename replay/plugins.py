@@ -88,19 +88,20 @@ def load_spec(spec: str) -> Plugin:
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name.strip() or not attr.strip() or ":" in attr:
-        raise InputError("--plugin {!r}: expected MODULE:FUNCTION, e.g. my_analyses:mean_arm.".format(spec))
+        raise InputError(f"--plugin {spec!r}: expected MODULE:FUNCTION, e.g. my_analyses:mean_arm.")
     try:
         obj: Any = importlib.import_module(module_name)
     except (ImportError, SyntaxError) as e:
-        raise InputError("--plugin {!r}: cannot import module {!r} ({}: {}). Check the name and that it "
-                         "is on PYTHONPATH.".format(spec, module_name, type(e).__name__, e)) from e
+        raise InputError(
+            f"--plugin {spec!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}). Check the name and that it "
+            "is on PYTHONPATH."
+        ) from e
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise InputError("--plugin {!r}: module {!r} has no attribute {!r}.".format(spec, module_name, attr))
+            raise InputError(f"--plugin {spec!r}: module {module_name!r} has no attribute {attr!r}.")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise InputError("--plugin {!r}: {!r} is a {}, not a function or class.".format(
-            spec, attr, type(obj).__name__))
+        raise InputError(f"--plugin {spec!r}: {attr!r} is a {type(obj).__name__}, not a function or class.")
     return Plugin(spec, obj)
 
 
@@ -125,10 +126,12 @@ def registered() -> List[Plugin]:
         try:
             factory = ep.load()
         except (ImportError, AttributeError, SyntaxError) as e:
-            raise InputError("registered analysis {!r} ({}) cannot be loaded ({}: {}); fix or uninstall "
-                             "it, or pass --no-registered.".format(ep.name, ep.value, type(e).__name__, e)) from e
+            raise InputError(
+                f"registered analysis {ep.name!r} ({ep.value}) cannot be loaded ({type(e).__name__}: {e}); fix or uninstall "
+                "it, or pass --no-registered."
+            ) from e
         if not callable(factory):
-            raise InputError("registered analysis {!r} ({}) is not callable.".format(ep.name, ep.value))
+            raise InputError(f"registered analysis {ep.name!r} ({ep.value}) is not callable.")
         out.append(Plugin(ep.name, factory))
     return out
 
@@ -142,10 +145,12 @@ def resolve(items: Iterable[Any]) -> List[Plugin]:
         elif isinstance(item, str):
             p = load_spec(item)
         elif callable(item):
-            p = Plugin("{}:{}".format(getattr(item, "__module__", "?"), getattr(item, "__qualname__", repr(item))),
-                       item)
+            p = Plugin(
+                "{}:{}".format(getattr(item, "__module__", "?"), getattr(item, "__qualname__", repr(item))),
+                item,
+            )
         else:
-            raise InputError("plugin {!r}: expected 'module:function' or a callable.".format(item))
+            raise InputError(f"plugin {item!r}: expected 'module:function' or a callable.")
         out.setdefault(p.name, p)
     return list(out.values())
 
@@ -164,13 +169,18 @@ def start(plugins: Sequence[Plugin], log: Log) -> List[Active]:
             active.append(Active(p.name, result=obj))
             continue
         if not (callable(getattr(obj, "update", None)) and callable(getattr(obj, "result", None))):
-            raise InputError("plugin {!r} returned a {}; expected a dict, or an object with update(chunk) and "
-                             "result() (see moetape.replay.plugins).".format(p.name, type(obj).__name__))
+            raise InputError(
+                f"plugin {p.name!r} returned a {type(obj).__name__}; expected a dict, or an object with update(chunk) and "
+                "result() (see moetape.replay.plugins)."
+            )
         fields = list(getattr(obj, "fields", DEFAULT_FIELDS))
         unknown = [f for f in fields if not log.has_field(f)]
         if unknown:
-            raise InputError("plugin {!r} asks for field(s) {} that {} does not have.".format(
-                p.name, ", ".join(unknown), log.path))
+            raise InputError(
+                "plugin {!r} asks for field(s) {} that {} does not have.".format(
+                    p.name, ", ".join(unknown), log.path
+                )
+            )
         active.append(Active(p.name, stream=obj, fields=fields))
     return active
 
@@ -219,11 +229,11 @@ def results(active: Sequence[Active]) -> Dict[str, Any]:
     for a in active:
         res = a.result if a.stream is None else a.stream.result()
         if not isinstance(res, Mapping):
-            raise InputError("plugin {!r}: result() returned a {}, expected a dict.".format(a.name, type(res).__name__))
+            raise InputError(f"plugin {a.name!r}: result() returned a {type(res).__name__}, expected a dict.")
         clean = to_jsonable(res)
         try:
             json.dumps(clean)
         except (TypeError, ValueError) as e:
-            raise InputError("plugin {!r}: result is not JSON-ready ({}).".format(a.name, e)) from e
+            raise InputError(f"plugin {a.name!r}: result is not JSON-ready ({e}).") from e
         out[a.name] = clean
     return out

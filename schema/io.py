@@ -29,19 +29,17 @@ def open_for_read(path: str) -> h5py.File:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise LogReadError("{}: no such file. Check the path.".format(path))
+        raise LogReadError(f"{path}: no such file. Check the path.")
     if os.path.isdir(path):
-        raise LogReadError("{}: is a directory, expected a moetape .h5 log file.".format(path))
+        raise LogReadError(f"{path}: is a directory, expected a moetape .h5 log file.")
     if os.path.getsize(path) == 0:
-        raise LogReadError("{}: empty file, expected a moetape .h5 log. It was never written.".format(path))
+        raise LogReadError(f"{path}: empty file, expected a moetape .h5 log. It was never written.")
     try:
         is_hdf5 = looks_like_hdf5(path)
     except OSError as e:
-        raise LogReadError("{}: cannot read ({}).".format(path, e.strerror or e)) from e
+        raise LogReadError(f"{path}: cannot read ({e.strerror or e}).") from e
     if not is_hdf5:
-        raise LogReadError(
-            "{}: not an HDF5 file (no HDF5 signature), expected a moetape .h5 log.".format(path)
-        )
+        raise LogReadError(f"{path}: not an HDF5 file (no HDF5 signature), expected a moetape .h5 log.")
     try:
         return h5py.File(path, "r", swmr=True)
     except OSError as e:
@@ -50,8 +48,8 @@ def open_for_read(path: str) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as e:
         raise LogReadError(
-            "{}: HDF5 file cannot be opened ({}); it may be truncated or corrupt. "
-            "Run `moetape verify` on it or restore a copy.".format(path, _short(pass_e))
+            f"{path}: HDF5 file cannot be opened ({_short(pass_e)}); it may be truncated or corrupt. "
+            "Run `moetape verify` on it or restore a copy."
         ) from e
 
 
@@ -64,11 +62,11 @@ def create_for_write(path: str, *, force: bool = False) -> h5py.File:
     """
     path = os.fspath(path)
     if os.path.exists(path) and not force:
-        raise OutputExistsError("{}: exists. Choose another path or pass --force to overwrite.".format(path))
+        raise OutputExistsError(f"{path}: exists. Choose another path or pass --force to overwrite.")
     try:
         return h5py.File(path, "w" if force else "w-", libver="latest", rdcc_nbytes=WRITER_CACHE_BYTES)
     except (OSError, ValueError) as e:
-        raise LogWriteError("{}: cannot create the log ({}).".format(path, _short(e))) from e
+        raise LogWriteError(f"{path}: cannot create the log ({_short(e)}).") from e
 
 
 def read_dataset(ds: Any, selection: Any, where: str) -> Any:
@@ -77,15 +75,15 @@ def read_dataset(ds: Any, selection: Any, where: str) -> Any:
         return ds[selection]
     except OSError as e:
         raise LogReadError(
-            "{}: {}: cannot read data ({}); the file is corrupt or truncated. "
-            "Run `moetape verify` for details.".format(where, ds.name, _short(e))
+            f"{where}: {ds.name}: cannot read data ({_short(e)}); the file is corrupt or truncated. "
+            "Run `moetape verify` for details."
         ) from e
 
 
 def check_output(path: str, *, force: bool) -> None:
     """Raise OutputExistsError if ``path`` exists and ``force`` is False."""
     if os.path.lexists(path) and not force:
-        raise OutputExistsError("{}: exists. Choose another path or pass --force to overwrite.".format(path))
+        raise OutputExistsError(f"{path}: exists. Choose another path or pass --force to overwrite.")
 
 
 @contextlib.contextmanager
@@ -99,7 +97,9 @@ def atomic_output(path: str, *, force: bool = False, suffix: str = "") -> Iterat
     check_output(path, force=force)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp", dir=directory
+    )
     os.close(fd)
     os.remove(tmp)
     try:

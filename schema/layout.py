@@ -188,9 +188,21 @@ UNITS: Dict[str, str] = {
     "episode_time_s": "s",
     "target_future_pos": "m",
 }
-FRAMES_WORLD = ("ee_pos", "ee_quat_xyzw", "target_pos", "target_quat_xyzw", "root_pos", "root_quat_xyzw",
-                "root_lin_vel", "root_ang_vel", "body_pos", "body_quat_xyzw", "contact_force",
-                "target_future_pos", "target_future_quat_xyzw")
+FRAMES_WORLD = (
+    "ee_pos",
+    "ee_quat_xyzw",
+    "target_pos",
+    "target_quat_xyzw",
+    "root_pos",
+    "root_quat_xyzw",
+    "root_lin_vel",
+    "root_ang_vel",
+    "body_pos",
+    "body_quat_xyzw",
+    "contact_force",
+    "target_future_pos",
+    "target_future_quat_xyzw",
+)
 
 
 def step_path(name: str) -> str:
@@ -208,8 +220,9 @@ def resolve_shape(symbols: Tuple[str, ...], sizes: Dict[str, int]) -> Tuple[int,
     return tuple(int(s) if s.isdigit() else int(sizes[s]) for s in symbols)
 
 
-def field_specs(sizes: Dict[str, int], term_names: List[str],
-                metrics: Dict[str, Tuple[Tuple[int, ...], str]]) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+def field_specs(
+    sizes: Dict[str, int], term_names: List[str], metrics: Dict[str, Tuple[Tuple[int, ...], str]]
+) -> Dict[str, Tuple[Tuple[int, ...], str]]:
     """Return every dataset of a log as HDF5 path -> (row shape, dtype), for the given sizes.
 
     Args:
@@ -223,8 +236,8 @@ def field_specs(sizes: Dict[str, int], term_names: List[str],
         out[step_path(name)] = (resolve_shape(shape, full), dtype)
     for name in term_names:
         out[TERMS + "/" + name] = ((full["E"],), "float32")
-    for name, (shape, dtype) in metrics.items():
-        out[METRICS + "/" + name] = ((full["E"],) + tuple(shape), dtype)
+    for name, (mshape, mdtype) in metrics.items():
+        out[METRICS + "/" + name] = ((full["E"],) + tuple(mshape), mdtype)
     for name, (shape, dtype) in FRAME_FIELDS.items():
         out[frame_path(name)] = (resolve_shape(shape, full), dtype)
     return out

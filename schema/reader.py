@@ -65,31 +65,38 @@ class Log:
         f, p = self._f, self.path
         if layout.FORMAT_VERSION_ATTR not in f.attrs:
             raise LogFormatError(
-                "{}: HDF5 file without a 'format_version' attribute: not a moetape log. "
-                "Pass a log written by `moetape record`.".format(p))
+                f"{p}: HDF5 file without a 'format_version' attribute: not a moetape log. "
+                "Pass a log written by `moetape record`."
+            )
         version = int(f.attrs[layout.FORMAT_VERSION_ATTR])
         if version > FORMAT_VERSION:
             raise NewerFormatError(
-                "{}: format_version {} is newer than this moetape reads ({}-{}). "
-                "Upgrade: pip install -U moetape".format(p, version, OLDEST_READABLE, FORMAT_VERSION))
+                f"{p}: format_version {version} is newer than this moetape reads ({OLDEST_READABLE}-{FORMAT_VERSION}). "
+                "Upgrade: pip install -U moetape"
+            )
         if version < OLDEST_READABLE:
-            raise LogFormatError("{}: format_version {} is older than any moetape release reads ({}-{}).".format(
-                p, version, OLDEST_READABLE, FORMAT_VERSION))
+            raise LogFormatError(
+                f"{p}: format_version {version} is older than any moetape release reads ({OLDEST_READABLE}-{FORMAT_VERSION})."
+            )
         self.format_version = version
         missing = [a for a in layout.META_ATTRS if a not in f.attrs]
         if missing:
-            raise LogFormatError("{}: missing root attributes {}; expected a complete moetape log. "
-                                 "Run `moetape verify` for details.".format(p, missing))
+            raise LogFormatError(
+                f"{p}: missing root attributes {missing}; expected a complete moetape log. "
+                "Run `moetape verify` for details."
+            )
         meta = {k: _decode(f.attrs[k]) for k in f.attrs}
         self.meta, _ = upcast(meta, {}, version)
         for name in (layout.N_COMMITTED, layout.RUN_STATUS):
             if name not in f:
-                raise LogFormatError("{}: dataset '{}' missing; expected a complete moetape log.".format(p, name))
+                raise LogFormatError(f"{p}: dataset '{name}' missing; expected a complete moetape log.")
         self._paths = self._field_paths()
         absent = [fp for fp in self._paths.values() if fp not in f]
         if absent:
-            raise LogFormatError("{}: {} dataset(s) missing: {}. The file is damaged or not written by "
-                                 "moetape; run `moetape verify`.".format(p, len(absent), ", ".join(absent[:5])))
+            raise LogFormatError(
+                "{}: {} dataset(s) missing: {}. The file is damaged or not written by "
+                "moetape; run `moetape verify`.".format(p, len(absent), ", ".join(absent[:5]))
+            )
         self.refresh()
         self._check_extent()
 
@@ -101,18 +108,24 @@ class Log:
             n = self.n_frames if layout.stream_of(fp) else self.n_steps
             if n == 0 or ds.chunks is None:
                 continue
-            coord = tuple(((n - 1) // ds.chunks[0]) * ds.chunks[0] if i == 0 else
-                          ((ds.shape[i] - 1) // ds.chunks[i]) * ds.chunks[i] for i in range(ds.ndim))
+            coord = tuple(
+                ((n - 1) // ds.chunks[0]) * ds.chunks[0]
+                if i == 0
+                else ((ds.shape[i] - 1) // ds.chunks[i]) * ds.chunks[i]
+                for i in range(ds.ndim)
+            )
             try:
                 info = ds.id.get_chunk_info_by_coord(coord)
             except (OSError, ValueError, RuntimeError) as e:
-                raise LogReadError("{}: cannot locate the data of {} ({}); the file may be truncated or "
-                                   "corrupt. Run `moetape verify`.".format(self.path, fp, e)) from e
+                raise LogReadError(
+                    f"{self.path}: cannot locate the data of {fp} ({e}); the file may be truncated or "
+                    "corrupt. Run `moetape verify`."
+                ) from e
             if info.byte_offset is not None and info.byte_offset + info.size > size:
                 raise LogReadError(
-                    "{}: file is truncated: {} needs {} bytes but the file has {}. Restore a complete "
-                    "copy; `moetape verify` lists what is readable.".format(
-                        self.path, fp, info.byte_offset + info.size, size))
+                    f"{self.path}: file is truncated: {fp} needs {info.byte_offset + info.size} bytes but the file has {size}. Restore a complete "
+                    "copy; `moetape verify` lists what is readable."
+                )
 
     def _field_paths(self) -> Dict[str, str]:
         names: Dict[str, str] = {}
@@ -142,8 +155,9 @@ class Log:
             n = self.n_frames if layout.stream_of(fp) else self.n_steps
             if f[fp].shape[0] < n:
                 raise LogFormatError(
-                    "{}: n_committed says {} rows but {} has {}; the file is damaged. "
-                    "Run `moetape verify` for details.".format(self.path, n, fp, f[fp].shape[0]))
+                    f"{self.path}: n_committed says {n} rows but {fp} has {f[fp].shape[0]}; the file is damaged. "
+                    "Run `moetape verify` for details."
+                )
 
     # ------------------------------------------------------------------ metadata
     def _attr(self, name: str) -> Any:
@@ -240,8 +254,9 @@ class Log:
         try:
             return self._paths[field]
         except KeyError:
-            raise LogFormatError("{}: no field '{}'; fields are: {}".format(
-                self.path, field, ", ".join(self._paths))) from None
+            raise LogFormatError(
+                "{}: no field '{}'; fields are: {}".format(self.path, field, ", ".join(self._paths))
+            ) from None
 
     def _env_index(self, env: EnvSel) -> Any:
         if env is None:
@@ -250,16 +265,19 @@ class Log:
             return env
         if isinstance(env, (int, np.integer)):
             if not 0 <= int(env) < self.n_envs:
-                raise LogFormatError("{}: env {} out of range; the log has {} envs (0-{}).".format(
-                    self.path, env, self.n_envs, self.n_envs - 1))
+                raise LogFormatError(
+                    f"{self.path}: env {env} out of range; the log has {self.n_envs} envs (0-{self.n_envs - 1})."
+                )
             return int(env)
         idx = [int(i) for i in env]
         bad = [i for i in idx if not 0 <= i < self.n_envs]
         if bad:
-            raise LogFormatError("{}: envs {} out of range; the log has {} envs.".format(self.path, bad, self.n_envs))
+            raise LogFormatError(f"{self.path}: envs {bad} out of range; the log has {self.n_envs} envs.")
         return idx
 
-    def read(self, field: str, start: int = 0, stop: Optional[int] = None, *, env: EnvSel = None) -> np.ndarray:
+    def read(
+        self, field: str, start: int = 0, stop: Optional[int] = None, *, env: EnvSel = None
+    ) -> np.ndarray:
         """Read policy steps [start, stop) of ``field`` (frames/ fields: those steps' frame rows).
 
         Returns:
@@ -294,8 +312,15 @@ class Log:
             total += int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize * rows
         return max(1, total)
 
-    def iter_chunks(self, fields: Sequence[str], *, start: int = 0, stop: Optional[int] = None,
-                    env: EnvSel = None, chunk_steps: Optional[int] = None) -> Iterator[Chunk]:
+    def iter_chunks(
+        self,
+        fields: Sequence[str],
+        *,
+        start: int = 0,
+        stop: Optional[int] = None,
+        env: EnvSel = None,
+        chunk_steps: Optional[int] = None,
+    ) -> Iterator[Chunk]:
         """Yield the committed steps [start, stop) in chunks of about 8 MB (memory stays bounded)."""
         fields = list(fields)
         for name in fields:
@@ -308,16 +333,22 @@ class Log:
             yield Chunk(s, e, {name: self.read(name, s, e, env=env) for name in fields})
             s = e
 
-    def follow(self, fields: Sequence[str], *, start: int = 0, poll_s: float = 0.25,
-               idle_timeout_s: Optional[float] = None, env: EnvSel = None) -> Iterator[Chunk]:
+    def follow(
+        self,
+        fields: Sequence[str],
+        *,
+        start: int = 0,
+        poll_s: float = 0.25,
+        idle_timeout_s: Optional[float] = None,
+        env: EnvSel = None,
+    ) -> Iterator[Chunk]:
         """Yield steps as the writer commits them, until the run ends (or no new step for idle_timeout_s)."""
         s = start
         last_new = time.monotonic()
         while True:
             self.refresh()
             if self.n_steps > s:
-                for chunk in self.iter_chunks(fields, start=s, stop=self.n_steps, env=env):
-                    yield chunk
+                yield from self.iter_chunks(fields, start=s, stop=self.n_steps, env=env)
                 s = self.n_steps
                 last_new = time.monotonic()
                 continue
@@ -375,7 +406,7 @@ class Log:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "Log":
+    def __enter__(self) -> Log:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,21 +14,34 @@ from moetape.schema import layout
 from moetape.schema.writer import LogSpec, gate_entropy
 
 
-def small_spec(n_envs: int = 2, *, frames_per_step: int = 4, n_bodies: int = 3, obs_dim: int = 109,
-               action_dim: int = 18, n_experts: int = 2) -> LogSpec:
+def small_spec(
+    n_envs: int = 2,
+    *,
+    frames_per_step: int = 4,
+    n_bodies: int = 3,
+    obs_dim: int = 109,
+    action_dim: int = 18,
+    n_experts: int = 2,
+) -> LogSpec:
     """Return a LogSpec with two terms and one custom metric, sized for tests."""
-    names = ["base", "arm"] + ["expert{}".format(k) for k in range(2, n_experts)]
+    names = ["base", "arm"] + [f"expert{k}" for k in range(2, n_experts)]
     return LogSpec(
-        n_envs=n_envs, obs_dim=obs_dim, action_dim=action_dim,
-        joint_names=["joint{}".format(j) for j in range(action_dim)],
-        body_names=["body{}".format(b) for b in range(n_bodies)],
-        expert_names=names[:n_experts], term_names=["task_reaching_pos_err", "reward_total"],
-        metrics={"ee_speed": ((), "float32")}, frames_per_step=frames_per_step, backend="synthetic",
+        n_envs=n_envs,
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        joint_names=[f"joint{j}" for j in range(action_dim)],
+        body_names=[f"body{b}" for b in range(n_bodies)],
+        expert_names=names[:n_experts],
+        term_names=["task_reaching_pos_err", "reward_total"],
+        metrics={"ee_speed": ((), "float32")},
+        frames_per_step=frames_per_step,
+        backend="synthetic",
     )
 
 
-def synthetic_step(spec: LogSpec, step: int, seed: int = 0, *, episode_len: int = 5
-                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+def synthetic_step(
+    spec: LogSpec, step: int, seed: int = 0, *, episode_len: int = 5
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     """Return (step fields, frame fields) of policy step ``step``; the same arguments give the same arrays."""
     rng = np.random.default_rng([seed, step])
     sizes = dict(spec.sizes, M=layout.N_FUTURE_TARGETS)
@@ -49,7 +62,7 @@ def synthetic_step(spec: LogSpec, step: int, seed: int = 0, *, episode_len: int 
         "timeout": (sie == length - 1) & (env % 2 == 0),
         "episode": (step // length).astype(np.int32),
         "step_in_episode": sie,
-        "t_wall_s": np.float64(step * 0.01),
+        "t_wall_s": np.asarray(step * 0.01, dtype=np.float64),
     }
     for name, (shape, dtype) in layout.STEP_FIELDS.items():
         if name not in out:
@@ -57,8 +70,8 @@ def synthetic_step(spec: LogSpec, step: int, seed: int = 0, *, episode_len: int 
             out[name] = rng.normal(size=full).astype(dtype)
     for name in spec.term_names:
         out["terms/" + name] = rng.random(e).astype(np.float32)
-    for name, (shape, dtype) in spec.metrics.items():
-        out["metrics/" + name] = rng.random((e,) + tuple(shape)).astype(dtype)
+    for name, (mshape, mdtype) in spec.metrics.items():
+        out["metrics/" + name] = rng.random((e,) + tuple(mshape)).astype(mdtype)
     fps = spec.frames_per_step
     frames: Dict[str, np.ndarray] = {}
     for name, (shape, dtype) in layout.FRAME_FIELDS.items():

@@ -16,7 +16,9 @@ Upcaster = Callable[[Dict[str, Any], Dict[str, Any]], Tuple[Dict[str, Any], Dict
 UPCASTERS: Dict[int, Upcaster] = {}
 
 
-def upcast(meta: Dict[str, Any], fields: Dict[str, Any], version: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def upcast(
+    meta: Dict[str, Any], fields: Dict[str, Any], version: int
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Return (meta, fields) of a version-``version`` log as the current FORMAT_VERSION has them."""
     for v in range(version, FORMAT_VERSION):
         meta, fields = UPCASTERS[v](meta, fields)

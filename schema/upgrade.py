@@ -13,8 +13,14 @@ from moetape.schema.version import FORMAT_VERSION
 from moetape.schema.writer import LogSpec, LogWriter
 
 
-def upgrade(old: str, new: str, *, dry_run: bool = False, force: bool = False,
-            progress: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+def upgrade(
+    old: str,
+    new: str,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Any]:
     """Copy the committed steps of ``old`` into a new log ``new`` at FORMAT_VERSION.
 
     The new file keeps the source's log_id, start time, provenance and end status, and records
@@ -24,40 +30,70 @@ def upgrade(old: str, new: str, *, dry_run: bool = False, force: bool = False,
         A JSON-ready plan/result: versions, steps, envs, paths.
     """
     if os.path.abspath(old) == os.path.abspath(new):
-        raise LogFormatError("{}: the output must be a new file; old logs are never rewritten in place.".format(new))
+        raise LogFormatError(f"{new}: the output must be a new file; old logs are never rewritten in place.")
     with open_log(old) as log:
         plan = {
-            "source": old, "output": new, "from_version": log.format_version, "to_version": FORMAT_VERSION,
-            "n_steps": log.n_steps, "n_envs": log.n_envs, "run_status": log.run_status, "dry_run": dry_run,
+            "source": old,
+            "output": new,
+            "from_version": log.format_version,
+            "to_version": FORMAT_VERSION,
+            "n_steps": log.n_steps,
+            "n_envs": log.n_envs,
+            "run_status": log.run_status,
+            "dry_run": dry_run,
         }
         if dry_run:
             check_output(new, force=force)
             return plan
         spec = LogSpec(
-            n_envs=log.n_envs, obs_dim=int(log.meta["obs_dim"]), action_dim=int(log.meta["action_dim"]),
-            joint_names=log.joint_names, body_names=log.body_names, expert_names=log.expert_names,
+            n_envs=log.n_envs,
+            obs_dim=int(log.meta["obs_dim"]),
+            action_dim=int(log.meta["action_dim"]),
+            joint_names=log.joint_names,
+            body_names=log.body_names,
+            expert_names=log.expert_names,
             term_names=log.term_names,
-            metrics={m: (tuple(log.dataset("metrics/" + m).shape[2:]), str(log.dataset("metrics/" + m).dtype))
-                     for m in log.metric_names},
-            sim_dt_s=log.sim_dt_s, decimation=log.decimation, frames_per_step=log.frames_per_step,
+            metrics={
+                m: (tuple(log.dataset("metrics/" + m).shape[2:]), str(log.dataset("metrics/" + m).dtype))
+                for m in log.metric_names
+            },
+            sim_dt_s=log.sim_dt_s,
+            decimation=log.decimation,
+            frames_per_step=log.frames_per_step,
             backend=str(log.meta["backend"]),
         )
-        provenance = dict(log.provenance, upgraded_from_version=log.format_version, upgraded_from=os.path.abspath(old))
-        meta = {"command_line": log.meta.get("command_line", ""), "config": log.config, "provenance": provenance,
-                "keep_attrs": {k: log.meta[k] for k in ("log_id", "created_utc", "moetape_version")}}
+        provenance = dict(
+            log.provenance, upgraded_from_version=log.format_version, upgraded_from=os.path.abspath(old)
+        )
+        meta = {
+            "command_line": log.meta.get("command_line", ""),
+            "config": log.config,
+            "provenance": provenance,
+            "keep_attrs": {k: log.meta[k] for k in ("log_id", "created_utc", "moetape_version")},
+        }
         traj = log.trajectory()
         step_fields = [f for f in log.fields() if not f.startswith("frames/")]
         frame_fields = [f for f in log.fields() if f.startswith("frames/")]
         status = log.run_status
         with atomic_output(new, force=force, suffix=".h5") as tmp:
-            writer = LogWriter(tmp, spec, meta=meta, model_xml=log.model_xml,
-                               trajectory=None if traj is None else (traj["ee_pos"], traj["ee_axis_angle"], traj["dt_s"]))
+            writer = LogWriter(
+                tmp,
+                spec,
+                meta=meta,
+                model_xml=log.model_xml,
+                trajectory=None if traj is None else (traj["ee_pos"], traj["ee_axis_angle"], traj["dt_s"]),
+            )
             try:
                 for chunk in log.iter_chunks(step_fields + frame_fields):
                     fps = log.frames_per_step
                     for i in range(chunk.stop - chunk.start):
-                        writer.append({k: chunk.data[k][i] for k in step_fields},
-                                      {k.split("/", 1)[1]: chunk.data[k][i * fps:(i + 1) * fps] for k in frame_fields})
+                        writer.append(
+                            {k: chunk.data[k][i] for k in step_fields},
+                            {
+                                k.split("/", 1)[1]: chunk.data[k][i * fps : (i + 1) * fps]
+                                for k in frame_fields
+                            },
+                        )
                     if progress is not None:
                         progress(chunk.stop)
             except BaseException:
@@ -65,4 +101,3 @@ def upgrade(old: str, new: str, *, dry_run: bool = False, force: bool = False,
                 raise
             writer.close(status)
         return plan
-

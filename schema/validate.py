@@ -25,11 +25,12 @@ class Problem(NamedTuple):
     what: str
 
     def __str__(self) -> str:
-        return "{}: {}".format(self.where, self.what)
+        return f"{self.where}: {self.what}"
 
 
-def validate(path: str, *, check_data: bool = True,
-             progress: Optional[Callable[[int], None]] = None) -> List[Problem]:
+def validate(
+    path: str, *, check_data: bool = True, progress: Optional[Callable[[int], None]] = None
+) -> List[Problem]:
     """Return every problem found in the log at ``path`` (empty list: the log is valid).
 
     Args:
@@ -53,19 +54,33 @@ def _check_structure(log: Log) -> List[Problem]:
     meta = log.meta
     for name in layout.LIST_ATTRS:
         if not isinstance(meta.get(name), list):
-            problems.append(Problem("attrs/" + name, "expected a list of strings, got {!r}".format(meta.get(name))))
+            problems.append(Problem("attrs/" + name, f"expected a list of strings, got {meta.get(name)!r}"))
     if log.run_status not in layout.STATUSES:
-        problems.append(Problem(layout.RUN_STATUS, "unknown status {!r}, expected one of {}".format(
-            log.run_status, list(layout.STATUSES))))
+        problems.append(
+            Problem(
+                layout.RUN_STATUS,
+                f"unknown status {log.run_status!r}, expected one of {list(layout.STATUSES)}",
+            )
+        )
     fps = log.frames_per_step
     if fps not in (1, log.decimation):
-        problems.append(Problem("attrs/frames_per_step", "{} is neither 1 nor decimation {}".format(fps, log.decimation)))
+        problems.append(
+            Problem("attrs/frames_per_step", f"{fps} is neither 1 nor decimation {log.decimation}")
+        )
     if abs(log.policy_dt_s - log.sim_dt_s * log.decimation) > 1e-9:
-        problems.append(Problem("attrs/policy_dt_s", "{} != sim_dt_s * decimation = {}".format(
-            log.policy_dt_s, log.sim_dt_s * log.decimation)))
+        problems.append(
+            Problem(
+                "attrs/policy_dt_s",
+                f"{log.policy_dt_s} != sim_dt_s * decimation = {log.sim_dt_s * log.decimation}",
+            )
+        )
     sizes = {
-        "E": log.n_envs, "O": int(meta["obs_dim"]), "A": int(meta["action_dim"]),
-        "K": len(log.expert_names), "J": len(log.joint_names), "B": len(log.body_names),
+        "E": log.n_envs,
+        "O": int(meta["obs_dim"]),
+        "A": int(meta["action_dim"]),
+        "K": len(log.expert_names),
+        "J": len(log.joint_names),
+        "B": len(log.body_names),
     }
     metrics = {}
     for name in log.metric_names:
@@ -74,24 +89,27 @@ def _check_structure(log: Log) -> List[Problem]:
             metrics[name] = (tuple(ds.shape[2:]), str(ds.dtype))
     expected = layout.field_specs(sizes, log.term_names, metrics)
     if log.n_frames != log.n_steps * fps:
-        problems.append(Problem(layout.N_COMMITTED, "frames {} != steps {} x frames_per_step {}".format(
-            log.n_frames, log.n_steps, fps)))
+        problems.append(
+            Problem(
+                layout.N_COMMITTED, f"frames {log.n_frames} != steps {log.n_steps} x frames_per_step {fps}"
+            )
+        )
     for path, (shape, dtype) in expected.items():
         if path not in f:
             problems.append(Problem(path, "missing"))
             continue
         ds = f[path]
         if ds.dtype != np.dtype(dtype):
-            problems.append(Problem(path, "dtype {}, expected {}".format(ds.dtype, dtype)))
+            problems.append(Problem(path, f"dtype {ds.dtype}, expected {dtype}"))
         if tuple(ds.shape[1:]) != shape:
-            problems.append(Problem(path, "row shape {}, expected {}".format(tuple(ds.shape[1:]), shape)))
+            problems.append(Problem(path, f"row shape {tuple(ds.shape[1:])}, expected {shape}"))
         if ds.chunks is None or ds.maxshape[0] is not None:
-            problems.append(Problem(path, "not a chunked growable dataset (maxshape {})".format(ds.maxshape)))
+            problems.append(Problem(path, f"not a chunked growable dataset (maxshape {ds.maxshape})"))
         if not ds.fletcher32:
             problems.append(Problem(path, "no fletcher32 checksum filter"))
         n = log.n_frames if layout.stream_of(path) else log.n_steps
         if ds.shape[0] < n:
-            problems.append(Problem(path, "{} rows but n_committed says {}".format(ds.shape[0], n)))
+            problems.append(Problem(path, f"{ds.shape[0]} rows but n_committed says {n}"))
     return problems
 
 
@@ -114,7 +132,7 @@ def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> List[Pro
                 problems.append(Problem(log.path, "more than 50 problems; stopped checking"))
                 break
     except LogReadError as e:
-        problems.append(Problem(log.path, "checksum or read failure after step {}: {}".format(done_checks, e)))
+        problems.append(Problem(log.path, f"checksum or read failure after step {done_checks}: {e}"))
     return problems
 
 
@@ -125,19 +143,28 @@ def _check_chunk(start: int, d: Any, prev: Optional[dict], fps: int) -> List[Pro
     bad = np.abs(gate.sum(axis=-1) - 1.0) > GATE_SUM_TOL
     if bad.any():
         s, e = np.argwhere(bad)[0]
-        problems.append(Problem("steps/gate", "step {} env {}: weights sum to {:.4f}, expected 1".format(
-            start + s, e, gate[s, e].sum())))
+        problems.append(
+            Problem(
+                "steps/gate", f"step {start + s} env {e}: weights sum to {gate[s, e].sum():.4f}, expected 1"
+            )
+        )
     ent = -(gate * np.log(gate + 1e-8)).sum(axis=-1)
     bad = np.abs(ent - d["gate_entropy"]) > ENTROPY_TOL
     if bad.any():
         s, e = np.argwhere(bad)[0]
-        problems.append(Problem("steps/gate_entropy", "step {} env {}: {:.4f}, gate gives {:.4f}".format(
-            start + s, e, d["gate_entropy"][s, e], ent[s, e])))
+        problems.append(
+            Problem(
+                "steps/gate_entropy",
+                "step {} env {}: {:.4f}, gate gives {:.4f}".format(
+                    start + s, e, d["gate_entropy"][s, e], ent[s, e]
+                ),
+            )
+        )
     rows = np.arange(start * fps, (start + n) * fps)
     if not np.array_equal(d["frames/step"], rows // fps):
-        problems.append(Problem("frames/step", "not continuous from step {}".format(start)))
+        problems.append(Problem("frames/step", f"not continuous from step {start}"))
     if not np.array_equal(d["frames/substep"], rows % fps):
-        problems.append(Problem("frames/substep", "not 0..{} per step from step {}".format(fps - 1, start)))
+        problems.append(Problem("frames/substep", f"not 0..{fps - 1} per step from step {start}"))
     ep, sie, done = d["episode"], d["step_in_episode"], d["done"]
     if prev is not None:
         ep = np.concatenate([prev["episode"][None], ep])
@@ -152,9 +179,13 @@ def _check_chunk(start: int, d: Any, prev: Optional[dict], fps: int) -> List[Pro
     bad = (sie[1:] != want_sie) | (ep[1:] != want_ep)
     if bad.any():
         s, e = np.argwhere(bad)[0]
-        problems.append(Problem("steps/step_in_episode", "step {} env {}: episode {} step {} does not follow "
-                                "episode {} step {} (done={})".format(offset + s + 1, e, ep[s + 1, e], sie[s + 1, e],
-                                                                       ep[s, e], sie[s, e], bool(done[s, e]))))
+        problems.append(
+            Problem(
+                "steps/step_in_episode",
+                f"step {offset + s + 1} env {e}: episode {ep[s + 1, e]} step {sie[s + 1, e]} does not follow "
+                f"episode {ep[s, e]} step {sie[s, e]} (done={bool(done[s, e])})",
+            )
+        )
     return problems
 
 

@@ -72,20 +72,21 @@ class LogSpec:
         problems = []
         for name in ("n_envs", "obs_dim", "action_dim", "decimation"):
             if int(getattr(self, name)) < 1:
-                problems.append("{} must be >= 1, got {}".format(name, getattr(self, name)))
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.frames_per_step not in (1, self.decimation):
-            problems.append("frames_per_step must be 1 or decimation ({}), got {}".format(
-                self.decimation, self.frames_per_step))
+            problems.append(
+                f"frames_per_step must be 1 or decimation ({self.decimation}), got {self.frames_per_step}"
+            )
         if len(self.expert_names) < 1:
             problems.append("at least one expert name is needed")
         for group, names in (("terms", self.term_names), ("metrics", list(self.metrics))):
             for n in names:  # "/" nests groups (legacy term names such as "task/reaching/pos_err")
                 if not n or n != n.strip() or "" in n.split("/") or n.startswith("."):
-                    problems.append("{} name {!r} is not a usable name".format(group, n))
+                    problems.append(f"{group} name {n!r} is not a usable name")
                 elif any(o.startswith(n + "/") for o in names):
-                    problems.append("{} name {!r} is also a prefix of another name".format(group, n))
+                    problems.append(f"{group} name {n!r} is also a prefix of another name")
             if len(set(names)) != len(names):
-                problems.append("{} names repeat: {}".format(group, names))
+                problems.append(f"{group} names repeat: {names}")
         if problems:
             raise LogFormatError("log spec: " + "; ".join(problems))
 
@@ -96,8 +97,12 @@ def gate_entropy(gate: np.ndarray) -> np.ndarray:
     return (-(g * np.log(g + np.float32(ENTROPY_EPS))).sum(axis=-1)).astype(np.float32)
 
 
-def chunk_shape(row_shape: Tuple[int, ...], itemsize: int, target: int = CHUNK_TARGET_BYTES,
-                max_rows: int = MAX_CHUNK_ROWS) -> Tuple[int, ...]:
+def chunk_shape(
+    row_shape: Tuple[int, ...],
+    itemsize: int,
+    target: int = CHUNK_TARGET_BYTES,
+    max_rows: int = MAX_CHUNK_ROWS,
+) -> Tuple[int, ...]:
     """Chunk a growable dataset: about ``target`` bytes, rows a power of two dividing ``max_rows``.
 
     ``max_rows`` is the writer's batch size (a power of two), so a full batch writes whole chunks
@@ -182,11 +187,13 @@ class LogWriter:
             int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize * (self._fps if layout.stream_of(p) else 1)
             for p, (s, d) in self._specs.items()
         )
-        self.batch_steps = int(batch_steps or _pow2_floor(max(1, min(MAX_BATCH_STEPS, BATCH_TARGET_BYTES // step_bytes))))
+        self.batch_steps = int(
+            batch_steps or _pow2_floor(max(1, min(MAX_BATCH_STEPS, BATCH_TARGET_BYTES // step_bytes)))
+        )
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
         self._batch = _Batch(self._specs, self.batch_steps, self._fps)
-        self._queue: "queue.Queue[Optional[_Batch]]" = queue.Queue(maxsize=max(1, max_batches))
+        self._queue: queue.Queue[Optional[_Batch]] = queue.Queue(maxsize=max(1, max_batches))
         self._error: Optional[BaseException] = None
         self._closed = False
         self.n_appended = 0
@@ -203,8 +210,13 @@ class LogWriter:
         self._thread.start()
 
     # ---------------------------------------------------------------- creation (before SWMR)
-    def _create(self, meta: Mapping[str, Any], model_xml: Optional[str], model_source: str,
-                trajectory: Optional[Tuple[np.ndarray, np.ndarray, float]]) -> None:
+    def _create(
+        self,
+        meta: Mapping[str, Any],
+        model_xml: Optional[str],
+        model_source: str,
+        trajectory: Optional[Tuple[np.ndarray, np.ndarray, float]],
+    ) -> None:
         f, spec = self._file, self.spec
         from moetape import __version__
 
@@ -243,8 +255,12 @@ class LogWriter:
         f.create_dataset(layout.END_TIME, data=np.bytes_(b""), dtype="S32")
         for path, (shape, dtype) in self._specs.items():
             ds = f.create_dataset(
-                path, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
-                chunks=self._chunks(path, shape, dtype), fletcher32=True,
+                path,
+                shape=(0,) + shape,
+                maxshape=(None,) + shape,
+                dtype=dtype,
+                chunks=self._chunks(path, shape, dtype),
+                fletcher32=True,
             )
             name = path.rsplit("/", 1)[-1]
             if name in layout.UNITS:
@@ -271,7 +287,9 @@ class LogWriter:
         return chunk_shape(shape, np.dtype(dtype).itemsize, self.chunk_bytes, _pow2_floor(rows))
 
     # ---------------------------------------------------------------- caller side
-    def append(self, step: Mapping[str, np.ndarray], frames: Optional[Mapping[str, np.ndarray]] = None) -> None:
+    def append(
+        self, step: Mapping[str, np.ndarray], frames: Optional[Mapping[str, np.ndarray]] = None
+    ) -> None:
         """Buffer one policy step of every env (see the class docstring for the keys).
 
         Raises:
@@ -280,7 +298,7 @@ class LogWriter:
         """
         self._raise_if_failed()
         if self._closed:
-            raise LogWriteError("{}: the log is closed; cannot append.".format(self.path))
+            raise LogWriteError(f"{self.path}: the log is closed; cannot append.")
         rows = self._check(step, frames or {})
         with self._lock:
             b = self._batch
@@ -291,14 +309,16 @@ class LogWriter:
                 if stream == 0:
                     b.arrays[path][i] = value
                 else:
-                    b.arrays[path][i * self._fps:(i + 1) * self._fps] = value
+                    b.arrays[path][i * self._fps : (i + 1) * self._fps] = value
             b.n += 1
             self.n_appended += 1
             if b.n >= b.capacity or time.monotonic() - b.first_row_t >= self.flush_seconds:
                 # Queued under the lock, so batches reach the queue in the order they were taken.
                 self._put(self._take_locked())
 
-    def _check(self, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]) -> Dict[str, Tuple[Any, int]]:
+    def _check(
+        self, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]
+    ) -> Dict[str, Tuple[Any, int]]:
         """Return path -> (value, stream) for one step, filling derived fields; raise on bad input."""
         rows: Dict[str, Tuple[Any, int]] = {}
         problems: List[str] = []
@@ -312,23 +332,23 @@ class LogWriter:
             elif key == "gate_entropy" and "gate" in step:
                 value = gate_entropy(step["gate"])
             elif key == "t_wall_s":
-                value = np.float64(time.monotonic() - self._t0)
+                value = np.asarray(time.monotonic() - self._t0, dtype=np.float64)
             elif key == "step":
                 value = np.full(self._fps, n, dtype=np.int64)
             elif key == "substep":
                 value = np.arange(self._fps, dtype=np.int8)
             else:
-                problems.append("{}: missing".format(path))
+                problems.append(f"{path}: missing")
                 continue
             want = shape if stream == 0 else (self._fps,) + shape
             if value.shape != want:
-                problems.append("{}: shape {}, expected {}".format(path, value.shape, want))
+                problems.append(f"{path}: shape {value.shape}, expected {want}")
                 continue
             rows[path] = (value, stream)
         extra = [k for k in step if layout.step_path(k) not in self._specs]
         extra += ["frames/" + k for k in frames if layout.frame_path(k) not in self._specs]
         if extra:
-            problems.append("undeclared fields {} (declare terms/metrics in the LogSpec)".format(sorted(extra)))
+            problems.append(f"undeclared fields {sorted(extra)} (declare terms/metrics in the LogSpec)")
         if problems:
             raise LogFormatError("{}: step {}: {}".format(self.path, n, "; ".join(problems)))
         return rows
@@ -357,7 +377,8 @@ class LogWriter:
             raise LogWriteError(
                 "{}: writing the log failed ({}: {}). The {} steps committed before the failure are "
                 "kept and readable; free disk space or pick another path, then record again.".format(
-                    self.path, type(e).__name__, str(e).splitlines()[0] if str(e) else "", self.n_committed)
+                    self.path, type(e).__name__, str(e).splitlines()[0] if str(e) else "", self.n_committed
+                )
             ) from e
 
     def flush(self) -> None:
@@ -403,7 +424,7 @@ class LogWriter:
                 pass
         self._raise_if_failed()
 
-    def __enter__(self) -> "LogWriter":
+    def __enter__(self) -> LogWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -467,7 +488,7 @@ class LogWriter:
             ds = f[path]
             start = s0 * self._fps if layout.stream_of(path) else s0
             ds.resize(start + rows.shape[0], axis=0)
-            ds[start:start + rows.shape[0]] = rows
+            ds[start : start + rows.shape[0]] = rows
         f[layout.N_COMMITTED][...] = np.array([s1, s1 * self._fps], dtype=np.int64)
         f.flush()
         self.n_committed = s1

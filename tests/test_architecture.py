@@ -15,21 +15,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_schema_and_replay_import_without_torch():
     """moetape.schema, moetape.replay and the root CLI import with torch blocked."""
-    code = ("import sys; sys.modules['torch'] = None; import moetape.schema.reader, moetape.schema.writer, "
-            "moetape.schema.validate, moetape.replay.cli, moetape.cli")
+    code = (
+        "import sys; sys.modules['torch'] = None; import moetape.schema.reader, moetape.schema.writer, "
+        "moetape.schema.validate, moetape.replay.cli, moetape.cli"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_bare_schema_import_is_not_ours():
     """`import schema` does not find moetape's schema folder (it is a different PyPI project)."""
     code = "import importlib.util as u; s = u.find_spec('schema'); print(s.origin if s else 'none')"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd="/").stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd="/"
+    ).stdout
     assert not out.strip().startswith(ROOT)
 
 
 def test_python_dash_m_help():
     """`python -m moetape --help` runs in a real subprocess and lists every command."""
-    out = subprocess.run([sys.executable, "-m", "moetape", "--help"], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "moetape", "--help"], check=True, capture_output=True, text=True
+    ).stdout
     for name in COMMANDS:
         assert name in out
 

@@ -38,8 +38,22 @@ def test_record_legacy_flags_gate_and_action_from_same_obs(demo_files, tmp_path)
     """Legacy flag spellings work; logged gate and action equal the policy applied to the logged obs."""
     ckpt, traj = demo_files
     out = str(tmp_path / "run")
-    r = run("record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", traj, "--num_envs", "2",
-            "--num_steps", "30", "--device", "cpu", "--out", out, "-q")
+    r = run(
+        "record",
+        "--moe_ckpt_path",
+        ckpt,
+        "--trajectory_file_path",
+        traj,
+        "--num_envs",
+        "2",
+        "--num_steps",
+        "30",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == os.path.join(out, "log.h5")
     path = os.path.join(out, "log.h5")
@@ -62,8 +76,24 @@ def test_record_dash_spellings_and_policy_frames(demo_files, tmp_path):
     """The dashed spellings work too, and --frames policy writes one frame row per step."""
     ckpt, traj = demo_files
     out = str(tmp_path / "run")
-    r = run("record", "--moe-ckpt-path", ckpt, "--trajectory-file-path", traj, "--num-envs", "1",
-            "--num-steps", "10", "--device", "cpu", "--out", out, "--frames", "policy", "-q")
+    r = run(
+        "record",
+        "--moe-ckpt-path",
+        ckpt,
+        "--trajectory-file-path",
+        traj,
+        "--num-envs",
+        "1",
+        "--num-steps",
+        "10",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--frames",
+        "policy",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     with open_log(os.path.join(out, "log.h5")) as log:
         assert log.frames_per_step == 1 and log.n_frames == 10
@@ -73,8 +103,20 @@ def test_record_refuses_existing_log(demo_files, tmp_path):
     """A run folder with a log is not overwritten without --force."""
     ckpt, traj = demo_files
     out = str(tmp_path / "run")
-    args = ["record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", traj, "--num_steps", "3",
-            "--device", "cpu", "--out", out, "-q"]
+    args = [
+        "record",
+        "--moe_ckpt_path",
+        ckpt,
+        "--trajectory_file_path",
+        traj,
+        "--num_steps",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "-q",
+    ]
     assert run(*args).exit_code == 0
     r = run(*args)
     assert r.exit_code == 1 and "--force" in r.stderr and "Traceback" not in r.stderr
@@ -96,8 +138,18 @@ def test_record_bad_inputs_one_line(demo_files, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], r.stderr
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
-    r = run("record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", str(bad), "--device", "cpu",
-            "--out", str(tmp_path / "y"), "-q")
+    r = run(
+        "record",
+        "--moe_ckpt_path",
+        ckpt,
+        "--trajectory_file_path",
+        str(bad),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "y"),
+        "-q",
+    )
     assert r.exit_code == 1 and str(bad) in r.stderr
 
 
@@ -108,16 +160,32 @@ def test_default_device_falls_back_to_cpu(demo_files, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     ckpt, traj = demo_files
-    r = run("record", "--moe_ckpt_path", ckpt, "--trajectory_file_path", traj, "--num_steps", "2",
-            "--out", str(tmp_path / "r"), "-q")
+    r = run(
+        "record",
+        "--moe_ckpt_path",
+        ckpt,
+        "--trajectory_file_path",
+        traj,
+        "--num_steps",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+        "-q",
+    )
     assert r.exit_code == 0 and "running the policy on cpu" in r.stderr
 
 
 def test_custom_metric_api(demo_files, tmp_path):
     """A metric declared before the run is stored per step under metrics/."""
     ckpt, traj = demo_files
-    cfg = RunConfig(moe_ckpt_path=ckpt, trajectory_file_path=traj, out=str(tmp_path / "m"), num_envs=2,
-                    num_steps=12, frames="policy")
+    cfg = RunConfig(
+        moe_ckpt_path=ckpt,
+        trajectory_file_path=traj,
+        out=str(tmp_path / "m"),
+        num_envs=2,
+        num_steps=12,
+        frames="policy",
+    )
     height = Metric("base_height", lambda backend, res: res.frames["root_pos"][0][:, 2])
     result = record(cfg, metrics=[height], command_line="test")
     with open_log(result.log_path) as log:
@@ -148,10 +216,30 @@ def test_ctrl_c_ends_cleanly(demo_files, tmp_path):
     """SIGINT during a recording flushes every step, marks the log interrupted and exits 130."""
     ckpt, traj = demo_files
     out = str(tmp_path / "int")
-    proc = subprocess.Popen([sys.executable, "-m", "moetape", "record", "--moe_ckpt_path", ckpt,
-                             "--trajectory_file_path", traj, "--num_steps", "1000000", "--device", "cpu",
-                             "--out", out, "--flush-seconds", "0.2", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "moetape",
+            "record",
+            "--moe_ckpt_path",
+            ckpt,
+            "--trajectory_file_path",
+            traj,
+            "--num_steps",
+            "1000000",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "--flush-seconds",
+            "0.2",
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     path = os.path.join(out, "log.h5")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -96,8 +96,9 @@ def test_wrong_dtype(log_path, tmp_path):
     with h5py.File(p, "a") as f:
         data = f["steps/reward"][()]
         del f["steps/reward"]
-        f.create_dataset("steps/reward", data=data.astype(np.float64), maxshape=(None, 2), chunks=True,
-                         fletcher32=True)
+        f.create_dataset(
+            "steps/reward", data=data.astype(np.float64), maxshape=(None, 2), chunks=True, fletcher32=True
+        )
     result = run("verify", "-q", p)
     assert result.exit_code == 1
     assert "steps/reward: dtype float64, expected float32" in result.stderr

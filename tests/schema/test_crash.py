@@ -21,7 +21,7 @@ WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_writer.
 
 def kill_and_check(tmp_path, seed: int) -> None:
     """Start the writer, SIGKILL it after a random delay, reopen and compare every committed row."""
-    path = str(tmp_path / "crash{}.h5".format(seed))
+    path = str(tmp_path / f"crash{seed}.h5")
     proc = subprocess.Popen([sys.executable, WRITER, path, str(seed)], stdout=subprocess.PIPE, text=True)
     rnd = random.Random(seed)
     last = 0
@@ -45,7 +45,7 @@ def kill_and_check(tmp_path, seed: int) -> None:
         for s in range(log.n_steps):
             step, frames = synthetic_step(spec, s, seed)
             np.testing.assert_array_equal(obs[s], step["obs"])
-            np.testing.assert_array_equal(pos[4 * s:4 * s + 4], frames["root_pos"])
+            np.testing.assert_array_equal(pos[4 * s : 4 * s + 4], frames["root_pos"])
     assert validate(path) == []
 
 

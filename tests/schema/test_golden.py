@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import DATA, GOLDEN, GOLDEN_SEED
 
 from moetape.schema.reader import open_log
 from moetape.schema.synthetic import small_spec, synthetic_step
@@ -14,13 +15,11 @@ from moetape.schema.upcast import UPCASTERS
 from moetape.schema.validate import validate
 from moetape.schema.version import FORMAT_VERSION
 
-from helpers import DATA, GOLDEN, GOLDEN_SEED
-
 
 def test_every_version_has_a_golden_file():
     """Each released format version from 1 to FORMAT_VERSION has tests/data/v{N}_minimal.h5."""
     names = {os.path.basename(p) for p in GOLDEN}
-    assert names == {"v{}_minimal.h5".format(v) for v in range(1, FORMAT_VERSION + 1)}
+    assert names == {f"v{v}_minimal.h5" for v in range(1, FORMAT_VERSION + 1)}
 
 
 def test_golden_checksums_unchanged():
@@ -64,4 +63,6 @@ def test_golden_env_selection(golden_log, env):
     with open_log(golden_log) as log:
         full = log.read("gate")
         np.testing.assert_array_equal(log.read("gate", env=env), full[:, env])
-        np.testing.assert_array_equal(log.read("frames/dof_pos", 2, 4, env=env), log.read("frames/dof_pos", 2, 4)[:, env])
+        np.testing.assert_array_equal(
+            log.read("frames/dof_pos", 2, 4, env=env), log.read("frames/dof_pos", 2, 4)[:, env]
+        )

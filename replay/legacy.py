@@ -1,0 +1,427 @@
+"""Writers for the legacy file formats: numpy-1.x-loadable pickles and zarr v2 directory stores.
+
+Pickles. numpy 2 pickles arrays as ``numpy._core.multiarray._reconstruct``, a module numpy 1.x
+does not have ("No module named 'numpy._core'"), under every protocol. ``write_pickle`` emits
+the opcodes itself (protocol 3) for plain data only, and references the names numpy 1.x wrote
+and numpy 2 still loads without a warning:
+
+    ndarray     numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') + __setstate__
+                (1, shape, dtype, False, raw C-order bytes)       [what ndarray.__reduce__ gave in 1.x]
+    np scalar   numpy.core.multiarray.scalar(dtype, raw bytes)
+    dtype       numpy.dtype('f4', False, True) + __setstate__ (3, '<', None, None, None, -1, -1, 0)
+
+Accepted values: None, bool, int, float, str, bytes, list, tuple, dict, numpy arrays (numeric or
+bool), numpy scalars, and ``RowList`` (a list stored as blocks of rows, emitted as a plain list of
+per-row arrays or floats, so a large list needs no Python object per row). Anything else raises
+TypeError: nothing that runs code when loaded can get in. The output depends only on the value,
+so writing the same value twice gives the same bytes.
+
+Zarr v2. ``ZarrV2Writer`` streams arrays of a known final shape into a zarr v2 directory store
+(what zarr 2.16 reads): metadata is created with zarr (``zarr_format=2``), chunks are compressed
+with the zarr 2 default compressor (Blosc lz4, level 5, byte shuffle) and written as files as soon
+as their rows are complete. Edge chunks are padded with the fill value, as zarr pads them.
+Writing chunk files directly keeps the legacy one-row chunks of 2-D arrays affordable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+# ---------------------------------------------------------------------------------------- pickle
+
+_PROTO = b"\x80\x03"
+_STOP = b"."
+_MARK = b"("
+_EMPTY_LIST = b"]"
+_EMPTY_DICT = b"}"
+_EMPTY_TUPLE = b")"
+_APPENDS = b"e"
+_SETITEMS = b"u"
+_TUPLE = b"t"
+_TUPLES = {1: b"\x85", 2: b"\x86", 3: b"\x87"}
+_REDUCE = b"R"
+_BUILD = b"b"
+_NONE = b"N"
+_TRUE = b"\x88"
+_FALSE = b"\x89"
+_BATCH = 1000  # items per APPENDS/SETITEMS, as the C pickler batches
+
+_RECONSTRUCT = ("numpy.core.multiarray", "_reconstruct")
+_SCALAR = ("numpy.core.multiarray", "scalar")
+_NDARRAY = ("numpy", "ndarray")
+_DTYPE = ("numpy", "dtype")
+
+
+class RowList:
+    """A list given as blocks of rows: pickled exactly like ``[row for block in blocks for row in block]``.
+
+    Args:
+        blocks: arrays whose first axis is the row axis; rows are the items.
+        as_float: emit each row (0-d) as a Python float instead of a numpy array.
+    """
+
+    def __init__(self, blocks: Iterable[np.ndarray] = (), *, as_float: bool = False) -> None:
+        self.blocks: List[np.ndarray] = list(blocks)
+        self.as_float = as_float
+
+    def append_block(self, block: np.ndarray) -> None:
+        """Add the rows of ``block`` (shape (n, ...)) at the end."""
+        self.blocks.append(block)
+
+    def __len__(self) -> int:
+        return sum(int(b.shape[0]) for b in self.blocks)
+
+    def __iter__(self) -> Iterator[Any]:
+        for block in self.blocks:
+            if self.as_float:
+                yield from (float(v) for v in block.tolist())
+            else:
+                yield from block
+
+    def to_list(self) -> List[Any]:
+        """Return the items as a plain list (floats, or per-row numpy arrays)."""
+        return list(self)
+
+
+def _check_dtype(dt: np.dtype) -> None:
+    if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
+        raise TypeError("legacy pickle: dtype {} is not plain numeric/bool data".format(dt))
+
+
+class _Emitter:
+    """Emit pickle opcodes for plain data; globals and dtypes are memoized on first use."""
+
+    def __init__(self, write: Callable[[bytes], Any]) -> None:
+        self.w = write
+        self.memo: Dict[Any, int] = {}
+
+    # -- memo
+    def _get(self, key: Any) -> bool:
+        idx = self.memo.get(key)
+        if idx is None:
+            return False
+        self.w(b"h" + bytes([idx]) if idx < 256 else b"j" + struct.pack("<I", idx))
+        return True
+
+    def _put(self, key: Any) -> None:
+        idx = len(self.memo)
+        self.memo[key] = idx
+        self.w(b"q" + bytes([idx]) if idx < 256 else b"r" + struct.pack("<I", idx))
+
+    def _global(self, ref: Tuple[str, str]) -> None:
+        if not self._get(ref):
+            self.w(b"c" + ref[0].encode() + b"\n" + ref[1].encode() + b"\n")
+            self._put(ref)
+
+    # -- scalars
+    def _int(self, v: int) -> None:
+        if 0 <= v < 256:
+            self.w(b"K" + bytes([v]))
+        elif 0 <= v < 65536:
+            self.w(b"M" + struct.pack("<H", v))
+        elif -(2**31) <= v < 2**31:
+            self.w(b"J" + struct.pack("<i", v))
+        else:
+            raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+            self.w(b"\x8a" + bytes([len(raw)]) + raw)
+
+    def _str(self, v: str) -> None:
+        raw = v.encode("utf-8", "surrogatepass")
+        self.w(b"X" + struct.pack("<I", len(raw)) + raw)
+
+    def _bytes(self, v: bytes) -> None:
+        if len(v) > 0xFFFFFFFF:
+            raise ValueError("legacy pickle: one bytes value over 4 GiB cannot be written with protocol 3")
+        self.w(b"C" + bytes([len(v)]) if len(v) < 256 else b"B" + struct.pack("<I", len(v)))
+        self.w(v)
+
+    def _tuple(self, items: Sequence[Any]) -> None:
+        if not items:
+            self.w(_EMPTY_TUPLE)
+            return
+        if len(items) <= 3:
+            for it in items:
+                self.emit(it)
+            self.w(_TUPLES[len(items)])
+            return
+        self.w(_MARK)
+        for it in items:
+            self.emit(it)
+        self.w(_TUPLE)
+
+    # -- numpy
+    def _dtype(self, dt: np.dtype) -> None:
+        key = ("dtype", dt.str)
+        if self._get(key):
+            return
+        _check_dtype(dt)
+        _cls, args, state = dt.__reduce__()
+        self._global(_DTYPE)
+        self._tuple(args)
+        self.w(_REDUCE)
+        self._tuple(state)
+        self.w(_BUILD)
+        self._put(key)
+
+    def _array(self, a: np.ndarray) -> None:
+        _check_dtype(a.dtype)
+        self._global(_RECONSTRUCT)
+        if not self._get("args0"):
+            self._global(_NDARRAY)
+            self._tuple((0,))
+            self._bytes(b"b")
+            self.w(_TUPLES[3])
+            self._put("args0")
+        self.w(_REDUCE + _MARK)
+        self._int(1)
+        self._tuple(tuple(int(n) for n in a.shape))
+        self._dtype(a.dtype)
+        self.w(_FALSE)
+        self._bytes(np.ascontiguousarray(a).tobytes())
+        self.w(_TUPLE + _BUILD)
+
+    def _np_scalar(self, v: np.generic) -> None:
+        _check_dtype(v.dtype)
+        self._global(_SCALAR)
+        self._dtype(v.dtype)
+        self._bytes(v.tobytes())
+        self.w(_TUPLES[2] + _REDUCE)
+
+    # -- containers
+    def _items(self, items: Iterable[Any], op: bytes, pairs: bool) -> None:
+        batch: List[Any] = []
+        for it in items:
+            batch.append(it)
+            if len(batch) == _BATCH:
+                self._flush(batch, op, pairs)
+                batch = []
+        if batch:
+            self._flush(batch, op, pairs)
+
+    def _flush(self, batch: List[Any], op: bytes, pairs: bool) -> None:
+        self.w(_MARK)
+        for it in batch:
+            if pairs:
+                self.emit(it[0])
+                self.emit(it[1])
+            else:
+                self.emit(it)
+        self.w(op)
+
+    def emit(self, v: Any) -> None:
+        """Write the opcodes of ``v``; raise TypeError for anything but plain data."""
+        t = type(v)
+        if v is None:
+            self.w(_NONE)
+        elif t is bool:
+            self.w(_TRUE if v else _FALSE)
+        elif t is int:
+            self._int(v)
+        elif t is float:
+            self.w(b"G" + struct.pack(">d", v))
+        elif t is str:
+            self._str(v)
+        elif t is bytes:
+            self._bytes(v)
+        elif t is np.ndarray:
+            self._array(v)
+        elif isinstance(v, np.generic):
+            self._np_scalar(v)
+        elif t is list or t is RowList:
+            self.w(_EMPTY_LIST)
+            self._items(v, _APPENDS, False)
+        elif t is tuple:
+            self._tuple(v)
+        elif t is dict:
+            self.w(_EMPTY_DICT)
+            self._items(v.items(), _SETITEMS, True)
+        else:
+            raise TypeError("legacy pickle: {} is not plain data (dict, list, tuple, str, number, bool, None, "
+                            "numpy array or scalar)".format(t.__name__))
+
+
+def dump(obj: Any, file: IO[bytes]) -> None:
+    """Pickle plain data ``obj`` to ``file`` so that numpy 1.x and numpy 2.x both load it."""
+    em = _Emitter(file.write)
+    file.write(_PROTO)
+    em.emit(obj)
+    file.write(_STOP)
+
+
+def dumps(obj: Any) -> bytes:
+    """Return the legacy-loadable pickle of plain data ``obj`` (see ``dump``)."""
+    import io
+
+    buf = io.BytesIO()
+    dump(obj, buf)
+    return buf.getvalue()
+
+
+def write_pickle(obj: Any, path: str) -> None:
+    """Write ``obj`` with ``dump`` to ``path`` (a new file; the caller handles atomic renames)."""
+    with open(path, "wb", buffering=1 << 20) as f:
+        dump(obj, f)
+
+
+# ---------------------------------------------------------------------------------------- zarr v2
+
+# zarr 2.16 defaults: normalize_chunks(None) -> guess_chunks; Blosc(lz4, clevel 5, SHUFFLE, blocksize 0).
+_CHUNK_BASE = 256 * 1024
+_CHUNK_MIN = 128 * 1024
+_CHUNK_MAX = 64 * 1024 * 1024
+BLOSC_CONFIG = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1, "blocksize": 0}
+
+
+def legacy_default_chunks(shape: Sequence[int], itemsize: int) -> Tuple[int, ...]:
+    """Return zarr 2.16's default chunks for ``shape`` (its ``guess_chunks``), independent of zarr's version."""
+    ndims = len(shape)
+    if ndims == 0:
+        return ()
+    chunks = np.maximum(np.array(shape, dtype="=f8"), 1)
+    dset_size = float(np.prod(chunks)) * itemsize
+    target = _CHUNK_BASE * (2 ** np.log10(dset_size / (1024.0 * 1024)))
+    target = min(max(target, _CHUNK_MIN), _CHUNK_MAX)
+    idx = 0
+    while True:
+        chunk_bytes = float(np.prod(chunks)) * itemsize
+        if (chunk_bytes < target or abs(chunk_bytes - target) / target < 0.5) and chunk_bytes < _CHUNK_MAX:
+            break
+        if np.prod(chunks) == 1:
+            break
+        chunks[idx % ndims] = math.ceil(chunks[idx % ndims] / 2.0)
+        idx += 1
+    return tuple(int(x) for x in chunks)
+
+
+def legacy_chunks(shape: Sequence[int], itemsize: int) -> Tuple[int, ...]:
+    """Return the legacy script's chunks: ``(1, E)`` for 2-D arrays, zarr 2.16's default otherwise."""
+    if len(shape) == 2:
+        return (1, int(shape[1]))
+    return legacy_default_chunks(shape, itemsize)
+
+
+class _ArrayStream:
+    """Rows of one zarr v2 array, buffered until whole chunks along axis 0 can be written."""
+
+    def __init__(self, directory: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: np.dtype,
+                 codec: Any) -> None:
+        self.dir = directory
+        self.shape = shape
+        self.chunks = chunks
+        self.dtype = dtype
+        self.codec = codec
+        self.rows_done = 0  # rows written to chunk files
+        self.pending: List[np.ndarray] = []
+        self.n_pending = 0
+        self.grid = [range(0, max(1, n), c) for n, c in zip(shape[1:], chunks[1:])]
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.shape[1:] != self.shape[1:]:
+            raise ValueError("rows of shape {} do not fit an array of shape {}".format(rows.shape, self.shape))
+        if rows.shape[0] == 0:
+            return
+        self.pending.append(np.asarray(rows, dtype=self.dtype))
+        self.n_pending += rows.shape[0]
+        if self.rows_done + self.n_pending > self.shape[0]:
+            raise ValueError("more rows than the array's {} were appended".format(self.shape[0]))
+        c0 = self.chunks[0]
+        if self.n_pending >= c0:
+            self._write(full_only=True)
+
+    def _write(self, *, full_only: bool) -> None:
+        c0 = self.chunks[0]
+        buf = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending, axis=0)
+        n_full = (buf.shape[0] // c0) * c0
+        n = n_full if full_only else buf.shape[0]
+        for r in range(0, n, c0):
+            self._write_row_chunk(buf[r:r + c0])
+        rest = buf[n:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.n_pending = rest.shape[0]
+
+    def _write_row_chunk(self, rows: np.ndarray) -> None:
+        i0 = self.rows_done // self.chunks[0]
+        for offsets in _product(self.grid):
+            idx = (slice(None),) + tuple(slice(o, o + c) for o, c in zip(offsets, self.chunks[1:]))
+            block = rows[idx]
+            if block.shape != self.chunks:
+                padded = np.zeros(self.chunks, dtype=self.dtype)  # fill value 0 / False, as zarr pads
+                padded[tuple(slice(0, n) for n in block.shape)] = block
+                block = padded
+            key = ".".join(str(k) for k in (i0,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:])))
+            data = self.codec.encode(np.ascontiguousarray(block))
+            with open(os.path.join(self.dir, key), "wb") as f:
+                f.write(data)
+        self.rows_done += rows.shape[0]
+
+    def close(self) -> None:
+        if self.n_pending:
+            self._write(full_only=False)
+        if self.rows_done != self.shape[0]:
+            raise ValueError("{}: {} rows written, the array has {}".format(self.dir, self.rows_done, self.shape[0]))
+
+
+def _product(ranges: Sequence[range]) -> Iterator[Tuple[int, ...]]:
+    if not ranges:
+        yield ()
+        return
+    for head in ranges[0]:
+        for tail in _product(ranges[1:]):
+            yield (head,) + tail
+
+
+class ZarrV2Writer:
+    """Create a zarr v2 group at ``path`` and stream rows into arrays of known shape.
+
+    Example:
+        w = ZarrV2Writer(tmp_dir)
+        w.create("obs", (N, E, O), "float32")
+        w.append("obs", rows)             # any number of rows at a time, in order
+        w.close(attrs={"policy_dt_s": 0.02})
+    """
+
+    def __init__(self, path: str) -> None:
+        import zarr
+
+        self.path = path
+        self._group = zarr.open_group(store=path, mode="w-", zarr_format=2)
+        self._arrays: Dict[str, _ArrayStream] = {}
+        self._codec = _blosc()
+
+    def create(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike,
+               chunks: Optional[Sequence[int]] = None) -> None:
+        """Create array ``name`` (legacy chunks unless given); its rows must then all be appended."""
+        dt = np.dtype(dtype)
+        shape_t = tuple(int(n) for n in shape)
+        chunks_t = tuple(int(c) for c in (chunks or legacy_chunks(shape_t, dt.itemsize)))
+        self._group.create_array(name, shape=shape_t, chunks=chunks_t, dtype=dt, compressors=self._codec,
+                                 fill_value=False if dt.kind == "b" else 0, order="C",
+                                 config={"write_empty_chunks": True})
+        self._arrays[name] = _ArrayStream(os.path.join(self.path, name), shape_t, chunks_t, dt, self._codec)
+
+    def append(self, name: str, rows: np.ndarray) -> None:
+        """Append rows (n, ...) to array ``name``; whole chunks are compressed and written at once."""
+        self._arrays[name].append(rows)
+
+    def close(self, *, attrs: Optional[Dict[str, Any]] = None) -> None:
+        """Write the last partial chunks and the group's attributes (sorted keys: the same bytes each time)."""
+        for arr in self._arrays.values():
+            arr.close()
+        if attrs:
+            with open(os.path.join(self.path, ".zattrs"), "w", encoding="utf-8") as f:
+                f.write(json.dumps(attrs, indent=4, sort_keys=True, ensure_ascii=True))
+
+
+def _blosc() -> Any:
+    from numcodecs import Blosc
+
+    cfg = dict(BLOSC_CONFIG)
+    cfg.pop("id")
+    return Blosc(**cfg)
