@@ -325,39 +325,50 @@ class SwitchStats:
 
 
 class CorrStats:
-    """Pearson r of every expert's weight with the EE error and the base-to-target distance."""
+    """Pearson r of every expert's weight with the EE error and the base-to-target distance.
+
+    Each of the two is accumulated over the rows where it is finite (an Isaac Gym run may lack the
+    error term in some envs; a log without frames has no distance), so one never hides the other.
+    """
 
     def __init__(self, n_experts: int) -> None:
         self.k = n_experts
-        self.overall = Moments(n_experts + 2)
-        self.by_env = Moments(n_experts + 2)
-        self.by_episode = Moments(n_experts + 2)
+        self.moments = {
+            (y, by): Moments(n_experts + 1) for y in ("err", "dist") for by in ("overall", "env", "episode")
+        }
 
     def update(self, gate: np.ndarray, err: F64, dist: F64, env: I64, episode: I64) -> None:
         """Add selected rows: gate (N, K), err (N,), dist (N,), env ids (N,), episode ids (N,)."""
-        x = np.concatenate([np.asarray(gate, dtype=np.float64), err[:, None], dist[:, None]], axis=1)
-        ok = np.isfinite(x).all(axis=1)
-        x, env, episode = x[ok], env[ok], episode[ok]
-        self.overall.update(np.zeros(x.shape[0], dtype=np.int64), x)
-        self.by_env.update(env, x)
-        self.by_episode.update(episode, x)
+        g = np.asarray(gate, dtype=np.float64)
+        for y_name, y in (("err", err), ("dist", dist)):
+            x = np.concatenate([g, y[:, None]], axis=1)
+            ok = np.isfinite(x).all(axis=1)
+            x = x[ok]
+            self.moments[y_name, "overall"].update(np.zeros(x.shape[0], dtype=np.int64), x)
+            self.moments[y_name, "env"].update(env[ok], x)
+            self.moments[y_name, "episode"].update(episode[ok], x)
 
-    def _row(self, m: Moments, g: int) -> Dict[str, Any]:
+    def _row(self, by: str, g: int) -> Dict[str, Any]:
         k = self.k
+        me, md = self.moments["err", by], self.moments["dist", by]
+        has_e = g < me.n.shape[0] and me.n[g] > 0
+        has_d = g < md.n.shape[0] and md.n[g] > 0
         return {
-            "n": int(m.n[g]) if g < m.n.shape[0] else 0,
-            "r_ee_pos_err": [m.corr(g, i, k) for i in range(k)],
-            "r_target_distance": [m.corr(g, i, k + 1) for i in range(k)],
-            "mean_ee_pos_err_m": _num(m.mean[g, k]) if g < m.n.shape[0] and m.n[g] else None,
+            "n": int(me.n[g]) if has_e else 0,
+            "n_target_distance": int(md.n[g]) if has_d else 0,
+            "r_ee_pos_err": [me.corr(g, i, k) for i in range(k)],
+            "r_target_distance": [md.corr(g, i, k) for i in range(k)],
+            "mean_ee_pos_err_m": _num(me.mean[g, k]) if has_e else None,
         }
+
+    def _groups(self, by: str) -> List[int]:
+        return sorted(set(self.moments["err", by].groups()) | set(self.moments["dist", by].groups()))
 
     def result(self) -> Dict[str, Any]:
         return {
-            "overall": self._row(self.overall, 0),
-            "by_env": [dict(env=g, **self._row(self.by_env, g)) for g in self.by_env.groups()],
-            "by_episode": [
-                dict(episode=g, **self._row(self.by_episode, g)) for g in self.by_episode.groups()
-            ],
+            "overall": self._row("overall", 0),
+            "by_env": [dict(env=g, **self._row("env", g)) for g in self._groups("env")],
+            "by_episode": [dict(episode=g, **self._row("episode", g)) for g in self._groups("episode")],
         }
 
 
@@ -441,12 +452,12 @@ def summary(
         dom = np.where(mask, gate.argmax(axis=2), -1)
         switch_stats.update(dom, np.where(mask, ep, -1))
         err = _take(ee_error(d), sel.envs, n_envs)
+        dist = np.full(err.shape, np.nan)
         if has_root:
             root = np.asarray(d[ROOT_POS_FIELD][::fps], dtype=np.float64)
-            diff = np.asarray(d["target_pos"], dtype=np.float64) - root
-            dist = _take(np.linalg.norm(diff, axis=-1), sel.envs, n_envs)
-        else:
-            dist = np.full(err.shape, np.nan)
+            m = root.shape[0]  # a crashed log may hold fewer frame rows than steps
+            diff = np.asarray(d["target_pos"][:m], dtype=np.float64) - root
+            dist[:m] = _take(np.linalg.norm(diff, axis=-1), sel.envs, n_envs)
         env_grid = np.broadcast_to(env_ids[None, :], ep.shape)
         corr_stats.update(gate[mask], err[mask], dist[mask], env_grid[mask], ep[mask])
         plugins_mod.feed(active, chunk, sel.envs, mask)

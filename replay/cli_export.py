@@ -1,1 +1,211 @@
-"""placeholder"""
+"""`moetape export ...` (one legacy file) and `moetape derive` (all of them, plus video, summary, plots)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import click
+
+from moetape.replay.export import ROWS_MODES
+
+log_argument = click.argument("log", type=click.Path(dir_okay=False))
+force_option = click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+rows_option = click.option(
+    "--rows", type=click.Choice(ROWS_MODES), default="auto", show_default=True,
+    help="Frame rows of logs.zarr/logs.pkl: substep = every physics substep (legacy headless), policy = one "
+         "per step, video = about 24 per simulated second (legacy --visualize), auto = substep if recorded.")
+no_weights_option = click.option(
+    "--no-weights", "no_weights", is_flag=True,
+    help="Leave the weight stats empty, as the legacy scripts did without --show_weights.")
+
+
+def _out_option(default_name: str) -> Callable[[Any], Any]:
+    return click.option("--out", "-o", required=True, type=click.Path(),
+                        help="Output path, e.g. {}.".format(default_name))
+
+
+class _Bar:
+    """A click progress bar on stderr driven by cumulative counts; silent with --quiet."""
+
+    def __init__(self, total: int, label: str, quiet: bool) -> None:
+        self.bar: Any = None
+        self.done = 0
+        if not quiet and total > 0:
+            self.bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            self.bar.__enter__()
+
+    def __call__(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+            self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> None:
+    """Open the log, export with a progress bar, report on stdout (data) and stderr (notes)."""
+    from moetape.replay.export import export_many
+    from moetape.schema.reader import open_log
+
+    with open_log(log) as lg:
+        if lg.run_status != "clean":
+            click.echo("note: {}: run status '{}' (crashed, interrupted or still recording): exporting the {} "
+                       "committed steps.".format(log, lg.run_status, lg.n_steps), err=True)
+        bar = _Bar(lg.n_steps, "exporting", quiet)
+        try:
+            info = export_many(lg, {kind: out}, progress=bar, **options)[kind]
+        finally:
+            bar.close()
+    rows = "" if info["rows"] is None else ", {} {} rows at {:g} Hz".format(
+        info["n_rows"], info["rows"], info["frame_rate_hz"])
+    click.echo("wrote {} ({} steps{})".format(out, info["n_steps"], rows))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def export() -> None:
+    """Derive one legacy file (weight-stats, results, zarr, pkl) from a log.
+
+    The files match what play_moe_ee_task.py / play_moe_simple.py wrote (keys, nesting,
+    dtypes, quirks) and load with numpy 1.24 and zarr 2.16.
+
+    \b
+    Example:
+      moetape export weight-stats runs/demo/log.h5 -o weight_stats.pkl
+      moetape export zarr runs/demo/log.h5 -o logs.zarr --rows policy
+    """
+
+
+@export.command("weight-stats")
+@log_argument
+@_out_option("weight_stats.pkl")
+@force_option
+@quiet_option
+def weight_stats(log: str, out: str, force: bool, quiet: bool) -> None:
+    """Write weight_stats.pkl: env 0's base/arm gate weights and the env-mean entropy per step.
+
+    \b
+    Example:
+      moetape export weight-stats runs/demo/log.h5 -o weight_stats.pkl
+    """
+    _run_export("weight_stats", log, out, quiet, force=force)
+
+
+@export.command("results")
+@log_argument
+@_out_option("moe_results.pkl")
+@no_weights_option
+@force_option
+@quiet_option
+def results(log: str, out: str, no_weights: bool, force: bool, quiet: bool) -> None:
+    """Write moe_results.pkl (play_moe_simple.py): config, weight stats, actions, env-0 state.
+
+    \b
+    Example:
+      moetape export results runs/demo/log.h5 -o moe_results.pkl
+    """
+    _run_export("results", log, out, quiet, weights=not no_weights, force=force)
+
+
+@export.command("zarr")
+@log_argument
+@_out_option("logs.zarr")
+@rows_option
+@no_weights_option
+@force_option
+@quiet_option
+def zarr_cmd(log: str, out: str, rows: str, no_weights: bool, force: bool, quiet: bool) -> None:
+    """Write logs.zarr (zarr v2, play_moe_ee_task.py), streaming; the rates become group attributes.
+
+    \b
+    Example:
+      moetape export zarr runs/demo/log.h5 -o logs.zarr --rows substep
+    """
+    _run_export("zarr", log, out, quiet, rows=rows, weights=not no_weights, force=force)
+
+
+@export.command("pkl")
+@log_argument
+@_out_option("logs.pkl")
+@rows_option
+@no_weights_option
+@force_option
+@quiet_option
+def pkl(log: str, out: str, rows: str, no_weights: bool, force: bool, quiet: bool) -> None:
+    """Write logs.pkl (play_moe_ee_task.py): the logs.zarr data as per-row lists with "/" key names.
+
+    \b
+    Example:
+      moetape export pkl runs/demo/log.h5 -o logs.pkl
+    """
+    _run_export("pkl", log, out, quiet, rows=rows, weights=not no_weights, force=force)
+
+
+class _StageBars:
+    """One progress bar per derive stage ("export" steps, "video" frames) on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bars: Dict[str, _Bar] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.bars:
+            for bar in self.bars.values():
+                bar.close()
+            self.bars[stage] = _Bar(total, {"export": "deriving", "video": "rendering"}.get(stage, stage), self.quiet)
+        self.bars[stage](done)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@log_argument
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder for the derived files [the log's folder].")
+@rows_option
+@click.option("--no-video", "no_video", is_flag=True, help="Do not render video.mp4.")
+@no_weights_option
+@force_option
+@quiet_option
+@click.option("--json", "as_json", is_flag=True, help="Print the derived.json manifest on stdout.")
+def derive(log: str, out: Optional[str], rows: str, no_video: bool, no_weights: bool, force: bool, quiet: bool,
+           as_json: bool) -> None:
+    """Derive every legacy file, video, summary and plots into a folder.
+
+    Writes weight_stats.pkl, moe_results.pkl, logs.zarr, logs.pkl (one pass over the
+    log), then video.mp4, summary.json and plots when those modules are installed, and
+    derived.json: source log id and sha256, moetape version, parameters, every file's
+    sha256. Deriving twice gives identical files.
+
+    \b
+    Example:
+      moetape derive runs/demo/log.h5 --out runs/demo/derived --no-video
+    """
+    from moetape.replay.derive import MANIFEST, derive as do_derive
+
+    out_dir = out if out is not None else (os.path.dirname(os.path.abspath(log)))
+    bars = _StageBars(quiet or as_json)
+    try:
+        manifest = do_derive(log, out_dir, rows=rows, weights=not no_weights, video=not no_video, force=force,
+                             progress=bars, notice=lambda msg: click.echo("note: " + msg, err=True))
+    finally:
+        bars.close()
+    if as_json:
+        click.echo(json.dumps(manifest, sort_keys=True))
+        return
+    for entry in _lines(manifest):
+        click.echo(entry)
+    click.echo("wrote {}".format(os.path.join(out_dir, MANIFEST)))
+
+
+def _lines(manifest: Dict[str, Any]) -> Iterator[str]:
+    for f in manifest["files"]:
+        yield "{:<24} {:>12,} bytes  sha256 {}".format(f["name"], f["bytes"], f["sha256"][:16])

@@ -1,1 +1,240 @@
-"""placeholder"""
+"""Derive every legacy file of a log into one folder, with a ``derived.json`` manifest.
+
+Writes weight_stats.pkl, moe_results.pkl, logs.zarr and logs.pkl in one pass over the log
+(``export.export_many``), then the optional projections whose modules are installed: video.mp4
+(``moetape.replay.render.render_video``), summary.json (``moetape.replay.analysis.summary``) and
+the plots (``moetape.replay.plots.plot_all``). A hook whose module (or its optional dependency:
+mujoco, OpenGL, imageio-ffmpeg, matplotlib) is missing is listed under "skipped" in the manifest.
+
+derived.json (sorted keys, no timestamps, so deriving twice gives the same manifest):
+    manifest_version    1
+    moetape_version     the moetape that derived the files
+    source              {"path", "log_id", "sha256" (of the log file), "format_version", "run_status",
+                         "complete" (run ended cleanly), "n_steps", "n_envs"}
+    parameters          {"rows" (requested), "weights", "video"}
+    rows                {"mode", "n_rows", "frame_rate_hz"} of logs.zarr / logs.pkl
+    files               [{"name", "sha256", "bytes"}] sorted by name; for a folder (logs.zarr) sha256 is
+                        of the lines "<sha256>  <relative path>\\n" of its files in sorted order
+    skipped             [{"name", "reason"}]
+    notes               messages such as a crashed log's
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+from moetape.replay.export import export_many
+from moetape.schema import layout
+from moetape.schema.errors import OutputExistsError
+from moetape.schema.io import atomic_output
+from moetape.schema.reader import Log, open_log
+
+MANIFEST = "derived.json"
+MANIFEST_VERSION = 1
+FILES = {"weight_stats": "weight_stats.pkl", "results": "moe_results.pkl", "zarr": "logs.zarr", "pkl": "logs.pkl"}
+VIDEO = "video.mp4"
+SUMMARY = "summary.json"
+# Hook module -> (attribute, optional third-party modules whose absence means "skip", not "bug").
+HOOKS = {
+    "moetape.replay.render": ("render_video", ("mujoco", "imageio", "imageio_ffmpeg", "OpenGL")),
+    "moetape.replay.analysis": ("summary", ()),
+    "moetape.replay.plots": ("plot_all", ("matplotlib",)),
+}
+
+Stage = Callable[[str, int, int], None]  # (stage, done, total)
+Notice = Callable[[str], None]
+
+
+def sha256_file(path: str, *, block: int = 4 << 20) -> str:
+    """Return the hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for data in iter(lambda: f.read(block), b""):
+            h.update(data)
+    return h.hexdigest()
+
+
+def sha256_tree(path: str) -> str:
+    """Return the sha256 of the sorted lines "<sha256>  <relative path>" of every file under ``path``."""
+    lines = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in files:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path).replace(os.sep, "/")
+            lines.append("{}  {}\n".format(sha256_file(full), rel))
+    return hashlib.sha256("".join(sorted(lines, key=lambda s: s[66:])).encode()).hexdigest()
+
+
+def _file_entry(out_dir: str, name: str) -> Dict[str, Any]:
+    path = os.path.join(out_dir, name)
+    if os.path.isdir(path):
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+        return {"name": name, "sha256": sha256_tree(path), "bytes": size}
+    return {"name": name, "sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+
+
+def _hook(module: str, skipped: List[Dict[str, str]], name: str) -> Optional[Callable[..., Any]]:
+    """Return the hook function, or None (recorded in ``skipped``) when its module or an optional dependency is missing."""
+    attr, optional = HOOKS[module]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or ""
+        if missing == module or missing.split(".")[0] in optional:
+            skipped.append({"name": name, "reason": "{} is not available ({})".format(module, _first_line(e))})
+            return None
+        raise
+    fn: Callable[..., Any] = getattr(mod, attr)
+    return fn
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _check_outputs(out_dir: str, names: List[str], force: bool) -> None:
+    if force or not os.path.isdir(out_dir):
+        return
+    existing = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
+    if existing:
+        raise OutputExistsError("{}: {} exist{} already. Pass --force to overwrite or choose another --out.".format(
+            out_dir, ", ".join(existing), "s" if len(existing) == 1 else ""))
+
+
+class _Hasher(threading.Thread):
+    """sha256 of the log file, computed beside the export pass (hashlib releases the GIL)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="moetape-sha256", daemon=True)
+        self.path = path
+        self.digest = ""
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.digest = sha256_file(self.path)
+        except BaseException as e:  # noqa: BLE001 - re-raised by result()
+            self.error = e
+
+    def result(self) -> str:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.digest
+
+
+def derive(log_path: str, out_dir: str, *, rows: str = "auto", weights: bool = True, video: bool = True,
+           force: bool = False, progress: Optional[Stage] = None, notice: Optional[Notice] = None) -> Dict[str, Any]:
+    """Write the legacy files, the optional projections and derived.json into ``out_dir``.
+
+    Args:
+        rows: rows of logs.zarr / logs.pkl ("auto", "substep", "policy", "video"; see export.py).
+        weights: fill the weight stats (legacy --show_weights); False leaves them empty.
+        video: render video.mp4 when the renderer is available.
+        progress: called as progress(stage, done, total), stage "export" (steps) or "video" (frames).
+        notice: receives one-line messages for people (crashed log, skipped hooks).
+    Returns:
+        The manifest (as written to derived.json).
+    Raises:
+        OutputExistsError: a derived file exists in ``out_dir`` and force is False (nothing is written).
+        LogFormatError, InputError: see ``export.export_many``.
+    """
+    say = notice or (lambda msg: None)
+    log_path = os.fspath(log_path)
+    names = list(FILES.values()) + [MANIFEST, SUMMARY] + ([VIDEO] if video else [])
+    _check_outputs(out_dir, names, force)
+    with open_log(log_path) as log:
+        hasher = _Hasher(log_path)
+        hasher.start()
+        notes = _status_notes(log)
+        for note in notes:
+            say(note)
+        outputs = {kind: os.path.join(out_dir, name) for kind, name in FILES.items()}
+        on_step = (lambda done: progress("export", done, log.n_steps)) if progress else None
+        result = export_many(log, outputs, rows=rows, weights=weights, force=force, progress=on_step)
+        written = list(FILES.values())
+        skipped: List[Dict[str, str]] = []
+        written += _run_hooks(log, log_path, out_dir, video=video, force=force, progress=progress,
+                              skipped=skipped, say=say)
+        zarr_info = result["zarr"]
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "moetape_version": _version(),
+            "source": {
+                "path": log_path, "log_id": log.log_id, "sha256": hasher.result(),
+                "format_version": log.format_version, "run_status": log.run_status,
+                "complete": log.run_status == layout.STATUS_CLEAN, "n_steps": log.n_steps, "n_envs": log.n_envs,
+            },
+            "parameters": {"rows": rows, "weights": weights, "video": video},
+            "rows": {"mode": zarr_info["rows"], "n_rows": zarr_info["n_rows"],
+                     "frame_rate_hz": zarr_info["frame_rate_hz"]},
+            "files": sorted((_file_entry(out_dir, n) for n in written), key=lambda d: d["name"]),
+            "skipped": skipped,
+            "notes": notes,
+        }
+    with atomic_output(os.path.join(out_dir, MANIFEST), force=force) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _status_notes(log: Log) -> List[str]:
+    if log.run_status == layout.STATUS_CLEAN:
+        return []
+    if log.run_status == layout.STATUS_RUNNING:
+        what = "is still being recorded or the recorder crashed"
+    else:
+        what = "ended {}".format(log.run_status)
+    return ["{}: run status '{}': the run {}; derived the {} committed steps.".format(
+        log.path, log.run_status, what, log.n_steps)]
+
+
+def _run_hooks(log: Log, log_path: str, out_dir: str, *, video: bool, force: bool, progress: Optional[Stage],
+               skipped: List[Dict[str, str]], say: Notice) -> List[str]:
+    """Run the optional video, summary and plot hooks; return the names written (relative to out_dir)."""
+    written: List[str] = []
+    if not video:
+        skipped.append({"name": VIDEO, "reason": "--no-video"})
+    elif log.n_steps == 0:
+        skipped.append({"name": VIDEO, "reason": "the log has no committed steps"})
+    else:
+        render = _hook("moetape.replay.render", skipped, VIDEO)
+        if render is not None:
+            on_frame = (lambda done, total: progress("video", done, total)) if progress else None
+            render_error = getattr(sys.modules["moetape.replay.render"], "RenderError", ())
+            try:
+                render(log_path, os.path.join(out_dir, VIDEO), force=force, progress=on_frame)
+                written.append(VIDEO)
+            except render_error as e:  # no mujoco / no OpenGL on this machine: skip and say why
+                skipped.append({"name": VIDEO, "reason": _first_line(e)})
+    summary = _hook("moetape.replay.analysis", skipped, SUMMARY)
+    if summary is not None:
+        with atomic_output(os.path.join(out_dir, SUMMARY), force=force) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(summary(log), indent=2, sort_keys=True, default=str) + "\n")
+        written.append(SUMMARY)
+    if log.n_steps == 0:
+        skipped.append({"name": "plots", "reason": "the log has no committed steps"})
+    else:
+        plot_all = _hook("moetape.replay.plots", skipped, "plots")
+        if plot_all is not None:
+            for path in plot_all(log, out_dir, force=force):
+                written.append(os.path.relpath(path, out_dir).replace(os.sep, "/"))
+    for item in skipped:
+        if item["reason"] != "--no-video":
+            say("skipped {}: {}".format(item["name"], item["reason"]))
+    return written
+
+
+def _version() -> str:
+    from moetape import __version__
+
+    return __version__

@@ -412,8 +412,13 @@ class ZarrV2Writer:
 
     def close(self, *, attrs: Optional[Dict[str, Any]] = None) -> None:
         """Write the last partial chunks and the group's attributes (sorted keys: the same bytes each time)."""
-        for arr in self._arrays.values():
+        for name, arr in self._arrays.items():
             arr.close()
+            empty = os.path.join(self.path, name, ".zattrs")  # zarr 2 wrote no per-array .zattrs
+            if os.path.exists(empty):
+                with open(empty, encoding="utf-8") as f:
+                    if json.loads(f.read() or "{}") == {}:
+                        os.remove(empty)
         if attrs:
             with open(os.path.join(self.path, ".zattrs"), "w", encoding="utf-8") as f:
                 f.write(json.dumps(attrs, indent=4, sort_keys=True, ensure_ascii=True))

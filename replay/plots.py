@@ -42,9 +42,9 @@ F64 = npt.NDArray[np.float64]
 class Envelope:
     """Min, max and mean of S series per time bin over ``n_steps`` steps, in at most ``max_bins`` bins."""
 
-    def __init__(self, n_steps: int, n_series: int, *, max_bins: int = MAX_BINS) -> None:
+    def __init__(self, n_steps: int, n_series: int, *, max_bins: Optional[int] = None) -> None:
         self.n_steps = max(1, int(n_steps))
-        self.n_bins = max(1, min(self.n_steps, max_bins))
+        self.n_bins = max(1, min(self.n_steps, MAX_BINS if max_bins is None else max_bins))
         shape = (self.n_bins, n_series)
         self.min = np.full(shape, np.inf)
         self.max = np.full(shape, -np.inf)
@@ -291,6 +291,10 @@ def _draw_timeline(tr: _EnvTrace, names: List[str], title: str) -> Any:
     ax_e.set(ylabel="entropy (nats)")
     _band(ax_r, t, tr.error, 0, "EE position error", "tab:red")
     ax_r.set(ylabel="EE pos error (m)", xlabel="time (s)")
+    if not tr.error.count.any():
+        ax_r.text(
+            0.5, 0.5, "no finite EE error in this env", ha="center", va="center", transform=ax_r.transAxes
+        )
     _boundaries([ax_w, ax_e, ax_r], [s * dt for s in tr.boundaries])
     for ax in (ax_w, ax_e, ax_r):
         ax.legend(loc="upper right", fontsize="small")

@@ -269,9 +269,10 @@ def joint_map(model: Any, joint_names: Sequence[str]) -> JointMap:
     """Map the log's joints to the model's by name (by order if no name matches and counts agree)."""
     import mujoco
 
-    free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+    kinds = [int(t) for t in model.jnt_type]  # plain ints: the bindings' enums need not equal numpy ints
+    free = [j for j in range(model.njnt) if kinds[j] == int(mujoco.mjtJoint.mjJNT_FREE)]
     scalar = [j for j in range(model.njnt)
-              if model.jnt_type[j] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)]
+              if kinds[j] in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))]
     log_idx: List[int] = []
     qpos_idx: List[int] = []
     unmatched: List[str] = []
@@ -578,7 +579,7 @@ def render_video(log_path: str, out_path: str, *, env: int = 0, fps: float = 24,
     if not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
         raise InputError("--fps {}: expected a number of frames per second above 0, e.g. 24.".format(fps))
     check_output(out_path, force=force)
-    import imageio
+    import imageio_ffmpeg
 
     t0 = time.perf_counter()
     with open_log(log_path) as log:
@@ -588,12 +589,15 @@ def render_video(log_path: str, out_path: str, *, env: int = 0, fps: float = 24,
         rows = pick_rows(start, stop, log.frames_per_step, log.frame_rate_hz, fps)
         with FrameRenderer(log, env=env, size=(width, height), quality=quality) as fr, \
                 atomic_output(out_path, force=force, suffix=".mp4") as tmp:
-            writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                        quality=9 if quality == "high" else 7, macro_block_size=2,
-                                        output_params=["-f", "mp4"])
+            # imageio-ffmpeg's generator, not imageio.get_writer: the temporary name does not end in
+            # .mp4, so the container is named explicitly.
+            writer = imageio_ffmpeg.write_frames(tmp, (width, height), fps=fps, codec="libx264",
+                                                 quality=9 if quality == "high" else 7, macro_block_size=2,
+                                                 output_params=["-f", "mp4"])
+            writer.send(None)
             try:
                 for i, row in enumerate(rows):
-                    writer.append_data(fr.render_row(int(row)))
+                    writer.send(fr.render_row(int(row)))
                     if progress is not None:
                         progress(i + 1, len(rows))
             finally:

@@ -236,6 +236,8 @@ class Viewer:
 
     def tick(self) -> None:
         """Advance playback by one display frame's worth of policy steps."""
+        if not self.playing:
+            return
         self._play_acc += 1.0 / (PLAY_FPS * self.log.policy_dt_s)
         advance = int(self._play_acc)
         self._play_acc -= advance
