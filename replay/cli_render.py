@@ -31,19 +31,41 @@ class _Bar:
 
 @click.command()
 @click.argument("log", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Output video (.mp4, H.264).")
+@click.option(
+    "-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Output video (.mp4, H.264)."
+)
 @click.option("--env", default=0, show_default=True, type=int, help="Env index to render.")
-@click.option("--fps", default=24.0, show_default=True, type=float,
-              help="Video frame rate; each frame shows the log's frame row nearest in time.")
+@click.option(
+    "--fps",
+    default=24.0,
+    show_default=True,
+    type=float,
+    help="Video frame rate; each frame shows the log's frame row nearest in time.",
+)
 @click.option("--size", default="640x480", show_default=True, help="WIDTHxHEIGHT in pixels (even numbers).")
-@click.option("--steps", default=None, help="Policy steps START:STOP to render (either end optional); default all.")
-@click.option("--quality", type=click.Choice(["fast", "high"]), default="fast", show_default=True,
-              help="fast: no shadows, reflections or multisampling (video rate on a CPU); high: the model's own.")
+@click.option(
+    "--steps", default=None, help="Policy steps START:STOP to render (either end optional); default all."
+)
+@click.option(
+    "--quality",
+    type=click.Choice(["fast", "high"]),
+    default="fast",
+    show_default=True,
+    help="fast: no shadows, reflections or multisampling (video rate on a CPU); high: the model's own.",
+)
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def render(log: str, out: str, env: int, fps: float, size: str, steps: Optional[str], quality: str,
-           force: bool, quiet: bool) -> None:
+def render(
+    log: str,
+    out: str,
+    env: int,
+    fps: float,
+    size: str,
+    steps: Optional[str],
+    quality: str,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Re-render a video of the robot from a log (MuJoCo offscreen, headless).
 
     Uses the robot model stored in the log, or draws the recorded rigid bodies as a skeleton when the
@@ -59,17 +81,30 @@ def render(log: str, out: str, env: int, fps: float, size: str, steps: Optional[
 
     bar = None if quiet else _Bar("rendering")
     try:
-        result = render_video(log, out, env=env, fps=fps, size=size, steps=steps, quality=quality,
-                              force=force, progress=bar)
+        result = render_video(
+            log, out, env=env, fps=fps, size=size, steps=steps, quality=quality, force=force, progress=bar
+        )
     finally:
         if bar is not None:
             bar.close()
     note = ""
     if result["unmatched_joints"]:
         note = "; joints not in the model: " + ", ".join(result["unmatched_joints"])
-    click.echo("wrote {}: {} frames at {:g} fps, env {}, steps {}:{} ({} mode, rendered at {:.0f} fps){}".format(
-        result["out"], result["frames"], result["fps"], result["env"], result["steps"][0], result["steps"][1],
-        result["mode"], result["render_fps"], note), err=True)
+    click.echo(
+        "wrote {}: {} frames at {:g} fps, env {}, steps {}:{} ({} mode, {}, rendered at {:.0f} fps){}".format(
+            result["out"],
+            result["frames"],
+            result["fps"],
+            result["env"],
+            result["steps"][0],
+            result["steps"][1],
+            result["mode"],
+            result["gl_backend"],
+            result["render_fps"],
+            note,
+        ),
+        err=True,
+    )
 
 
 @click.command()

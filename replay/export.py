@@ -256,6 +256,9 @@ class _WeightStats:
     def close(self) -> None:
         write_pickle(self.lists, self.tmp)
 
+    def abort(self) -> None:
+        """Drop what was gathered (the temporary output is removed by atomic_output)."""
+
 
 class _Results(_WeightStats):
     def __init__(self, log: Log, tmp: str, *, weights: bool = True) -> None:
@@ -346,6 +349,9 @@ class _Zarr:
     def close(self) -> None:
         self.w.close(attrs=self.attrs)
 
+    def abort(self) -> None:
+        self.w.abort()
+
 
 # ------------------------------------------------------------------------------------ entry points
 
@@ -406,14 +412,19 @@ def export_many(log: LogArg, outputs: Mapping[str, str], *, rows: str = "auto", 
                 else:
                     cls = {"weight_stats": _WeightStats, "results": _Results, "pkl": _Pkl}[kind]
                     sinks.append(cls(lg, tmp, weights=weights))
-            for chunk in lg.iter_chunks(sorted(fields), chunk_steps=chunk_steps):
-                view = _View(lg, chunk, plan)
+            try:
+                for chunk in lg.iter_chunks(sorted(fields), chunk_steps=chunk_steps):
+                    view = _View(lg, chunk, plan)
+                    for sink in sinks:
+                        sink.feed(view)
+                    if progress is not None:
+                        progress(chunk.stop)
                 for sink in sinks:
-                    sink.feed(view)
-                if progress is not None:
-                    progress(chunk.stop)
-            for sink in sinks:
-                sink.close()
+                    sink.close()
+            except BaseException:
+                for sink in sinks:
+                    sink.abort()
+                raise
         info = {"n_steps": lg.n_steps, "run_status": lg.run_status,
                 "rows": plan.mode if plan else None, "n_rows": plan.n_rows if plan else None,
                 "frame_rate_hz": plan.frame_rate_hz if plan else None}

@@ -25,6 +25,7 @@ Writing chunk files directly keeps the legacy one-row chunks of 2-D arrays affor
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -136,10 +137,13 @@ class _Emitter:
         raw = v.encode("utf-8", "surrogatepass")
         self.w(b"X" + struct.pack("<I", len(raw)) + raw)
 
-    def _bytes(self, v: bytes) -> None:
-        if len(v) > 0xFFFFFFFF:
+    def _bytes_header(self, n: int) -> None:
+        if n > 0xFFFFFFFF:
             raise ValueError("legacy pickle: one bytes value over 4 GiB cannot be written with protocol 3")
-        self.w(b"C" + bytes([len(v)]) if len(v) < 256 else b"B" + struct.pack("<I", len(v)))
+        self.w(b"C" + bytes([n]) if n < 256 else b"B" + struct.pack("<I", n))
+
+    def _bytes(self, v: bytes) -> None:
+        self._bytes_header(len(v))
         self.w(v)
 
     def _tuple(self, items: Sequence[Any]) -> None:
@@ -172,6 +176,12 @@ class _Emitter:
 
     def _array(self, a: np.ndarray) -> None:
         _check_dtype(a.dtype)
+        self._array_head(a.shape, a.dtype, a.nbytes)
+        self.w(np.ascontiguousarray(a).tobytes())
+        self.w(_TUPLE + _BUILD)
+
+    def _array_head(self, shape: Tuple[int, ...], dtype: np.dtype, nbytes: int) -> None:
+        """Everything of an array's pickle before its raw bytes (``_TUPLE + _BUILD`` follows them)."""
         self._global(_RECONSTRUCT)
         if not self._get("args0"):
             self._global(_NDARRAY)
@@ -181,11 +191,62 @@ class _Emitter:
             self._put("args0")
         self.w(_REDUCE + _MARK)
         self._int(1)
-        self._tuple(tuple(int(n) for n in a.shape))
-        self._dtype(a.dtype)
+        self._tuple(tuple(int(n) for n in shape))
+        self._dtype(dtype)
         self.w(_FALSE)
-        self._bytes(np.ascontiguousarray(a).tobytes())
-        self.w(_TUPLE + _BUILD)
+        self._bytes_header(nbytes)
+
+    def _row_arrays(self, block: np.ndarray) -> None:
+        """Emit each row of ``block`` as an array; after the first, rows share one precomputed head."""
+        if block.shape[0] == 0:
+            return
+        _check_dtype(block.dtype)
+        if any(k not in self.memo for k in (_RECONSTRUCT, "args0", ("dtype", block.dtype.str))):
+            self._array(block[0])  # defines the memo entries the shared head refers to
+            block = block[1:]
+        n = block.shape[0]
+        if n == 0:
+            return
+        row_shape, nb = block.shape[1:], block[0].nbytes
+        parts: List[bytes] = []
+        w, self.w = self.w, parts.append
+        try:
+            self._array_head(row_shape, block.dtype, nb)
+        finally:
+            self.w = w
+        head, tail = b"".join(parts), _TUPLE + _BUILD
+        out = np.empty((n, len(head) + nb + len(tail)), dtype=np.uint8)
+        out[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
+        out[:, len(head):len(head) + nb] = np.ascontiguousarray(block).view(np.uint8).reshape(n, nb)
+        out[:, len(head) + nb:] = np.frombuffer(tail, dtype=np.uint8)
+        self.w(out.data)
+
+    def _row_floats(self, block: np.ndarray) -> None:
+        """Emit each element of a 1-D block as a Python float (BINFLOAT, big-endian double)."""
+        out = np.empty((block.shape[0], 9), dtype=np.uint8)
+        out[:, 0] = ord("G")
+        out[:, 1:] = np.ascontiguousarray(block, dtype=">f8").view(np.uint8).reshape(-1, 8)
+        self.w(out.data)
+
+    def _rowlist(self, rl: "RowList") -> None:
+        """Emit a RowList as a list, batched every 1000 items whatever the block boundaries."""
+        self.w(_EMPTY_LIST)
+        emit_block = self._row_floats if rl.as_float else self._row_arrays
+        in_batch = 0
+        for block in rl.blocks:
+            i, n = 0, int(block.shape[0])
+            while i < n:
+                if in_batch == 0:
+                    self.w(_MARK)
+                take = min(n - i, _BATCH - in_batch)
+                emit_block(block[i:i + take])
+                i += take
+                in_batch += take
+                if in_batch == _BATCH:
+                    self.w(_APPENDS)
+                    in_batch = 0
+        if in_batch:
+            self.w(_APPENDS)
 
     def _np_scalar(self, v: np.generic) -> None:
         _check_dtype(v.dtype)
@@ -234,7 +295,9 @@ class _Emitter:
             self._array(v)
         elif isinstance(v, np.generic):
             self._np_scalar(v)
-        elif t is list or t is RowList:
+        elif t is RowList:
+            self._rowlist(v)
+        elif t is list:
             self.w(_EMPTY_LIST)
             self._items(v, _APPENDS, False)
         elif t is tuple:
@@ -311,7 +374,8 @@ class _ArrayStream:
     """Rows of one zarr v2 array, buffered until whole chunks along axis 0 can be written."""
 
     def __init__(self, directory: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: np.dtype,
-                 codec: Any) -> None:
+                 codec: Any, pool: "_Pool", lane: int) -> None:
+        self.pool, self.lane = pool, lane
         self.dir = directory
         self.shape = shape
         self.chunks = chunks
@@ -356,9 +420,7 @@ class _ArrayStream:
                 padded[tuple(slice(0, n) for n in block.shape)] = block
                 block = padded
             key = ".".join(str(k) for k in (i0,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:])))
-            data = self.codec.encode(np.ascontiguousarray(block))
-            with open(os.path.join(self.dir, key), "wb") as f:
-                f.write(data)
+            self.pool.submit(self.lane, _write_chunk, block, os.path.join(self.dir, key), self.codec)
         self.rows_done += rows.shape[0]
 
     def close(self) -> None:
@@ -366,6 +428,59 @@ class _ArrayStream:
             self._write(full_only=False)
         if self.rows_done != self.shape[0]:
             raise ValueError("{}: {} rows written, the array has {}".format(self.dir, self.rows_done, self.shape[0]))
+
+
+def _write_chunk(block: np.ndarray, path: str, codec: Any) -> None:
+    data = codec.encode(np.ascontiguousarray(block))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+class _Pool:
+    """Compress and write chunk files on a few threads (file creation dominates for one-row chunks).
+
+    Each array has a lane (a one-thread executor), so files of one folder are created by one
+    thread and the lanes work on different folders in parallel. At most ``max_pending_bytes`` of
+    chunks wait, so memory stays bounded; the first failure is re-raised. Each file's bytes depend
+    only on its chunk, so the order of writes changes nothing.
+    """
+
+    def __init__(self, lanes: int = 4, max_pending_bytes: int = 64 << 20) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.lanes = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="moetape-zarr") for _ in range(lanes)]
+        self.pending: "collections.deque[Tuple[Any, int]]" = collections.deque()
+        self.pending_bytes = 0
+        self.max_pending_bytes = max_pending_bytes
+
+    def submit(self, lane: int, fn: Callable[..., None], block: np.ndarray, *args: Any) -> None:
+        fut = self.lanes[lane % len(self.lanes)].submit(fn, block, *args)
+        self.pending.append((fut, block.nbytes))
+        self.pending_bytes += block.nbytes
+        while self.pending_bytes > self.max_pending_bytes or len(self.pending) > 65536:
+            self._pop()
+
+    def _pop(self) -> None:
+        fut, nbytes = self.pending.popleft()
+        self.pending_bytes -= nbytes
+        fut.result()
+
+    def drain(self) -> None:
+        while self.pending:
+            self._pop()
+
+    def shutdown(self) -> None:
+        for fut, _ in self.pending:
+            fut.cancel()
+        for ex in self.lanes:
+            ex.shutdown(wait=True)
+        self.pending.clear()
+        self.pending_bytes = 0
 
 
 def _product(ranges: Sequence[range]) -> Iterator[Tuple[int, ...]]:
@@ -394,6 +509,7 @@ class ZarrV2Writer:
         self._group = zarr.open_group(store=path, mode="w-", zarr_format=2)
         self._arrays: Dict[str, _ArrayStream] = {}
         self._codec = _blosc()
+        self._pool = _Pool()
 
     def create(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike,
                chunks: Optional[Sequence[int]] = None) -> None:
@@ -404,7 +520,8 @@ class ZarrV2Writer:
         self._group.create_array(name, shape=shape_t, chunks=chunks_t, dtype=dt, compressors=self._codec,
                                  fill_value=False if dt.kind == "b" else 0, order="C",
                                  config={"write_empty_chunks": True})
-        self._arrays[name] = _ArrayStream(os.path.join(self.path, name), shape_t, chunks_t, dt, self._codec)
+        self._arrays[name] = _ArrayStream(os.path.join(self.path, name), shape_t, chunks_t, dt, self._codec,
+                                          self._pool, len(self._arrays))
 
     def append(self, name: str, rows: np.ndarray) -> None:
         """Append rows (n, ...) to array ``name``; whole chunks are compressed and written at once."""
@@ -412,9 +529,14 @@ class ZarrV2Writer:
 
     def close(self, *, attrs: Optional[Dict[str, Any]] = None) -> None:
         """Write the last partial chunks and the group's attributes (sorted keys: the same bytes each time)."""
-        for name, arr in self._arrays.items():
-            arr.close()
-            empty = os.path.join(self.path, name, ".zattrs")  # zarr 2 wrote no per-array .zattrs
+        try:
+            for arr in self._arrays.values():
+                arr.close()
+            self._pool.drain()
+        finally:
+            self._pool.shutdown()
+        for name in list(self._arrays) + [""]:
+            empty = os.path.join(self.path, name, ".zattrs")  # zarr 2 wrote no empty .zattrs
             if os.path.exists(empty):
                 with open(empty, encoding="utf-8") as f:
                     if json.loads(f.read() or "{}") == {}:
@@ -422,6 +544,10 @@ class ZarrV2Writer:
         if attrs:
             with open(os.path.join(self.path, ".zattrs"), "w", encoding="utf-8") as f:
                 f.write(json.dumps(attrs, indent=4, sort_keys=True, ensure_ascii=True))
+
+    def abort(self) -> None:
+        """Stop the writer threads after a failure (the caller removes the partial store)."""
+        self._pool.shutdown()
 
 
 def _blosc() -> Any:

@@ -24,18 +24,21 @@ Video (``render_video``): output frames are spaced 1/fps apart starting at the f
 each one shows the frames/ row *nearest in time* (row time = row / frame_rate_hz), so a 200 Hz
 substep log at 24 fps shows every 8th or 9th row, and a 50 Hz "policy" log repeats none.
 
-OpenGL: headless by default. Unless the user set MUJOCO_GL, it is set to "egl" on Linux before
-mujoco is imported; if no EGL context can be created, OSMesa is tried. If neither works, a one-line
-RenderError says so.
+OpenGL: headless by default. Unless the user set MUJOCO_GL, on Linux it is set before mujoco is
+imported: "egl" if a child process can render on EGL (probed once, about 0.3 s; a failed EGL attempt
+cannot be undone in-process), else "osmesa". If mujoco was imported earlier with MUJOCO_GL unset,
+EGL then OSMesa are tried in-process. If nothing works, a one-line RenderError says so.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import math
 import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -44,18 +47,27 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
+from moetape.replay import skeleton
 from moetape.schema.errors import InputError, LogError
 from moetape.schema.io import atomic_output, check_output
 from moetape.schema.reader import Log, open_log
-from moetape.replay import skeleton
 
 CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5
 QUALITIES = ("fast", "high")
 MAX_SIDE_PX = 4096
 WINDOW_STEPS = 256
 GATE_COLORS: Tuple[Tuple[int, int, int], ...] = (  # matplotlib's tab10, so the viewer's lines match
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
 STEP_FIELDS = ("gate", "gate_entropy", "ee_pos", "ee_quat_xyzw", "target_pos", "target_quat_xyzw")
 
 SizeArg = Union[str, Tuple[int, int]]
@@ -78,13 +90,15 @@ def parse_size(size: SizeArg) -> Tuple[int, int]:
     if isinstance(size, str):
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
         if not m:
-            raise InputError("--size {!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480.".format(size))
+            raise InputError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480.")
         w, h = int(m.group(1)), int(m.group(2))
     else:
         w, h = int(size[0]), int(size[1])
     if not (16 <= w <= MAX_SIDE_PX and 16 <= h <= MAX_SIDE_PX) or w % 2 or h % 2:
-        raise InputError("--size {}x{}: width and height must be even numbers from 16 to {} "
-                         "(H.264 needs even sizes), e.g. 640x480.".format(w, h, MAX_SIDE_PX))
+        raise InputError(
+            f"--size {w}x{h}: width and height must be even numbers from 16 to {MAX_SIDE_PX} "
+            "(H.264 needs even sizes), e.g. 640x480."
+        )
     return w, h
 
 
@@ -100,8 +114,10 @@ def parse_steps(steps: StepsArg) -> Tuple[Optional[int], Optional[int]]:
         return (None if steps[0] is None else int(steps[0]), None if steps[1] is None else int(steps[1]))
     m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", steps)
     if not m:
-        raise InputError("--steps {!r}: expected START:STOP policy steps, e.g. 0:500 "
-                         "(either end may be left out: 100: or :500).".format(steps))
+        raise InputError(
+            f"--steps {steps!r}: expected START:STOP policy steps, e.g. 0:500 "
+            "(either end may be left out: 100: or :500)."
+        )
     return (int(m.group(1)) if m.group(1) else None, int(m.group(2)) if m.group(2) else None)
 
 
@@ -111,28 +127,33 @@ def resolve_steps(log: Log, steps: StepsArg) -> Tuple[int, int]:
     start = 0 if a is None else a
     stop = log.n_steps if b is None else b
     if not 0 <= start < stop <= log.n_steps:
-        raise InputError("{}: --steps {}:{} out of range; the log has {} committed steps (0:{}).".format(
-            log.path, start, stop, log.n_steps, log.n_steps))
+        raise InputError(
+            f"{log.path}: --steps {start}:{stop} out of range; the log has {log.n_steps} committed steps (0:{log.n_steps})."
+        )
     return start, stop
 
 
 def check_env(log: Log, env: int) -> int:
     """Return ``env`` if the log has it, else raise InputError."""
     if not 0 <= int(env) < log.n_envs:
-        raise InputError("{}: --env {} out of range; the log has {} env(s) (0-{}).".format(
-            log.path, env, log.n_envs, log.n_envs - 1))
+        raise InputError(
+            f"{log.path}: --env {env} out of range; the log has {log.n_envs} env(s) (0-{log.n_envs - 1})."
+        )
     return int(env)
 
 
 def check_frames(log: Log) -> None:
     """Raise InputError if the log has no committed frames to render."""
     if log.n_steps == 0 or log.n_frames == 0:
-        raise InputError("{}: no committed frames (0 policy steps); nothing to render. "
-                         "Is the recording still starting?".format(log.path))
+        raise InputError(
+            f"{log.path}: no committed frames (0 policy steps); nothing to render. "
+            "Is the recording still starting?"
+        )
 
 
-def pick_rows(start: int, stop: int, frames_per_step: int, frame_rate_hz: float,
-              fps: float) -> npt.NDArray[np.int64]:
+def pick_rows(
+    start: int, stop: int, frames_per_step: int, frame_rate_hz: float, fps: float
+) -> npt.NDArray[np.int64]:
     """Return the frames/ rows of a video at ``fps`` over policy steps [start, stop): nearest row in time.
 
     Output frame k is at time start_time + k / fps; it shows the row whose time (row / frame_rate_hz)
@@ -146,20 +167,54 @@ def pick_rows(start: int, stop: int, frames_per_step: int, frame_rate_hz: float,
 
 
 # ------------------------------------------------------------------------------ mujoco and OpenGL
-_USER_MUJOCO_GL: Optional[str] = None
+_GL_CHOICE: Optional[str] = None  # MUJOCO_GL when mujoco was imported: the user's, or ours
+_EGL_PROBE = """
+import mujoco
+from mujoco.egl import GLContext
+ctx = GLContext(16, 16)
+ctx.make_current()
+mujoco.MjrContext(mujoco.MjModel.from_xml_string("<mujoco/>"), 100).free()
+ctx.free()
+"""
+
+
+def _egl_works() -> bool:
+    """Return True if a child process can render with MuJoCo on EGL (about 0.3 s).
+
+    Probed in a child because a failed EGL attempt cannot be undone in this process: PyOpenGL and
+    MuJoCo's GL loader stay bound to EGL, and OSMesa then fails too.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _EGL_PROBE],
+            env=dict(os.environ, MUJOCO_GL="egl"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
 
 
 def import_mujoco() -> Any:
-    """Import mujoco for headless rendering (MUJOCO_GL=egl on Linux unless the user chose one).
+    """Import mujoco for headless rendering and return it.
+
+    Unless the user set MUJOCO_GL, on Linux it is set before the import: "egl" if EGL works, else
+    "osmesa". If mujoco was already imported by someone else, its choice stands.
 
     Raises:
         RenderError: mujoco is not installed.
     """
-    global _USER_MUJOCO_GL
+    global _GL_CHOICE
     if "mujoco" not in sys.modules:
-        _USER_MUJOCO_GL = os.environ.get("MUJOCO_GL")
-        if _USER_MUJOCO_GL is None and sys.platform.startswith("linux"):
-            os.environ["MUJOCO_GL"] = "egl"
+        if importlib.util.find_spec("mujoco") is None:
+            raise RenderError("render needs mujoco: pip install mujoco")
+        if os.environ.get("MUJOCO_GL") is None and sys.platform.startswith("linux"):
+            os.environ["MUJOCO_GL"] = "egl" if _egl_works() else "osmesa"
+        _GL_CHOICE = os.environ.get("MUJOCO_GL")
+    elif _GL_CHOICE is None:
+        _GL_CHOICE = os.environ.get("MUJOCO_GL")
     try:
         import mujoco
     except ImportError as e:
@@ -167,10 +222,10 @@ def import_mujoco() -> Any:
     return mujoco
 
 
-def gl_backends(user_choice: Optional[str], platform: str) -> List[str]:
-    """Return the OpenGL backends to try in order: the user's MUJOCO_GL alone, else egl then osmesa."""
-    if user_choice:
-        return [user_choice.lower().strip()]
+def gl_backends(choice: Optional[str], platform: str) -> List[str]:
+    """Return the OpenGL backends to try in order: MUJOCO_GL alone if set, else egl then osmesa (Linux)."""
+    if choice:
+        return [choice.lower().strip()]
     if platform.startswith("linux"):
         return ["egl", "osmesa"]
     return ["default"]
@@ -200,15 +255,17 @@ def create_gl_context(width: int, height: int) -> Tuple[Any, str]:
     """
     import_mujoco()
     failures = []
-    for backend in gl_backends(_USER_MUJOCO_GL, sys.platform):
+    for backend in gl_backends(_GL_CHOICE, sys.platform):
         try:
             ctx = _context_class(backend)(width, height)
             ctx.make_current()
             return ctx, backend
         except Exception as e:  # any failure of a GL backend means: try the next one
-            failures.append("{}: {}".format(backend, _first_line(e)))
-    raise RenderError("cannot create an OpenGL context for offscreen rendering ({}). Install EGL or OSMesa "
-                      "(apt install libegl1 libosmesa6) or set MUJOCO_GL.".format("; ".join(failures)))
+            failures.append(f"{backend}: {_first_line(e)}")
+    raise RenderError(
+        "cannot create an OpenGL context for offscreen rendering ({}). Install EGL or OSMesa "
+        "(apt install libegl1 libosmesa6) or set MUJOCO_GL.".format("; ".join(failures))
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -226,9 +283,12 @@ class Offscreen:
         try:
             self.mjr = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100.value)
             mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self.mjr)
-        except BaseException:
+        except Exception as e:  # mujoco.FatalError("gladLoadGL error") and the like
             self.ctx.free()
-            raise
+            raise RenderError(
+                f"MuJoCo cannot render on the {self.backend} OpenGL context ({_first_line(e)}). "
+                "Try another backend: MUJOCO_GL=egl or MUJOCO_GL=osmesa."
+            ) from e
         self.rect = mujoco.MjrRect(0, 0, width, height)
         self._buf = np.empty((height, width, 3), dtype=np.uint8)
 
@@ -271,8 +331,11 @@ def joint_map(model: Any, joint_names: Sequence[str]) -> JointMap:
 
     kinds = [int(t) for t in model.jnt_type]  # plain ints: the bindings' enums need not equal numpy ints
     free = [j for j in range(model.njnt) if kinds[j] == int(mujoco.mjtJoint.mjJNT_FREE)]
-    scalar = [j for j in range(model.njnt)
-              if kinds[j] in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))]
+    scalar = [
+        j
+        for j in range(model.njnt)
+        if kinds[j] in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+    ]
     log_idx: List[int] = []
     qpos_idx: List[int] = []
     unmatched: List[str] = []
@@ -287,8 +350,12 @@ def joint_map(model: Any, joint_names: Sequence[str]) -> JointMap:
         log_idx = list(range(len(joint_names)))
         qpos_idx = [int(model.jnt_qposadr[j]) for j in scalar]
         unmatched = []
-    return JointMap(int(model.jnt_qposadr[free[0]]) if free else None,
-                    np.asarray(log_idx, dtype=np.int64), np.asarray(qpos_idx, dtype=np.int64), tuple(unmatched))
+    return JointMap(
+        int(model.jnt_qposadr[free[0]]) if free else None,
+        np.asarray(log_idx, dtype=np.int64),
+        np.asarray(qpos_idx, dtype=np.int64),
+        tuple(unmatched),
+    )
 
 
 def xyzw_to_wxyz(q_xyzw: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -300,13 +367,18 @@ def xyzw_to_wxyz(q_xyzw: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return np.array([q[3], q[0], q[1], q[2]]) / n
 
 
-def apply_state(qpos: npt.NDArray[np.float64], jmap: JointMap, root_pos: npt.ArrayLike,
-                root_quat_xyzw: npt.ArrayLike, dof_pos: npt.ArrayLike) -> None:
+def apply_state(
+    qpos: npt.NDArray[np.float64],
+    jmap: JointMap,
+    root_pos: npt.ArrayLike,
+    root_quat_xyzw: npt.ArrayLike,
+    dof_pos: npt.ArrayLike,
+) -> None:
     """Write one frames/ row (root_pos (3,), root_quat_xyzw (4,), dof_pos (J,)) into ``qpos`` in place."""
     if jmap.root_qposadr is not None:
         a = jmap.root_qposadr
-        qpos[a:a + 3] = np.asarray(root_pos, dtype=np.float64)
-        qpos[a + 3:a + 7] = xyzw_to_wxyz(root_quat_xyzw)
+        qpos[a : a + 3] = np.asarray(root_pos, dtype=np.float64)
+        qpos[a + 3 : a + 7] = xyzw_to_wxyz(root_quat_xyzw)
     if len(jmap.log_index):
         qpos[jmap.qpos_index] = np.asarray(dof_pos, dtype=np.float64)[jmap.log_index]
 
@@ -325,26 +397,35 @@ def follow_camera(cam: Any, root_pos: npt.ArrayLike) -> None:
 
 
 # ---------------------------------------------------------------------------------------- overlay
-@functools.lru_cache(maxsize=1)
-def _font_path() -> Optional[str]:
+@functools.lru_cache(maxsize=8)
+def _font(px: int) -> Any:
+    """Return DejaVu Sans (shipped with matplotlib) at ``px`` pixels, or Pillow's default font."""
+    from PIL import ImageFont
+
     try:
         import matplotlib
 
         path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
-        return path if os.path.exists(path) else None
-    except ImportError:
-        return None
+        return ImageFont.truetype(path, px)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
 
 
 @functools.lru_cache(maxsize=1024)
 def text_mask(text: str, px: int) -> npt.NDArray[np.float32]:
-    """Return the coverage of ``text`` at ``px`` pixels as float32 (h, w) in [0, 1] (cached)."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw, ImageFont
+    """Return the coverage of ``text`` at ``px`` pixels as float32 (h, w) in [0, 1] (cached).
 
-    path = _font_path()
-    font: Any = ImageFont.truetype(path, px) if path else ImageFont.load_default()
+    Every string of one size has the same height (the font's ascent + descent), so baselines line up.
+    """
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    font = _font(px)
     left, top, right, bottom = font.getbbox(text)
+    if hasattr(font, "getmetrics"):
+        ascent, descent = font.getmetrics()
+        top, bottom = 0, ascent + descent
+    left = min(0, left)
     img = PILImage.new("L", (max(1, right - left), max(1, bottom - top)), 0)
     ImageDraw.Draw(img).text((-left, -top), text, fill=255, font=font)
     return np.asarray(img, dtype=np.float32) / 255.0
@@ -367,8 +448,9 @@ def _fill(img: Image, x0: int, y0: int, x1: int, y1: int, rgb: Sequence[int]) ->
         img[y0:y1, x0:x1] = np.asarray(rgb, dtype=np.uint8)
 
 
-def draw_overlay(img: Image, *, names: Sequence[str], weights: npt.ArrayLike, entropy: float,
-                 caption: str = "") -> Tuple[int, int]:
+def draw_overlay(
+    img: Image, *, names: Sequence[str], weights: npt.ArrayLike, entropy: float, caption: str = ""
+) -> Tuple[int, int]:
     """Draw the gate panel (caption, one bar per expert, entropy) onto ``img`` in place.
 
     Args:
@@ -384,27 +466,30 @@ def draw_overlay(img: Image, *, names: Sequence[str], weights: npt.ArrayLike, en
     labels = list(names) + ["entropy"]
     label_w = max(text_mask(s, px).shape[1] for s in labels)
     value_w = text_mask("0.000", px).shape[1]
-    panel_w = max(pad + label_w + pad + bar_w + pad + value_w + pad,
-                  2 * pad + (text_mask(caption, px).shape[1] if caption else 0))
+    panel_w = max(
+        pad + label_w + pad + bar_w + pad + value_w + pad,
+        2 * pad + (text_mask(caption, px).shape[1] if caption else 0),
+    )
     panel_h = 2 * pad + row * (len(labels) + (1 if caption else 0))
     y1, x1 = min(img.shape[0], panel_h), min(img.shape[1], panel_w)
     img[:y1, :x1] = (img[:y1, :x1].astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the panel
     y = pad
     if caption:
-        blit(img, text_mask(caption, px), pad, y + (row - px) // 2, (255, 255, 255))
+        mask = text_mask(caption, px)
+        blit(img, mask, pad, y + (row - mask.shape[0]) // 2, (255, 255, 255))
         y += row
     max_entropy = math.log(max(2, len(names)))
     values = list(w) + [float(entropy) / max_entropy]
     for k, label in enumerate(labels):
         color = GATE_COLORS[k % len(GATE_COLORS)] if k < len(names) else (235, 235, 235)
-        text_y = y + (row - px) // 2
+        text_y = y + (row - text_mask(label, px).shape[0]) // 2
         blit(img, text_mask(label, px), pad, text_y, (230, 230, 230))
         bx, by0, by1 = pad + label_w + pad, y + row // 5, y + row - row // 5
         _fill(img, bx, by0, bx + bar_w, by1, (70, 70, 70))
         frac = float(np.clip(np.nan_to_num(values[k]), 0.0, 1.0))
         _fill(img, bx, by0, bx + int(round(frac * bar_w)), by1, color)
         value = float(w[k]) if k < len(names) else float(entropy)
-        blit(img, text_mask("{:.3f}".format(value), px), bx + bar_w + pad, text_y, (230, 230, 230))
+        blit(img, text_mask(f"{value:.3f}", px), bx + bar_w + pad, text_y, (230, 230, 230))
         y += row
     return panel_w, panel_h
 
@@ -447,8 +532,15 @@ class FrameRenderer:
             img = fr.render(10)          # uint8 (480, 640, 3), first frame row of policy step 10
     """
 
-    def __init__(self, log: Log, *, env: int = 0, size: SizeArg = (640, 480), quality: str = "fast",
-                 overlay: bool = True) -> None:
+    def __init__(
+        self,
+        log: Log,
+        *,
+        env: int = 0,
+        size: SizeArg = (640, 480),
+        quality: str = "fast",
+        overlay: bool = True,
+    ) -> None:
         mujoco = import_mujoco()
         self.log = log
         self.env = check_env(log, env)
@@ -464,7 +556,9 @@ class FrameRenderer:
         self.jmap = joint_map(self.model, log.joint_names) if xml else None
         self._parents: Optional[List[int]] = None
         n_bodies = len(log.body_names)
-        self.scene = mujoco.MjvScene(self.model, maxgeom=self.model.ngeom + skeleton.decoration_budget(n_bodies) + 64)
+        self.scene = mujoco.MjvScene(
+            self.model, maxgeom=self.model.ngeom + skeleton.decoration_budget(n_bodies) + 64
+        )
         if quality == "fast":
             for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
                 self.scene.flags[flag] = 0
@@ -480,8 +574,9 @@ class FrameRenderer:
         try:
             model = mujoco.MjModel.from_xml_string(xml)
         except Exception as e:  # mujoco raises ValueError with the XML error
-            raise RenderError("{}: the robot model stored in the log does not load in MuJoCo {} ({})".format(
-                self.log.path, mujoco.__version__, _first_line(e))) from e
+            raise RenderError(
+                f"{self.log.path}: the robot model stored in the log does not load in MuJoCo {mujoco.__version__} ({_first_line(e)})"
+            ) from e
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), self.width)
         model.vis.global_.offheight = max(int(model.vis.global_.offheight), self.height)
         if self.quality == "fast":
@@ -501,8 +596,13 @@ class FrameRenderer:
         frame = self._frames.row(row)
         if self.jmap is not None:
             qpos = self._qpos0.copy()
-            apply_state(qpos, self.jmap, frame["frames/root_pos"], frame["frames/root_quat_xyzw"],
-                        frame["frames/dof_pos"])
+            apply_state(
+                qpos,
+                self.jmap,
+                frame["frames/root_pos"],
+                frame["frames/root_quat_xyzw"],
+                frame["frames/dof_pos"],
+            )
             self.data.qpos[:] = qpos
         mujoco.mj_forward(self.model, self.data)
         return frame
@@ -512,14 +612,22 @@ class FrameRenderer:
         import mujoco
 
         if not 0 <= row < self.log.n_steps * self.log.frames_per_step:
-            raise InputError("{}: frame row {} out of range (0-{}).".format(
-                self.log.path, row, self.log.n_steps * self.log.frames_per_step - 1))
+            raise InputError(
+                f"{self.log.path}: frame row {row} out of range (0-{self.log.n_steps * self.log.frames_per_step - 1})."
+            )
         frame = self.set_row(row)
         step_idx = row // self.log.frames_per_step
         step = self._steps.step(step_idx)
         follow_camera(self.camera, frame["frames/root_pos"])
-        mujoco.mjv_updateScene(self.model, self.data, self.option, None, self.camera,
-                               mujoco.mjtCatBit.mjCAT_ALL.value, self.scene)
+        mujoco.mjv_updateScene(
+            self.model,
+            self.data,
+            self.option,
+            None,
+            self.camera,
+            mujoco.mjtCatBit.mjCAT_ALL.value,
+            self.scene,
+        )
         if self.jmap is None:
             body_pos = frame["frames/body_pos"]
             if self._parents is None:
@@ -527,13 +635,24 @@ class FrameRenderer:
             skeleton.add_skeleton(self.scene, body_pos, self._parents)
         skeleton.add_axes(self.scene, step["target_pos"], step["target_quat_xyzw"], radius=0.007)
         skeleton.add_axes(self.scene, step["ee_pos"], step["ee_quat_xyzw"], radius=0.005, alpha=0.7)
-        skeleton.add_connector(self.scene, step["ee_pos"], step["target_pos"], width=skeleton.LINE_WIDTH_PX,
-                               rgba=skeleton.LINE_RGBA, kind="line")
+        skeleton.add_connector(
+            self.scene,
+            step["ee_pos"],
+            step["target_pos"],
+            width=skeleton.LINE_WIDTH_PX,
+            rgba=skeleton.LINE_RGBA,
+            kind="line",
+        )
         img = self.gl.render(self.scene)
         if self.overlay:
-            caption = "step {}  t {:.2f} s  env {}".format(step_idx, row / self.log.frame_rate_hz, self.env)
-            draw_overlay(img, names=self.log.expert_names, weights=step["gate"],
-                         entropy=float(step["gate_entropy"]), caption=caption)
+            caption = f"step {step_idx}  t {row / self.log.frame_rate_hz:.2f} s  env {self.env}"
+            draw_overlay(
+                img,
+                names=self.log.expert_names,
+                weights=step["gate"],
+                entropy=float(step["gate_entropy"]),
+                caption=caption,
+            )
         return img
 
     def set_env(self, env: int) -> None:
@@ -550,7 +669,7 @@ class FrameRenderer:
         """Free the OpenGL resources (idempotent)."""
         self.gl.close()
 
-    def __enter__(self) -> "FrameRenderer":
+    def __enter__(self) -> FrameRenderer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -558,9 +677,18 @@ class FrameRenderer:
 
 
 # ---------------------------------------------------------------------------------------- video
-def render_video(log_path: str, out_path: str, *, env: int = 0, fps: float = 24, size: SizeArg = (640, 480),
-                 steps: StepsArg = None, quality: str = "fast", force: bool = False,
-                 progress: Optional[Progress] = None) -> Dict[str, Any]:
+def render_video(
+    log_path: str,
+    out_path: str,
+    *,
+    env: int = 0,
+    fps: float = 24,
+    size: SizeArg = (640, 480),
+    steps: StepsArg = None,
+    quality: str = "fast",
+    force: bool = False,
+    progress: Optional[Progress] = None,
+) -> Dict[str, Any]:
     """Re-render policy steps of one env of a log to an H.264 mp4 (written to a temporary name, then renamed).
 
     Args:
@@ -577,7 +705,7 @@ def render_video(log_path: str, out_path: str, *, env: int = 0, fps: float = 24,
     """
     width, height = parse_size(size)
     if not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
-        raise InputError("--fps {}: expected a number of frames per second above 0, e.g. 24.".format(fps))
+        raise InputError(f"--fps {fps}: expected a number of frames per second above 0, e.g. 24.")
     check_output(out_path, force=force)
     import imageio_ffmpeg
 
@@ -587,13 +715,20 @@ def render_video(log_path: str, out_path: str, *, env: int = 0, fps: float = 24,
         check_frames(log)
         start, stop = resolve_steps(log, steps)
         rows = pick_rows(start, stop, log.frames_per_step, log.frame_rate_hz, fps)
-        with FrameRenderer(log, env=env, size=(width, height), quality=quality) as fr, \
-                atomic_output(out_path, force=force, suffix=".mp4") as tmp:
+        with FrameRenderer(log, env=env, size=(width, height), quality=quality) as fr, atomic_output(
+            out_path, force=force, suffix=".mp4"
+        ) as tmp:
             # imageio-ffmpeg's generator, not imageio.get_writer: the temporary name does not end in
             # .mp4, so the container is named explicitly.
-            writer = imageio_ffmpeg.write_frames(tmp, (width, height), fps=fps, codec="libx264",
-                                                 quality=9 if quality == "high" else 7, macro_block_size=2,
-                                                 output_params=["-f", "mp4"])
+            writer = imageio_ffmpeg.write_frames(
+                tmp,
+                (width, height),
+                fps=fps,
+                codec="libx264",
+                quality=9 if quality == "high" else 7,
+                macro_block_size=2,
+                output_params=["-f", "mp4"],
+            )
             writer.send(None)
             try:
                 for i, row in enumerate(rows):
@@ -602,9 +737,20 @@ def render_video(log_path: str, out_path: str, *, env: int = 0, fps: float = 24,
                         progress(i + 1, len(rows))
             finally:
                 writer.close()
-            info = {"mode": fr.mode, "gl_backend": fr.backend,
-                    "unmatched_joints": list(fr.jmap.unmatched) if fr.jmap else []}
+            info = {
+                "mode": fr.mode,
+                "gl_backend": fr.backend,
+                "unmatched_joints": list(fr.jmap.unmatched) if fr.jmap else [],
+            }
     seconds = time.perf_counter() - t0
-    return dict(info, out=os.fspath(out_path), frames=int(len(rows)), fps=float(fps), seconds=seconds,
-                render_fps=len(rows) / max(seconds, 1e-9), env=int(env), steps=[start, stop],
-                size=[width, height])
+    return dict(
+        info,
+        out=os.fspath(out_path),
+        frames=int(len(rows)),
+        fps=float(fps),
+        seconds=seconds,
+        render_fps=len(rows) / max(seconds, 1e-9),
+        env=int(env),
+        steps=[start, stop],
+        size=[width, height],
+    )

@@ -24,7 +24,11 @@ import numpy.typing as npt
 
 Rgba = Tuple[float, float, float, float]
 
-AXIS_COLORS: Tuple[Rgba, Rgba, Rgba] = ((0.9, 0.15, 0.15, 1.0), (0.15, 0.8, 0.15, 1.0), (0.2, 0.35, 0.95, 1.0))
+AXIS_COLORS: Tuple[Rgba, Rgba, Rgba] = (
+    (0.9, 0.15, 0.15, 1.0),
+    (0.15, 0.8, 0.15, 1.0),
+    (0.2, 0.35, 0.95, 1.0),
+)
 LINE_RGBA: Rgba = (1.0, 0.85, 0.1, 1.0)
 BODY_RGBA: Rgba = (0.95, 0.55, 0.15, 1.0)
 LINK_RGBA: Rgba = (0.3, 0.3, 0.33, 1.0)
@@ -67,11 +71,13 @@ def quat_xyzw_to_mat(q_xyzw: npt.ArrayLike) -> npt.NDArray[np.float64]:
     if not np.isfinite(n) or n < 1e-9:
         return np.eye(3)
     x, y, z, w = q / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _stem(name: str) -> str:
@@ -98,8 +104,10 @@ def infer_parents(body_names: Sequence[str], body_pos: npt.ArrayLike) -> List[in
         if i > 1:
             chain_ends.append(i - 1)
         candidates = [0] + chain_ends
-        dist = [float(np.linalg.norm(pos[i] - pos[c])) if np.all(np.isfinite(pos[[i, c]])) else np.inf
-                for c in candidates]
+        dist = [
+            float(np.linalg.norm(pos[i] - pos[c])) if np.all(np.isfinite(pos[[i, c]])) else np.inf
+            for c in candidates
+        ]
         parents.append(candidates[int(np.argmin(dist))])
     return parents
 
@@ -120,13 +128,20 @@ def add_sphere(scene: Any, pos: npt.ArrayLike, radius: float, rgba: Rgba) -> Non
     geom = _next_geom(scene)
     if geom is None:
         return
-    mujoco.mjv_initGeom(geom, mujoco.mjtGeom.mjGEOM_SPHERE, np.array([radius, 0.0, 0.0]),
-                        np.asarray(pos, dtype=np.float64), np.eye(3).ravel(), np.asarray(rgba, dtype=np.float32))
+    mujoco.mjv_initGeom(
+        geom,
+        mujoco.mjtGeom.mjGEOM_SPHERE,
+        np.array([radius, 0.0, 0.0]),
+        np.asarray(pos, dtype=np.float64),
+        np.eye(3).ravel(),
+        np.asarray(rgba, dtype=np.float32),
+    )
     geom.category = mujoco.mjtCatBit.mjCAT_DECOR
 
 
-def add_connector(scene: Any, a: npt.ArrayLike, b: npt.ArrayLike, *, width: float, rgba: Rgba,
-                  kind: str = "capsule") -> None:
+def add_connector(
+    scene: Any, a: npt.ArrayLike, b: npt.ArrayLike, *, width: float, rgba: Rgba, kind: str = "capsule"
+) -> None:
     """Add a capsule (width = radius, m) or a line (width in pixels) from ``a`` to ``b``."""
     import mujoco
 
@@ -138,13 +153,22 @@ def add_connector(scene: Any, a: npt.ArrayLike, b: npt.ArrayLike, *, width: floa
     if geom is None:
         return
     gtype = mujoco.mjtGeom.mjGEOM_LINE if kind == "line" else mujoco.mjtGeom.mjGEOM_CAPSULE
-    mujoco.mjv_initGeom(geom, gtype, np.zeros(3), np.zeros(3), np.eye(3).ravel(), np.asarray(rgba, dtype=np.float32))
+    mujoco.mjv_initGeom(
+        geom, gtype, np.zeros(3), np.zeros(3), np.eye(3).ravel(), np.asarray(rgba, dtype=np.float32)
+    )
     mujoco.mjv_connector(geom, gtype, float(width), pa, pb)
     geom.category = mujoco.mjtCatBit.mjCAT_DECOR
 
 
-def add_axes(scene: Any, pos: npt.ArrayLike, quat_xyzw: npt.ArrayLike, *, length: float = AXIS_LENGTH_M,
-             radius: float = 0.006, alpha: float = 1.0) -> None:
+def add_axes(
+    scene: Any,
+    pos: npt.ArrayLike,
+    quat_xyzw: npt.ArrayLike,
+    *,
+    length: float = AXIS_LENGTH_M,
+    radius: float = 0.006,
+    alpha: float = 1.0,
+) -> None:
     """Add a pose as three short capsules along its x (red), y (green) and z (blue) axes."""
     p = np.asarray(pos, dtype=np.float64)
     rot = quat_xyzw_to_mat(quat_xyzw)

@@ -21,8 +21,8 @@ from typing import Any, List, Mapping, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from moetape.schema.reader import Log, open_log
 from moetape.replay.render import GATE_COLORS, FrameRenderer, RenderError, check_env, check_frames
+from moetape.schema.reader import Log, open_log
 
 VIEW_SIZE = (480, 360)
 PLAY_FPS = 24.0
@@ -47,11 +47,16 @@ class Series:
     def __len__(self) -> int:
         return int(len(self.steps))
 
-    def extend(self, more: "Series") -> "Series":
+    def extend(self, more: Series) -> Series:
         """Return this series followed by ``more`` (later steps of the same env)."""
-        return Series(np.concatenate([self.steps, more.steps]), np.concatenate([self.gate, more.gate]),
-                      np.concatenate([self.entropy, more.entropy]), np.concatenate([self.ee_err, more.ee_err]),
-                      self.names, self.err_label)
+        return Series(
+            np.concatenate([self.steps, more.steps]),
+            np.concatenate([self.gate, more.gate]),
+            np.concatenate([self.entropy, more.entropy]),
+            np.concatenate([self.ee_err, more.ee_err]),
+            self.names,
+            self.err_label,
+        )
 
 
 def load_series(log: Log, env: int, start: int = 0, stop: Optional[int] = None) -> Series:
@@ -65,7 +70,9 @@ def load_series(log: Log, env: int, start: int = 0, stop: Optional[int] = None) 
         if use_term:
             err.append(chunk.data["terms/" + POS_ERR_TERM])
         else:
-            err.append(np.linalg.norm(chunk.data["target_pos"] - chunk.data["ee_pos"], axis=-1).astype(np.float32))
+            err.append(
+                np.linalg.norm(chunk.data["target_pos"] - chunk.data["ee_pos"], axis=-1).astype(np.float32)
+            )
     k = len(log.expert_names)
     stop = log.n_steps if stop is None else min(stop, log.n_steps)
     return Series(
@@ -101,8 +108,9 @@ def build_figure(fig: Any, series: Series, image_shape: Tuple[int, int]) -> View
     Args:
         image_shape: (height, width) of the rendered robot image.
     """
-    grid = fig.add_gridspec(3, 2, left=0.03, right=0.98, top=0.94, bottom=0.2, width_ratios=[1.15, 1],
-                            hspace=0.35, wspace=0.15)
+    grid = fig.add_gridspec(
+        3, 2, left=0.03, right=0.98, top=0.94, bottom=0.25, width_ratios=[1.15, 1], hspace=0.2, wspace=0.15
+    )
     ax_img = fig.add_subplot(grid[:, 0])
     ax_img.set_axis_off()
     image = ax_img.imshow(np.zeros(image_shape + (3,), dtype=np.uint8), interpolation="nearest")
@@ -110,7 +118,9 @@ def build_figure(fig: Any, series: Series, image_shape: Tuple[int, int]) -> View
     ax_ent = fig.add_subplot(grid[1, 1], sharex=ax_gate)
     ax_err = fig.add_subplot(grid[2, 1], sharex=ax_gate)
     colors = [tuple(c / 255.0 for c in GATE_COLORS[k % len(GATE_COLORS)]) for k in range(len(series.names))]
-    gate_lines = [ax_gate.plot([], [], color=colors[k], lw=1.2, label=name)[0] for k, name in enumerate(series.names)]
+    gate_lines = [
+        ax_gate.plot([], [], color=colors[k], lw=1.2, label=name)[0] for k, name in enumerate(series.names)
+    ]
     ax_gate.set_ylim(-0.02, 1.02)
     ax_gate.set_ylabel("gate weight")
     ax_gate.legend(loc="upper right", fontsize=8, ncol=max(1, len(series.names)))
@@ -121,9 +131,13 @@ def build_figure(fig: Any, series: Series, image_shape: Tuple[int, int]) -> View
     err_line = ax_err.plot([], [], color="tab:red", lw=1.0)[0]
     ax_err.set_ylabel(series.err_label, fontsize=8)
     ax_err.set_xlabel("policy step")
+    for ax in (ax_gate, ax_ent):
+        ax.tick_params(labelbottom=False)
     cursors = [ax.axvline(0, color="k", lw=0.9, alpha=0.7) for ax in (ax_gate, ax_ent, ax_err)]
     title = fig.suptitle("", fontsize=10)
-    view = ViewerFigure(fig, ax_img, ax_gate, ax_ent, ax_err, image, gate_lines, ent_line, err_line, cursors, title)
+    view = ViewerFigure(
+        fig, ax_img, ax_gate, ax_ent, ax_err, image, gate_lines, ent_line, err_line, cursors, title
+    )
     set_series(view, series)
     return view
 
@@ -141,8 +155,9 @@ def set_series(view: ViewerFigure, series: Series) -> None:
     view.ax_err.set_ylim(0, top * 1.05 if top > 0 else 1.0)
 
 
-def draw_step(view: ViewerFigure, step: int, image: Optional[npt.NDArray[np.uint8]] = None,
-              caption: str = "") -> None:
+def draw_step(
+    view: ViewerFigure, step: int, image: Optional[npt.NDArray[np.uint8]] = None, caption: str = ""
+) -> None:
     """Move the cursors to ``step``, show ``image`` (uint8 (H, W, 3)) and set the title."""
     for cursor in view.cursors:
         cursor.set_xdata([step, step])
@@ -153,12 +168,13 @@ def draw_step(view: ViewerFigure, step: int, image: Optional[npt.NDArray[np.uint
 
 def step_caption(log: Log, env: int, step: int, series: Series) -> str:
     """Return the title line of ``step``: time, env, gate weights and entropy."""
-    parts = ["{}  env {}  step {}/{}  t {:.2f} s".format(os.path.basename(log.path), env, step,
-                                                        max(0, log.n_steps - 1), step * log.policy_dt_s)]
+    parts = [
+        f"{os.path.basename(log.path)}  env {env}  step {step}/{max(0, log.n_steps - 1)}  t {step * log.policy_dt_s:.2f} s"
+    ]
     i = step - int(series.steps[0]) if len(series) else -1
     if 0 <= i < len(series):
-        parts.append("  ".join("{} {:.2f}".format(n, float(w)) for n, w in zip(series.names, series.gate[i])))
-        parts.append("entropy {:.3f}".format(float(series.entropy[i])))
+        parts.append("  ".join(f"{n} {float(w):.2f}" for n, w in zip(series.names, series.gate[i])))
+        parts.append(f"entropy {float(series.entropy[i]):.3f}")
     if log.run_status == "running":
         parts.append("(live)")
     return "   ".join(parts)
@@ -167,8 +183,16 @@ def step_caption(log: Log, env: int, step: int, series: Series) -> str:
 class Viewer:
     """The widgets and timers over a ViewerFigure; every handler is a method tests can call."""
 
-    def __init__(self, fig: Any, log: Log, *, env: int = 0, follow: bool = False,
-                 size: Tuple[int, int] = VIEW_SIZE, renderer: Optional[FrameRenderer] = None) -> None:
+    def __init__(
+        self,
+        fig: Any,
+        log: Log,
+        *,
+        env: int = 0,
+        follow: bool = False,
+        size: Tuple[int, int] = VIEW_SIZE,
+        renderer: Optional[FrameRenderer] = None,
+    ) -> None:
         from matplotlib.widgets import Button, RadioButtons, Slider, TextBox
 
         self.log, self.env, self.follow = log, check_env(log, env), follow
@@ -180,16 +204,17 @@ class Viewer:
         self.playing = False
         self._play_acc = 0.0
         n = max(1, log.n_steps)
-        self.slider = Slider(fig.add_axes((0.1, 0.08, 0.55, 0.04)), "step", 0, max(1, n - 1), valinit=0,
-                             valstep=1, valfmt="%d")
+        self.slider = Slider(
+            fig.add_axes((0.16, 0.07, 0.5, 0.04)), "step", 0, max(1, n - 1), valinit=0, valstep=1, valfmt="%d"
+        )
         self._syncing = False
         self.slider.on_changed(self._slider_moved)
-        self.button = Button(fig.add_axes((0.02, 0.08, 0.06, 0.05)), "play")
+        self.button = Button(fig.add_axes((0.02, 0.065, 0.07, 0.05)), "play")
         self.button.on_clicked(lambda _e: self.toggle_play())
-        env_ax = fig.add_axes((0.72, 0.01, 0.26, 0.14))
+        env_ax = fig.add_axes((0.76, 0.01, 0.22, 0.13))
         self.env_widget: Any
         if log.n_envs <= MAX_RADIO_ENVS:
-            self.env_widget = RadioButtons(env_ax, ["env {}".format(e) for e in range(log.n_envs)], active=self.env)
+            self.env_widget = RadioButtons(env_ax, [f"env {e}" for e in range(log.n_envs)], active=self.env)
             self.env_widget.on_clicked(lambda label: self.set_env(int(str(label).split()[1])))
         else:
             env_ax.set_position((0.78, 0.08, 0.1, 0.05))
@@ -288,8 +313,10 @@ class Viewer:
 def check_display(environ: Mapping[str, str], platform: str) -> None:
     """Raise RenderError if a Linux session has no display to open a window on."""
     if platform.startswith("linux") and not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
-        raise RenderError("no display (DISPLAY is not set): `moetape view` opens a window. On a headless "
-                          "machine write a video instead: moetape render LOG -o video.mp4")
+        raise RenderError(
+            "no display (DISPLAY is not set): `moetape view` opens a window. On a headless "
+            "machine write a video instead: moetape render LOG -o video.mp4"
+        )
 
 
 def use_interactive_backend() -> str:
@@ -306,9 +333,11 @@ def use_interactive_backend() -> str:
             plt.switch_backend(name)
             return name
         except (ImportError, RuntimeError) as e:
-            failures.append("{}: {}".format(name, str(e).strip().splitlines()[0] if str(e).strip() else e))
-    raise RenderError("no interactive matplotlib backend ({}). Install tkinter or PyQt, or write a video: "
-                      "moetape render LOG -o video.mp4".format("; ".join(failures)))
+            failures.append(f"{name}: {str(e).strip().splitlines()[0] if str(e).strip() else e}")
+    raise RenderError(
+        "no interactive matplotlib backend ({}). Install tkinter or PyQt, or write a video: "
+        "moetape render LOG -o video.mp4".format("; ".join(failures))
+    )
 
 
 def run_viewer(log_path: str, *, env: int = 0, follow: bool = False) -> None:
@@ -324,7 +353,8 @@ def run_viewer(log_path: str, *, env: int = 0, follow: bool = False) -> None:
 
     with open_log(log_path) as log:
         fig = plt.figure(figsize=(13, 6.5))
-        fig.canvas.manager.set_window_title("moetape view: " + os.path.basename(log_path))
+        if fig.canvas.manager is not None:
+            fig.canvas.manager.set_window_title("moetape view: " + os.path.basename(log_path))
         viewer = Viewer(fig, log, env=env, follow=follow)
         try:
             plt.show()

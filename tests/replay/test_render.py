@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 
 import numpy as np
@@ -22,11 +24,35 @@ from moetape.schema.writer import LogSpec, LogWriter  # noqa: E402
 
 FPS = 4  # frames per policy step (200 Hz rows)
 LEGS = ("FL", "FR", "RL", "RR")
-JOINTS = ["{}_{}_joint".format(leg, p) for leg in LEGS for p in ("hip", "thigh", "calf")] + [
-    "joint{}".format(i) for i in range(1, 7)]
-BODIES = ["trunk", "FL_hip", "FL_thigh", "FL_calf", "FR_hip", "FR_thigh", "FR_calf", "arm_base", "link1", "link2"]
-BODY_OFFSETS = np.float32([[0, 0, 0], [.18, .12, 0], [.18, .12, -.15], [.18, .12, -.3], [.18, -.12, 0],
-                           [.18, -.12, -.15], [.18, -.12, -.3], [.1, 0, .06], [.1, 0, .15], [.1, 0, .25]])
+JOINTS = [f"{leg}_{p}_joint" for leg in LEGS for p in ("hip", "thigh", "calf")] + [
+    f"joint{i}" for i in range(1, 7)
+]
+BODIES = [
+    "trunk",
+    "FL_hip",
+    "FL_thigh",
+    "FL_calf",
+    "FR_hip",
+    "FR_thigh",
+    "FR_calf",
+    "arm_base",
+    "link1",
+    "link2",
+]
+BODY_OFFSETS = np.float32(
+    [
+        [0, 0, 0],
+        [0.18, 0.12, 0],
+        [0.18, 0.12, -0.15],
+        [0.18, 0.12, -0.3],
+        [0.18, -0.12, 0],
+        [0.18, -0.12, -0.15],
+        [0.18, -0.12, -0.3],
+        [0.1, 0, 0.06],
+        [0.1, 0, 0.15],
+        [0.1, 0, 0.25],
+    ]
+)
 YAW90_XYZW = np.float32([0, 0, np.sqrt(0.5), np.sqrt(0.5)])
 
 
@@ -34,20 +60,29 @@ def robot_mjcf():
     """A small MJCF: free-joint trunk, four 3-hinge legs, a 6-hinge arm with an end_effector site."""
     legs = ""
     for leg, x, y in (("FL", 0.18, 0.08), ("FR", 0.18, -0.08), ("RL", -0.18, 0.08), ("RR", -0.18, -0.08)):
-        legs += ('<body name="{0}_hip" pos="{1} {2} 0"><joint name="{0}_hip_joint" axis="1 0 0"/>'
-                 '<geom type="sphere" size="0.04"/><body name="{0}_thigh" pos="0 {3} 0">'
-                 '<joint name="{0}_thigh_joint" axis="0 1 0"/><geom type="capsule" fromto="0 0 0 0 0 -0.2" size="0.025"/>'
-                 '<body name="{0}_calf" pos="0 0 -0.2"><joint name="{0}_calf_joint" axis="0 1 0"/>'
-                 '<geom type="capsule" fromto="0 0 0 0 0 -0.2" size="0.02"/></body></body></body>').format(leg, x, y, y / 2)
+        legs += (
+            f'<body name="{leg}_hip" pos="{x} {y} 0"><joint name="{leg}_hip_joint" axis="1 0 0"/>'
+            f'<geom type="sphere" size="0.04"/><body name="{leg}_thigh" pos="0 {y / 2} 0">'
+            f'<joint name="{leg}_thigh_joint" axis="0 1 0"/><geom type="capsule" fromto="0 0 0 0 0 -0.2" size="0.025"/>'
+            f'<body name="{leg}_calf" pos="0 0 -0.2"><joint name="{leg}_calf_joint" axis="0 1 0"/>'
+            '<geom type="capsule" fromto="0 0 0 0 0 -0.2" size="0.02"/></body></body></body>'
+        )
     arm = '<body name="arm_base" pos="0.1 0 0.06">'
     for i in range(1, 7):
-        arm += ('<body name="link{0}" pos="0 0 0.05"><joint name="joint{0}" axis="0 1 0"/>'
-                '<geom type="capsule" fromto="0 0 0 0 0 0.05" size="0.02"/>').format(i)
+        arm += (
+            f'<body name="link{i}" pos="0 0 0.05"><joint name="joint{i}" axis="0 1 0"/>'
+            '<geom type="capsule" fromto="0 0 0 0 0 0.05" size="0.02"/>'
+        )
     arm += '<site name="end_effector" pos="0 0 0.06"/>' + "</body>" * 7
-    return ('<mujoco model="test_robot"><visual><quality shadowsize="1024"/></visual><worldbody>'
-            '<light pos="0 0 3" dir="0 0 -1" directional="true"/><geom type="plane" size="0 0 0.05" rgba=".7 .7 .7 1"/>'
-            '<body name="trunk" pos="0 0 0.4"><freejoint name="root"/>'
-            '<geom type="box" size="0.2 0.08 0.05" rgba=".95 .55 .15 1"/>' + legs + arm + "</body></worldbody></mujoco>")
+    return (
+        '<mujoco model="test_robot"><visual><quality shadowsize="1024"/></visual><worldbody>'
+        '<light pos="0 0 3" dir="0 0 -1" directional="true"/><geom type="plane" size="0 0 0.05" rgba=".7 .7 .7 1"/>'
+        '<body name="trunk" pos="0 0 0.4"><freejoint name="root"/>'
+        '<geom type="box" size="0.2 0.08 0.05" rgba=".95 .55 .15 1"/>'
+        + legs
+        + arm
+        + "</body></worldbody></mujoco>"
+    )
 
 
 def root_at(row):
@@ -57,17 +92,30 @@ def root_at(row):
 
 def write_robot_log(path, n_steps=12, *, model=True, n_envs=2):
     """Write a log whose state is known: root_at(row), yaw 90 deg, dof_pos[j] = 0.01 * j + 0.001 * row."""
-    spec = LogSpec(n_envs=n_envs, obs_dim=8, action_dim=18, joint_names=JOINTS, body_names=BODIES,
-                   frames_per_step=FPS, term_names=["task_reaching_pos_err"], backend="synthetic")
-    with LogWriter(str(path), spec, meta={"command_line": "test"}, model_xml=robot_mjcf() if model else None) as log:
+    spec = LogSpec(
+        n_envs=n_envs,
+        obs_dim=8,
+        action_dim=18,
+        joint_names=JOINTS,
+        body_names=BODIES,
+        frames_per_step=FPS,
+        term_names=["task_reaching_pos_err"],
+        backend="synthetic",
+    )
+    with LogWriter(
+        str(path), spec, meta={"command_line": "test"}, model_xml=robot_mjcf() if model else None
+    ) as log:
         for s in range(n_steps):
             steps, frames = synthetic_step(spec, s, 0)
             rows = s * FPS + np.arange(FPS)
             root = np.stack([root_at(r) for r in rows])[:, None, :].repeat(n_envs, axis=1)
             frames["root_pos"] = root
             frames["root_quat_xyzw"] = np.tile(YAW90_XYZW, (FPS, n_envs, 1))
-            frames["dof_pos"] = (0.01 * np.arange(18)[None, None, :] + 0.001 * rows[:, None, None]
-                                 + np.zeros((FPS, n_envs, 18))).astype(np.float32)
+            frames["dof_pos"] = (
+                0.01 * np.arange(18)[None, None, :]
+                + 0.001 * rows[:, None, None]
+                + np.zeros((FPS, n_envs, 18))
+            ).astype(np.float32)
             frames["body_pos"] = (root[:, :, None, :] + BODY_OFFSETS).astype(np.float32)
             steps["ee_pos"] = root[0] + np.float32([0.1, 0, 0.4])
             steps["target_pos"] = steps["ee_pos"] + np.float32([0.05, 0.05, 0])
@@ -95,15 +143,32 @@ def test_render_video_writes_h264_with_frame_count_and_size(robot_log, tmp_path)
 
     out = tmp_path / "v.mp4"
     calls = []
-    result = rd.render_video(robot_log, str(out), env=1, size=(160, 120), progress=lambda d, t: calls.append((d, t)))
+    result = rd.render_video(
+        robot_log, str(out), env=1, size=(160, 120), progress=lambda d, t: calls.append((d, t))
+    )
     expected = int(np.floor(12 * FPS / 200.0 * 24 + 1e-9))  # 0.24 s of rows at 24 fps
     assert result["frames"] == expected and result["mode"] == "model" and result["unmatched_joints"] == []
     assert calls[-1] == (expected, expected)
-    gen = imageio_ffmpeg.read_frames(str(out))
-    meta = next(gen)
-    frames = [np.frombuffer(b, np.uint8).reshape(120, 160, 3) for b in gen]  # raises if the size differs
-    assert len(frames) == expected
-    assert meta["size"] == (160, 120) and meta["fps"] == 24 and "h264" in meta["codec"]
+    # decode with ffmpeg itself (imageio-ffmpeg's reader leaves pipes open, which pytest reports)
+    proc = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "info",
+            "-i",
+            str(out),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    assert len(proc.stdout) == expected * 120 * 160 * 3
+    info = proc.stderr.decode()
+    assert re.search(r"Video: h264.*160x120.*24 fps", info), info
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
@@ -112,7 +177,14 @@ def test_pick_rows_takes_the_nearest_row_in_time():
     rows = rd.pick_rows(10, 20, 4, 200.0, 24)
     assert rows[0] == 40 and len(rows) == 4  # 40 rows = 0.2 s -> 4 frames at 24 fps
     assert list(rows) == [40 + round(k / 24 * 200) for k in range(4)]
-    assert list(rd.pick_rows(0, 3, 1, 50.0, 100)) == [0, 0, 1, 2, 2, 2]  # upsampling repeats, clipped to the range
+    assert list(rd.pick_rows(0, 3, 1, 50.0, 100)) == [
+        0,
+        0,
+        1,
+        2,
+        2,
+        2,
+    ]  # upsampling repeats, clipped to the range
 
 
 def test_cli_render_and_output_exists(robot_log, tmp_path):
@@ -162,7 +234,9 @@ def test_camera_follows_the_base_from_the_legacy_offset(robot_log):
         eye = (np.asarray(fr.scene.camera[0].pos) + np.asarray(fr.scene.camera[1].pos)) / 2
         np.testing.assert_allclose(eye, root_at(30) + np.array([1.2, 0.45, 0.45]), atol=1e-4)
         forward = np.asarray(fr.scene.camera[0].forward)
-        np.testing.assert_allclose(forward, -np.array([0.8, 0.3, 0.3]) / np.linalg.norm([0.8, 0.3, 0.3]), atol=1e-4)
+        np.testing.assert_allclose(
+            forward, -np.array([0.8, 0.3, 0.3]) / np.linalg.norm([0.8, 0.3, 0.3]), atol=1e-4
+        )
 
 
 def test_rendered_image_changes_with_the_state_and_overlay(robot_log):
@@ -182,15 +256,17 @@ def test_rendered_image_changes_with_the_state_and_overlay(robot_log):
 def test_overlay_draws_one_bar_per_expert_and_entropy():
     """draw_overlay: bar lengths follow the weights, in the expert colours, with the entropy bar below."""
     img = np.zeros((480, 640, 3), np.uint8)
-    w, h = rd.draw_overlay(img, names=["base", "arm"], weights=[0.25, 0.75], entropy=np.log(2), caption="step 3")
+    w, h = rd.draw_overlay(
+        img, names=["base", "arm"], weights=[0.25, 0.75], entropy=np.log(2), caption="step 3"
+    )
     assert 100 < w < 640 and 60 < h < 200
     for k, weight in enumerate([0.25, 0.75]):
         color = np.array(rd.GATE_COLORS[k])
         count = np.sum(np.all(img == color, axis=-1))
-        bar_h = round(19) - 2 * round(19 / 5)
+        bar_h = 19 - 2 * (19 // 5)  # row height minus margins at 480 px
         assert count == pytest.approx(round(weight * 110) * bar_h, rel=0.02)
-    assert np.sum(np.all(img == 235, axis=-1)) == pytest.approx(110 * (19 - 2 * 3), rel=0.02)  # full entropy bar
-    assert img[h + 5:, w + 5:].max() == 0  # nothing outside the panel
+    assert np.sum(np.all(img == 235, axis=-1)) == pytest.approx(110 * 13, rel=0.02)  # full entropy bar
+    assert img[h + 5 :, w + 5 :].max() == 0  # nothing outside the panel
 
 
 # ------------------------------------------------------------------------------------ skeleton
@@ -199,8 +275,9 @@ def test_skeleton_mode_without_model(skeleton_log, tmp_path):
     with open_log(skeleton_log) as log, rd.FrameRenderer(log, env=0, size=(160, 120), overlay=False) as fr:
         assert fr.mode == "skeleton" and fr.jmap is None
         img = fr.render(3)
-        sphere_ids = [i for i in range(fr.scene.ngeom)
-                      if fr.scene.geoms[i].type == int(mujoco.mjtGeom.mjGEOM_SPHERE)]
+        sphere_ids = [
+            i for i in range(fr.scene.ngeom) if fr.scene.geoms[i].type == int(mujoco.mjtGeom.mjGEOM_SPHERE)
+        ]
         assert len(sphere_ids) == len(BODIES)
         np.testing.assert_allclose(fr.scene.geoms[sphere_ids[0]].pos, root_at(12), atol=1e-5)
         orange = (img[..., 0] > 150) & (img[..., 1] > 60) & (img[..., 1] < 160) & (img[..., 2] < 80)
@@ -212,21 +289,34 @@ def test_skeleton_mode_without_model(skeleton_log, tmp_path):
 def test_infer_parents_recovers_legs_and_arm():
     """Same-stem bodies chain; a new stem joins the nearest of the root and earlier chain ends."""
     names = ["trunk", "FL_hip", "FL_thigh", "FR_hip", "FR_thigh", "arm_base", "link1", "link2"]
-    pos = np.array([[0, 0, 0], [.2, .1, 0], [.2, .1, -.2], [.2, -.1, 0], [.2, -.1, -.2],
-                    [.1, 0, .06], [.1, 0, .1], [.1, 0, .2]])
+    pos = np.array(
+        [
+            [0, 0, 0],
+            [0.2, 0.1, 0],
+            [0.2, 0.1, -0.2],
+            [0.2, -0.1, 0],
+            [0.2, -0.1, -0.2],
+            [0.1, 0, 0.06],
+            [0.1, 0, 0.1],
+            [0.1, 0, 0.2],
+        ]
+    )
     assert skeleton.infer_parents(names, pos) == [-1, 0, 1, 0, 3, 0, 5, 6]
 
 
 # ------------------------------------------------------------------------------------ errors
-@pytest.mark.parametrize("kwargs, message", [
-    ({"env": 2}, "--env 2 out of range; the log has 2 env(s)"),
-    ({"size": "640by480"}, "expected WIDTHxHEIGHT"),
-    ({"size": "641x480"}, "must be even"),
-    ({"steps": "1-3"}, "expected START:STOP"),
-    ({"steps": "5:99"}, "--steps 5:99 out of range; the log has 12 committed steps"),
-    ({"steps": "6:6"}, "out of range"),
-    ({"fps": 0}, "--fps 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"env": 2}, "--env 2 out of range; the log has 2 env(s)"),
+        ({"size": "640by480"}, "expected WIDTHxHEIGHT"),
+        ({"size": "641x480"}, "must be even"),
+        ({"steps": "1-3"}, "expected START:STOP"),
+        ({"steps": "5:99"}, "--steps 5:99 out of range; the log has 12 committed steps"),
+        ({"steps": "6:6"}, "out of range"),
+        ({"fps": 0}, "--fps 0"),
+    ],
+)
 def test_bad_input_is_one_line_input_error(robot_log, tmp_path, kwargs, message):
     """Bad env, size, steps and fps raise InputError with one line that names the problem."""
     with pytest.raises(InputError) as e:

@@ -1,0 +1,158 @@
+"""How close `derive` (every legacy file, summary and plots; no video) runs to raw I/O of the same bytes.
+
+Builds (once, cached in bench/out/) a 1M env-step synthetic log: 64 envs x 15625 policy steps,
+frames_per_step=1, written with the schema writer and ``moetape.schema.synthetic``. Then measures:
+
+    raw_s       read every committed steps/ and frames/ dataset with h5py, and write the same number
+                of bytes to a file in bench/out with fsync
+    derive_s    ``moetape.replay.derive.derive(log, out, video=False, force=True)``
+    ratio_raw   derive_s / raw_s                                            goal <= 2
+    rss_mb      peak RSS of a subprocess per output (os.wait4 gives that child's ru_maxrss, the
+                kernel's RUSAGE_CHILDREN figure for just that child): the streamed logs.zarr (rows
+                policy and video), and for information the in-memory pickles     goal <= 300 MB for zarr
+    render      ``measure_render`` below (None until the render developer fills it in)
+
+    python bench/derive.py [--json] [--steps N] [--envs E]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import h5py
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "out")
+
+
+def build_log(path: str, n_steps: int, n_envs: int) -> None:
+    """Write the synthetic bench log (cached: kept when it exists with the same size)."""
+    from moetape.schema.synthetic import small_spec, synthetic_step
+    from moetape.schema.writer import LogWriter
+
+    spec = small_spec(n_envs, frames_per_step=1)
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    with LogWriter(tmp, spec, meta={"command_line": "bench/derive.py", "config": {"bench": True}}) as log:
+        for s in range(n_steps):
+            log.append(*synthetic_step(spec, s, 0))
+    os.replace(tmp, path)
+
+
+def cached_log(n_steps: int, n_envs: int) -> str:
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, "derive_{}x{}.h5".format(n_envs, n_steps))
+    if not os.path.exists(path):
+        t0 = time.perf_counter()
+        build_log(path, n_steps, n_envs)
+        print("built {} in {:.1f} s".format(path, time.perf_counter() - t0), file=sys.stderr)
+    return path
+
+
+def measure_raw(log_path: str) -> Dict[str, float]:
+    """Read every committed dataset raw with h5py and write the same bytes to a file, fsync'ed."""
+    sink = os.path.join(OUT, "raw.bin")
+    t0 = time.perf_counter()
+    total = 0
+    with h5py.File(log_path, "r") as f, open(sink, "wb") as out:
+        n_steps, n_frames = (int(x) for x in f["n_committed"][()])
+        for group, n in (("steps", n_steps), ("frames", n_frames)):
+            datasets: list = []
+            f[group].visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+            for ds in datasets:
+                step = max(1, (32 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))))
+                for s in range(0, n, step):
+                    block = ds[s:min(n, s + step)]
+                    out.write(block.tobytes())
+                    total += block.nbytes
+        out.flush()
+        os.fsync(out.fileno())
+    seconds = time.perf_counter() - t0
+    os.remove(sink)
+    return {"raw_s": seconds, "raw_bytes": float(total)}
+
+
+def measure_derive(log_path: str) -> Dict[str, Any]:
+    from moetape.replay.derive import derive
+
+    out = os.path.join(OUT, "derived")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    manifest = derive(log_path, out, video=False, force=True)
+    seconds = time.perf_counter() - t0
+    return {"derive_s": seconds, "derived_bytes": sum(f["bytes"] for f in manifest["files"]),
+            "derived_files": [f["name"] for f in manifest["files"]],
+            "skipped": [s["name"] for s in manifest["skipped"]]}
+
+
+_EXPORT = ("import sys; from moetape.replay import export as e; "
+           "getattr(e, sys.argv[1])(sys.argv[2], sys.argv[3], force=True, **eval(sys.argv[4]))")
+
+
+def peak_rss_mb(function: str, log_path: str, out: str, options: str = "{}") -> float:
+    """Run one export in a fresh subprocess; return its peak RSS in MB."""
+    proc = subprocess.Popen([sys.executable, "-c", _EXPORT, function, log_path, out, options])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit("{} failed with exit status {}".format(function, proc.returncode))
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    elif os.path.exists(out):
+        os.remove(out)
+    return usage.ru_maxrss / 1024.0  # Linux: KiB
+
+
+def measure_rss(log_path: str) -> Dict[str, float]:
+    o = os.path.join(OUT, "rss")
+    return {
+        "zarr_policy": peak_rss_mb("export_zarr", log_path, o + ".zarr", "{'rows': 'policy'}"),
+        "zarr_video": peak_rss_mb("export_zarr", log_path, o + ".zarr", "{'rows': 'video'}"),
+        "weight_stats": peak_rss_mb("export_weight_stats", log_path, o + ".pkl"),
+        "results_in_memory": peak_rss_mb("export_results", log_path, o + ".pkl"),
+        "pkl_in_memory": peak_rss_mb("export_pkl", log_path, o + ".pkl"),
+    }
+
+
+def measure_render(log_path: str) -> Optional[Dict[str, float]]:
+    """Render fps of ``moetape render`` vs a bare mujoco.Renderer loop: to be filled in by the render developer.
+
+    Return e.g. {"render_fps": ..., "bare_renderer_fps": ..., "render_ratio": ...}; None skips it.
+    """
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--steps", type=int, default=15625, help="policy steps (default 15625 = 1M env-steps / 64)")
+    ap.add_argument("--envs", type=int, default=64)
+    args = ap.parse_args()
+    log_path = cached_log(args.steps, args.envs)
+    raw = measure_raw(log_path)
+    der = measure_derive(log_path)
+    rss = measure_rss(log_path)
+    result: Dict[str, Any] = {
+        "env_steps": args.steps * args.envs, "n_envs": args.envs, "log_bytes": os.path.getsize(log_path),
+        **raw, **der, "ratio_raw": der["derive_s"] / raw["raw_s"], "ratio_goal": 2.0,
+        "rss_mb": rss, "rss_goal_mb": 300.0, "render": measure_render(log_path),
+    }
+    if not args.json:
+        print("derive {:.2f} s vs raw read+write {:.2f} s: ratio {:.2f} (goal <= 2)".format(
+            der["derive_s"], raw["raw_s"], result["ratio_raw"]))
+        print("peak RSS (MB): " + ", ".join("{} {:.0f}".format(k, v) for k, v in rss.items()))
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
