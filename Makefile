@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 PYTEST_NOT_SLOW := -m "not slow"
 
-.PHONY: install system-deps test test-all test-notorch test-legacy lint wheel-check bench demo golden clean
+.PHONY: install system-deps test test-all test-notorch lint wheel-check bench demo golden clean
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ test: install
 
 test-all: install
 	$(BIN)/pytest -q
+
+# The laptop install: no torch, no mujoco. Tests that need them skip; everything else must pass.
+NOTORCH := .venv-notorch
+test-notorch:
+	test -x $(NOTORCH)/bin/python || $(PY) -m venv $(NOTORCH)
+	$(NOTORCH)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(NOTORCH)/bin/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	$(NOTORCH)/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch is installed in $(NOTORCH)'"
+	$(NOTORCH)/bin/pytest $(PYTEST_NOT_SLOW) -q
 
 lint: install
 	$(BIN)/ruff check .

@@ -49,7 +49,7 @@ def rollout(policy, backend, n_steps, writer=None, substep=True):
     return time.perf_counter() - t
 
 
-def measure_overhead(n_envs=64, n_steps=200, rounds=3):
+def measure_overhead(n_envs=64, n_steps=200, rounds=3, frames="substep"):
     import torch
 
     from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory
@@ -73,13 +73,14 @@ def measure_overhead(n_envs=64, n_steps=200, rounds=3):
             body_names=info.body_names,
             term_names=info.term_names,
             decimation=info.decimation,
-            frames_per_step=info.decimation,
+            frames_per_step=info.decimation if frames == "substep" else 1,
         )
+        substep = frames == "substep"
         with_log, without = [], []
         for r in range(rounds):
-            without.append(rollout(policy, backend, n_steps))
+            without.append(rollout(policy, backend, n_steps, substep=substep))
             with LogWriter(os.path.join(d, f"log{r}.h5"), spec, model_xml=info.model_xml) as w:
-                with_log.append(rollout(policy, backend, n_steps, w))
+                with_log.append(rollout(policy, backend, n_steps, w, substep=substep))
             os.remove(os.path.join(d, f"log{r}.h5"))
         backend.close()
     return {
@@ -96,11 +97,16 @@ def main():
     ap.add_argument("--envs", type=int, default=64)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--frames", choices=["substep", "policy"], default=None,
+                    help="one frame mode only (default: both; 'overhead' is the default mode's, substep)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from sim_speed import measure_sim_ratio
 
-    res = measure_overhead(args.envs, args.steps, args.rounds)
+    modes = [args.frames] if args.frames else ["substep", "policy"]
+    runs = {m: measure_overhead(args.envs, args.steps, args.rounds, m) for m in modes}
+    res = dict(runs[modes[0]])
+    res["overhead_by_frames"] = {m: r["overhead"] for m, r in runs.items()}
     sim = measure_sim_ratio(args.envs, args.steps)
     res.update(
         {

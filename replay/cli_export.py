@@ -15,17 +15,25 @@ log_argument = click.argument("log", type=click.Path(dir_okay=False))
 force_option = click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 rows_option = click.option(
-    "--rows", type=click.Choice(ROWS_MODES), default="auto", show_default=True,
+    "--rows",
+    type=click.Choice(ROWS_MODES),
+    default="auto",
+    show_default=True,
     help="Frame rows of logs.zarr/logs.pkl: substep = every physics substep (legacy headless), policy = one "
-         "per step, video = about 24 per simulated second (legacy --visualize), auto = substep if recorded.")
+    "per step, video = about 24 per simulated second (legacy --visualize), auto = substep if recorded.",
+)
 no_weights_option = click.option(
-    "--no-weights", "no_weights", is_flag=True,
-    help="Leave the weight stats empty, as the legacy scripts did without --show_weights.")
+    "--no-weights",
+    "no_weights",
+    is_flag=True,
+    help="Leave the weight stats empty, as the legacy scripts did without --show_weights.",
+)
 
 
 def _out_option(default_name: str) -> Callable[[Any], Any]:
-    return click.option("--out", "-o", required=True, type=click.Path(),
-                        help="Output path, e.g. {}.".format(default_name))
+    return click.option(
+        "--out", "-o", required=True, type=click.Path(), help=f"Output path, e.g. {default_name}."
+    )
 
 
 class _Bar:
@@ -56,15 +64,21 @@ def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> N
 
     with open_log(log) as lg:
         if lg.run_status != "clean":
-            click.echo("note: {}: run status '{}' (crashed, interrupted or still recording): exporting the {} "
-                       "committed steps.".format(log, lg.run_status, lg.n_steps), err=True)
+            click.echo(
+                f"note: {log}: run status '{lg.run_status}' (crashed, interrupted or still recording): exporting the {lg.n_steps} "
+                "committed steps.",
+                err=True,
+            )
         bar = _Bar(lg.n_steps, "exporting", quiet)
         try:
             info = export_many(lg, {kind: out}, progress=bar, **options)[kind]
         finally:
             bar.close()
-    rows = "" if info["rows"] is None else ", {} {} rows at {:g} Hz".format(
-        info["n_rows"], info["rows"], info["frame_rate_hz"])
+    rows = (
+        ""
+        if info["rows"] is None
+        else ", {} {} rows at {:g} Hz".format(info["n_rows"], info["rows"], info["frame_rate_hz"])
+    )
     click.echo("wrote {} ({} steps{})".format(out, info["n_steps"], rows))
 
 
@@ -158,7 +172,9 @@ class _StageBars:
         if stage not in self.bars:
             for bar in self.bars.values():
                 bar.close()
-            self.bars[stage] = _Bar(total, {"export": "deriving", "video": "rendering"}.get(stage, stage), self.quiet)
+            self.bars[stage] = _Bar(
+                total, {"export": "deriving", "video": "rendering"}.get(stage, stage), self.quiet
+            )
         self.bars[stage](done)
 
     def close(self) -> None:
@@ -168,16 +184,29 @@ class _StageBars:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @log_argument
-@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
-              help="Folder for the derived files [the log's folder].")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the derived files [the log's folder].",
+)
 @rows_option
 @click.option("--no-video", "no_video", is_flag=True, help="Do not render video.mp4.")
 @no_weights_option
 @force_option
 @quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print the derived.json manifest on stdout.")
-def derive(log: str, out: Optional[str], rows: str, no_video: bool, no_weights: bool, force: bool, quiet: bool,
-           as_json: bool) -> None:
+def derive(
+    log: str,
+    out: Optional[str],
+    rows: str,
+    no_video: bool,
+    no_weights: bool,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Derive every legacy file, video, summary and plots into a folder.
 
     Writes weight_stats.pkl, moe_results.pkl, logs.zarr, logs.pkl (one pass over the
@@ -189,13 +218,22 @@ def derive(log: str, out: Optional[str], rows: str, no_video: bool, no_weights: 
     Example:
       moetape derive runs/demo/log.h5 --out runs/demo/derived --no-video
     """
-    from moetape.replay.derive import MANIFEST, derive as do_derive
+    from moetape.replay.derive import MANIFEST
+    from moetape.replay.derive import derive as do_derive
 
     out_dir = out if out is not None else (os.path.dirname(os.path.abspath(log)))
     bars = _StageBars(quiet or as_json)
     try:
-        manifest = do_derive(log, out_dir, rows=rows, weights=not no_weights, video=not no_video, force=force,
-                             progress=bars, notice=lambda msg: click.echo("note: " + msg, err=True))
+        manifest = do_derive(
+            log,
+            out_dir,
+            rows=rows,
+            weights=not no_weights,
+            video=not no_video,
+            force=force,
+            progress=bars,
+            notice=lambda msg: click.echo("note: " + msg, err=True),
+        )
     finally:
         bars.close()
     if as_json:
@@ -203,7 +241,7 @@ def derive(log: str, out: Optional[str], rows: str, no_video: bool, no_weights: 
         return
     for entry in _lines(manifest):
         click.echo(entry)
-    click.echo("wrote {}".format(os.path.join(out_dir, MANIFEST)))
+    click.echo(f"wrote {os.path.join(out_dir, MANIFEST)}")
 
 
 def _lines(manifest: Dict[str, Any]) -> Iterator[str]:

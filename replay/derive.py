@@ -14,7 +14,7 @@ derived.json (sorted keys, no timestamps, so deriving twice gives the same manif
     parameters          {"rows" (requested), "weights", "video"}
     rows                {"mode", "n_rows", "frame_rate_hz"} of logs.zarr / logs.pkl
     files               [{"name", "sha256", "bytes"}] sorted by name; for a folder (logs.zarr) sha256 is
-                        of the lines "<sha256>  <relative path>\\n" of its files in sorted order
+                        of the lines "<sha256>  <relative path>\\n" of its files, sorted by path
     skipped             [{"name", "reason"}]
     notes               messages such as a crashed log's
 """
@@ -30,6 +30,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional
 
 from moetape.replay.export import export_many
+from moetape.replay.legacy import tree_sha256
 from moetape.schema import layout
 from moetape.schema.errors import OutputExistsError
 from moetape.schema.io import atomic_output
@@ -37,7 +38,12 @@ from moetape.schema.reader import Log, open_log
 
 MANIFEST = "derived.json"
 MANIFEST_VERSION = 1
-FILES = {"weight_stats": "weight_stats.pkl", "results": "moe_results.pkl", "zarr": "logs.zarr", "pkl": "logs.pkl"}
+FILES = {
+    "weight_stats": "weight_stats.pkl",
+    "results": "moe_results.pkl",
+    "zarr": "logs.zarr",
+    "pkl": "logs.pkl",
+}
 VIDEO = "video.mp4"
 SUMMARY = "summary.json"
 # Hook module -> (attribute, optional third-party modules whose absence means "skip", not "bug").
@@ -61,15 +67,13 @@ def sha256_file(path: str, *, block: int = 4 << 20) -> str:
 
 
 def sha256_tree(path: str) -> str:
-    """Return the sha256 of the sorted lines "<sha256>  <relative path>" of every file under ``path``."""
-    lines = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
+    """Return the sha256 of the lines "<sha256>  <relative path>\\n" of every file under ``path``, sorted by path."""
+    entries = {}
+    for root, _dirs, files in os.walk(path):
         for name in files:
             full = os.path.join(root, name)
-            rel = os.path.relpath(full, path).replace(os.sep, "/")
-            lines.append("{}  {}\n".format(sha256_file(full), rel))
-    return hashlib.sha256("".join(sorted(lines, key=lambda s: s[66:])).encode()).hexdigest()
+            entries[os.path.relpath(full, path).replace(os.sep, "/")] = sha256_file(full)
+    return tree_sha256(entries)
 
 
 def _file_entry(out_dir: str, name: str) -> Dict[str, Any]:
@@ -88,7 +92,7 @@ def _hook(module: str, skipped: List[Dict[str, str]], name: str) -> Optional[Cal
     except ImportError as e:
         missing = getattr(e, "name", None) or ""
         if missing == module or missing.split(".")[0] in optional:
-            skipped.append({"name": name, "reason": "{} is not available ({})".format(module, _first_line(e))})
+            skipped.append({"name": name, "reason": f"{module} is not available ({_first_line(e)})"})
             return None
         raise
     fn: Callable[..., Any] = getattr(mod, attr)
@@ -105,8 +109,11 @@ def _check_outputs(out_dir: str, names: List[str], force: bool) -> None:
         return
     existing = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
     if existing:
-        raise OutputExistsError("{}: {} exist{} already. Pass --force to overwrite or choose another --out.".format(
-            out_dir, ", ".join(existing), "s" if len(existing) == 1 else ""))
+        raise OutputExistsError(
+            "{}: {} exist{} already. Pass --force to overwrite or choose another --out.".format(
+                out_dir, ", ".join(existing), "s" if len(existing) == 1 else ""
+            )
+        )
 
 
 class _Hasher(threading.Thread):
@@ -131,8 +138,17 @@ class _Hasher(threading.Thread):
         return self.digest
 
 
-def derive(log_path: str, out_dir: str, *, rows: str = "auto", weights: bool = True, video: bool = True,
-           force: bool = False, progress: Optional[Stage] = None, notice: Optional[Notice] = None) -> Dict[str, Any]:
+def derive(
+    log_path: str,
+    out_dir: str,
+    *,
+    rows: str = "auto",
+    weights: bool = True,
+    video: bool = True,
+    force: bool = False,
+    progress: Optional[Stage] = None,
+    notice: Optional[Notice] = None,
+) -> Dict[str, Any]:
     """Write the legacy files, the optional projections and derived.json into ``out_dir``.
 
     Args:
@@ -160,23 +176,34 @@ def derive(log_path: str, out_dir: str, *, rows: str = "auto", weights: bool = T
         outputs = {kind: os.path.join(out_dir, name) for kind, name in FILES.items()}
         on_step = (lambda done: progress("export", done, log.n_steps)) if progress else None
         result = export_many(log, outputs, rows=rows, weights=weights, force=force, progress=on_step)
-        written = list(FILES.values())
+        entries = [
+            {"name": FILES[kind], "sha256": r["sha256"], "bytes": r["bytes"]} for kind, r in result.items()
+        ]
         skipped: List[Dict[str, str]] = []
-        written += _run_hooks(log, log_path, out_dir, video=video, force=force, progress=progress,
-                              skipped=skipped, say=say)
+        written = _run_hooks(
+            log, log_path, out_dir, video=video, force=force, progress=progress, skipped=skipped, say=say
+        )
         zarr_info = result["zarr"]
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "moetape_version": _version(),
             "source": {
-                "path": log_path, "log_id": log.log_id, "sha256": hasher.result(),
-                "format_version": log.format_version, "run_status": log.run_status,
-                "complete": log.run_status == layout.STATUS_CLEAN, "n_steps": log.n_steps, "n_envs": log.n_envs,
+                "path": log_path,
+                "log_id": log.log_id,
+                "sha256": hasher.result(),
+                "format_version": log.format_version,
+                "run_status": log.run_status,
+                "complete": log.run_status == layout.STATUS_CLEAN,
+                "n_steps": log.n_steps,
+                "n_envs": log.n_envs,
             },
             "parameters": {"rows": rows, "weights": weights, "video": video},
-            "rows": {"mode": zarr_info["rows"], "n_rows": zarr_info["n_rows"],
-                     "frame_rate_hz": zarr_info["frame_rate_hz"]},
-            "files": sorted((_file_entry(out_dir, n) for n in written), key=lambda d: d["name"]),
+            "rows": {
+                "mode": zarr_info["rows"],
+                "n_rows": zarr_info["n_rows"],
+                "frame_rate_hz": zarr_info["frame_rate_hz"],
+            },
+            "files": sorted(entries + [_file_entry(out_dir, n) for n in written], key=lambda d: d["name"]),
             "skipped": skipped,
             "notes": notes,
         }
@@ -192,13 +219,23 @@ def _status_notes(log: Log) -> List[str]:
     if log.run_status == layout.STATUS_RUNNING:
         what = "is still being recorded or the recorder crashed"
     else:
-        what = "ended {}".format(log.run_status)
-    return ["{}: run status '{}': the run {}; derived the {} committed steps.".format(
-        log.path, log.run_status, what, log.n_steps)]
+        what = f"ended {log.run_status}"
+    return [
+        f"{log.path}: run status '{log.run_status}': the run {what}; derived the {log.n_steps} committed steps."
+    ]
 
 
-def _run_hooks(log: Log, log_path: str, out_dir: str, *, video: bool, force: bool, progress: Optional[Stage],
-               skipped: List[Dict[str, str]], say: Notice) -> List[str]:
+def _run_hooks(
+    log: Log,
+    log_path: str,
+    out_dir: str,
+    *,
+    video: bool,
+    force: bool,
+    progress: Optional[Stage],
+    skipped: List[Dict[str, str]],
+    say: Notice,
+) -> List[str]:
     """Run the optional video, summary and plot hooks; return the names written (relative to out_dir)."""
     written: List[str] = []
     if not video:

@@ -76,6 +76,7 @@ LogArg = Union[Log, str, "os.PathLike[str]"]
 KINDS = ("weight_stats", "results", "zarr", "pkl")
 ROWS_MODES = ("auto", "substep", "policy", "video")
 VIDEO_FPS = 24
+CHUNK_BYTES = 8 << 20  # log bytes read per pass step: bounds memory, large enough for fast reads
 WEIGHT_KEYS = ("base_weights", "arm_weights", "weight_entropy")
 
 # legacy key -> frames/ field, for the keys that are a plain copy of one field.
@@ -92,8 +93,19 @@ FRAME_COPIES: Dict[str, str] = {
     "episode_time": "frames/episode_time_s",
     "torque": "frames/torque",
 }
-STATE_KEYS = ("root_state", "root_pos", "root_xyzw_quat", "root_lin_vel", "root_ang_vel", "rigid_body_pos",
-              "rigid_body_xyzw_quat", "dof_pos", "dof_vel", "contact_forces", "episode_time")
+STATE_KEYS = (
+    "root_state",
+    "root_pos",
+    "root_xyzw_quat",
+    "root_lin_vel",
+    "root_ang_vel",
+    "rigid_body_pos",
+    "rigid_body_xyzw_quat",
+    "dof_pos",
+    "dof_vel",
+    "contact_forces",
+    "episode_time",
+)
 ACTION_KEYS = ("torque", "action", "obs")
 TASK_KEYS = ("target_positions", "target_quats_wxyz")
 ENV0_FIELDS = ("frames/target_future_pos", "frames/target_future_quat_xyzw")
@@ -134,9 +146,10 @@ def plan_rows(log: Log, rows: str = "auto") -> RowPlan:
     if rows == "substep":
         if not has_substeps:
             raise InputError(
-                "{}: --rows substep needs a frame row per physics substep, but the log was recorded with "
-                "--frames policy ({} frame row per step, decimation {}). Use --rows policy or video, or "
-                "re-record with --frames substep.".format(log.path, fps, dec))
+                f"{log.path}: --rows substep needs a frame row per physics substep, but the log was recorded with "
+                f"--frames policy ({fps} frame row per step, decimation {dec}). Use --rows policy or video, or "
+                "re-record with --frames substep."
+            )
         stride = 1
     elif rows == "policy":
         stride = fps
@@ -164,17 +177,20 @@ def episode_keys(log: Log) -> List[Tuple[str, str]]:
         LogFormatError: two keys map to the same logs.zarr name after "/" -> "_".
     """
     pairs = [(name, "terms/" + name) for name in log.term_names]
-    if "reward_total" not in {zarr_name(n) for n, _ in pairs}:
-        pairs.append(("reward_total", "reward"))
-    pairs.append(("time_outs", "timeout"))
+    reserved = set(STATE_KEYS) | set(ACTION_KEYS) | set(TASK_KEYS) | set(WEIGHT_KEYS) | {"time_outs"}
     seen: Dict[str, str] = {}
-    taken = set(STATE_KEYS) | set(ACTION_KEYS) | set(TASK_KEYS) | set(WEIGHT_KEYS)
     for key, _ in pairs:
         z = zarr_name(key)
-        if z in seen or z in taken:
-            raise LogFormatError("{}: term {!r} becomes {!r} in logs.zarr, which {}; rename the term.".format(
-                log.path, key, z, "term {!r} also becomes".format(seen[z]) if z in seen else "a legacy array is"))
+        if z in seen or z in reserved:
+            raise LogFormatError(
+                "{}: term {!r} becomes {!r} in logs.zarr, {}; rename the term.".format(
+                    log.path, key, z, f"as term {seen[z]!r} does" if z in seen else "a legacy array's name"
+                )
+            )
         seen[z] = key
+    if "reward_total" not in seen:
+        pairs.append(("reward_total", "reward"))
+    pairs.append(("time_outs", "timeout"))
     return pairs
 
 
@@ -206,10 +222,13 @@ class _View:
         if "rows" not in self._cache:
             out = {key: self.frames(field) for key, field in FRAME_COPIES.items()}
             out["root_state"] = np.concatenate(
-                [out["root_pos"], out["root_xyzw_quat"], out["root_lin_vel"], out["root_ang_vel"]], axis=-1)
+                [out["root_pos"], out["root_xyzw_quat"], out["root_lin_vel"], out["root_ang_vel"]], axis=-1
+            )
             idx = self.frames("frames/step") - self.c.start
-            out["action"] = self.step("action")[idx]
-            out["obs"] = self.step("obs")[idx]
+            n = self.c.stop - self.c.start
+            same = idx.shape[0] == n and np.array_equal(idx, np.arange(n))  # one row per step: no copy
+            out["action"] = self.step("action") if same else self.step("action")[idx]
+            out["obs"] = self.step("obs") if same else self.step("obs")[idx]
             sel = self._sel()
             pos = self.log.read(ENV0_FIELDS[0], self.c.start, self.c.stop, env=0)[sel]
             quat = self.log.read(ENV0_FIELDS[1], self.c.start, self.c.stop, env=0)[sel]
@@ -240,7 +259,9 @@ class _View:
 
 
 def _weight_lists(enabled: bool) -> Dict[str, RowList]:
-    return {k: RowList(as_float=True) for k in WEIGHT_KEYS} if enabled else {k: RowList() for k in WEIGHT_KEYS}
+    return (
+        {k: RowList(as_float=True) for k in WEIGHT_KEYS} if enabled else {k: RowList() for k in WEIGHT_KEYS}
+    )
 
 
 class _WeightStats:
@@ -253,8 +274,8 @@ class _WeightStats:
             for key, values in v.weights().items():
                 self.lists[key].append_block(values)
 
-    def close(self) -> None:
-        write_pickle(self.lists, self.tmp)
+    def close(self) -> Dict[str, Any]:
+        return write_pickle(self.lists, self.tmp)
 
     def abort(self) -> None:
         """Drop what was gathered (the temporary output is removed by atomic_output)."""
@@ -275,13 +296,16 @@ class _Results(_WeightStats):
         for key, field in zip(self.state, _STATE_FIELDS):
             self.state[key].append_block(v.state0(field))
 
-    def close(self) -> None:
-        write_pickle({
-            "config": self.config,
-            "weight_stats": self.lists,
-            "action_logs": {"actions": self.actions, "moe_weights": self.moe_weights},
-            "state_logs": self.state,
-        }, self.tmp)
+    def close(self) -> Dict[str, Any]:
+        return write_pickle(
+            {
+                "config": self.config,
+                "weight_stats": self.lists,
+                "action_logs": {"actions": self.actions, "moe_weights": self.moe_weights},
+                "state_logs": self.state,
+            },
+            self.tmp,
+        )
 
 
 class _Pkl(_WeightStats):
@@ -305,8 +329,8 @@ class _Pkl(_WeightStats):
         for key, field in self.episode_keys:
             self.groups["episode_logs"][key].append_block(v.step(field))
 
-    def close(self) -> None:
-        write_pickle(dict({"config": self.config}, **self.groups, weight_stats=self.lists), self.tmp)
+    def close(self) -> Dict[str, Any]:
+        return write_pickle(dict({"config": self.config}, **self.groups, weight_stats=self.lists), self.tmp)
 
 
 class _Zarr:
@@ -314,18 +338,33 @@ class _Zarr:
         self.enabled = weights
         self.episode_keys = episode_keys(log)
         self.attrs = {
-            "sim_dt_s": log.sim_dt_s, "decimation": log.decimation, "policy_dt_s": log.policy_dt_s,
-            "frame_rate_hz": plan.frame_rate_hz, "rows": plan.mode, "source_log_id": log.log_id,
+            "sim_dt_s": log.sim_dt_s,
+            "decimation": log.decimation,
+            "policy_dt_s": log.policy_dt_s,
+            "frame_rate_hz": plan.frame_rate_hz,
+            "rows": plan.mode,
+            "source_log_id": log.log_id,
         }
         e, s, n = log.n_envs, log.n_steps, plan.n_rows
         j, b = len(log.joint_names), len(log.body_names)
         a, o = int(log.meta["action_dim"]), int(log.meta["obs_dim"])
         shapes = {
-            "root_state": (n, e, 13), "root_pos": (n, e, 3), "root_xyzw_quat": (n, e, 4),
-            "root_lin_vel": (n, e, 3), "root_ang_vel": (n, e, 3), "rigid_body_pos": (n, e, b, 3),
-            "rigid_body_xyzw_quat": (n, e, b, 4), "dof_pos": (n, e, j), "dof_vel": (n, e, j),
-            "contact_forces": (n, e, b, 3), "episode_time": (n, e), "torque": (n, e, j), "action": (n, e, a),
-            "obs": (n, e, o), "target_positions": (n, 8, 3), "target_quats_wxyz": (n, 8, 4),
+            "root_state": (n, e, 13),
+            "root_pos": (n, e, 3),
+            "root_xyzw_quat": (n, e, 4),
+            "root_lin_vel": (n, e, 3),
+            "root_ang_vel": (n, e, 3),
+            "rigid_body_pos": (n, e, b, 3),
+            "rigid_body_xyzw_quat": (n, e, b, 4),
+            "dof_pos": (n, e, j),
+            "dof_vel": (n, e, j),
+            "contact_forces": (n, e, b, 3),
+            "episode_time": (n, e),
+            "torque": (n, e, j),
+            "action": (n, e, a),
+            "obs": (n, e, o),
+            "target_positions": (n, 8, 3),
+            "target_quats_wxyz": (n, 8, 4),
         }
         self.w = ZarrV2Writer(tmp)
         for key, shape in shapes.items():
@@ -346,8 +385,9 @@ class _Zarr:
             for key, values in v.weights().items():
                 self.w.append(key, values)
 
-    def close(self) -> None:
+    def close(self) -> Dict[str, Any]:
         self.w.close(attrs=self.attrs)
+        return self.w.tree_digest()
 
     def abort(self) -> None:
         self.w.abort()
@@ -367,16 +407,27 @@ def check_fields(log: Log, kinds: Sequence[str], *, weights: bool = True) -> Non
     for kind in kinds:
         missing = [f for f in NEEDS[kind] if not log.has_field(f)]
         if missing:
-            raise LogFormatError("{}: cannot export {}: the log has no {}.".format(
-                log.path, kind, ", ".join(missing)))
+            raise LogFormatError(
+                "{}: cannot export {}: the log has no {}.".format(log.path, kind, ", ".join(missing))
+            )
     if weights and len(log.expert_names) < 2:
-        raise LogFormatError("{}: the legacy weight stats need 2 experts (base, arm); the log has {} ({}).".format(
-            log.path, len(log.expert_names), ", ".join(log.expert_names)))
+        raise LogFormatError(
+            "{}: the legacy weight stats need 2 experts (base, arm); the log has {} ({}).".format(
+                log.path, len(log.expert_names), ", ".join(log.expert_names)
+            )
+        )
 
 
-def export_many(log: LogArg, outputs: Mapping[str, str], *, rows: str = "auto", weights: bool = True,
-                force: bool = False, progress: Optional[Progress] = None,
-                chunk_steps: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+def export_many(
+    log: LogArg,
+    outputs: Mapping[str, str],
+    *,
+    rows: str = "auto",
+    weights: bool = True,
+    force: bool = False,
+    progress: Optional[Progress] = None,
+    chunk_steps: Optional[int] = None,
+) -> Dict[str, Dict[str, Any]]:
     """Write several legacy files in one pass over the log.
 
     Args:
@@ -385,7 +436,8 @@ def export_many(log: LogArg, outputs: Mapping[str, str], *, rows: str = "auto", 
         weights: fill the weight-stats lists (the legacy --show_weights); False leaves them empty.
         progress: called with the number of policy steps done so far.
     Returns:
-        kind -> {"path", "n_steps", "n_rows", "rows", "frame_rate_hz", "run_status"}.
+        kind -> {"path", "n_steps", "n_rows", "rows", "frame_rate_hz", "run_status", "sha256", "bytes"}
+        (a folder's sha256 as ``legacy.tree_sha256``; computed while writing).
     Raises:
         InputError: unknown kind or rows mode. LogFormatError: the log lacks a needed field.
         OutputExistsError: an output exists and force is False (checked before anything is written).
@@ -402,57 +454,82 @@ def export_many(log: LogArg, outputs: Mapping[str, str], *, rows: str = "auto", 
         fields = {f for k in outputs for f in NEEDS[k]} - set(ENV0_FIELDS) - {"reward", "timeout"}
         if plan is not None:
             fields |= {f for _, f in episode_keys(lg)}
+        digests: Dict[str, Dict[str, Any]] = {}
         with contextlib.ExitStack() as stack:
-            sinks: List[Any] = []
-            for kind, path in outputs.items():
-                tmp = stack.enter_context(atomic_output(path, force=force, suffix=".zarr" if kind == "zarr" else ""))
-                if kind == "zarr":
-                    assert plan is not None
-                    sinks.append(_Zarr(lg, tmp, plan, weights=weights))
-                else:
-                    cls = {"weight_stats": _WeightStats, "results": _Results, "pkl": _Pkl}[kind]
-                    sinks.append(cls(lg, tmp, weights=weights))
+            sinks: Dict[str, Any] = {}
             try:
-                for chunk in lg.iter_chunks(sorted(fields), chunk_steps=chunk_steps):
+                for kind, path in outputs.items():
+                    tmp = stack.enter_context(
+                        atomic_output(path, force=force, suffix=".zarr" if kind == "zarr" else "")
+                    )
+                    if kind == "zarr":
+                        assert plan is not None
+                        sinks[kind] = _Zarr(lg, tmp, plan, weights=weights)
+                    else:
+                        cls = {"weight_stats": _WeightStats, "results": _Results, "pkl": _Pkl}[kind]
+                        sinks[kind] = cls(lg, tmp, weights=weights)
+                per = chunk_steps or max(1, CHUNK_BYTES // lg.step_bytes(sorted(fields)))
+                for chunk in lg.iter_chunks(sorted(fields), chunk_steps=per):
                     view = _View(lg, chunk, plan)
-                    for sink in sinks:
+                    for sink in sinks.values():
                         sink.feed(view)
                     if progress is not None:
                         progress(chunk.stop)
-                for sink in sinks:
-                    sink.close()
+                # The pickles first: the zarr writer threads keep writing chunks meanwhile.
+                for kind in sorted(sinks, key=lambda k: k == "zarr"):
+                    digests[kind] = sinks[kind].close()
             except BaseException:
-                for sink in sinks:
+                for sink in sinks.values():
                     sink.abort()
                 raise
-        info = {"n_steps": lg.n_steps, "run_status": lg.run_status,
-                "rows": plan.mode if plan else None, "n_rows": plan.n_rows if plan else None,
-                "frame_rate_hz": plan.frame_rate_hz if plan else None}
-        return {kind: dict(info, path=path) for kind, path in outputs.items()}
+        info = {
+            "n_steps": lg.n_steps,
+            "run_status": lg.run_status,
+            "rows": plan.mode if plan else None,
+            "n_rows": plan.n_rows if plan else None,
+            "frame_rate_hz": plan.frame_rate_hz if plan else None,
+        }
+        return {kind: dict(info, path=path, **digests[kind]) for kind, path in outputs.items()}
     finally:
         if owned:
             lg.close()
 
 
-def export_weight_stats(log: LogArg, out: str, *, force: bool = False,
-                        progress: Optional[Progress] = None) -> Dict[str, Any]:
+def export_weight_stats(
+    log: LogArg, out: str, *, force: bool = False, progress: Optional[Progress] = None
+) -> Dict[str, Any]:
     """Write weight_stats.pkl (legacy full script with --show_weights); see the module docstring."""
     return export_many(log, {"weight_stats": out}, force=force, progress=progress)["weight_stats"]
 
 
-def export_results(log: LogArg, out: str, *, weights: bool = True, force: bool = False,
-                   progress: Optional[Progress] = None) -> Dict[str, Any]:
+def export_results(
+    log: LogArg, out: str, *, weights: bool = True, force: bool = False, progress: Optional[Progress] = None
+) -> Dict[str, Any]:
     """Write moe_results.pkl (legacy simple script); ``weights=False`` is the run without --show_weights."""
     return export_many(log, {"results": out}, weights=weights, force=force, progress=progress)["results"]
 
 
-def export_zarr(log: LogArg, out: str, *, rows: str = "auto", weights: bool = True, force: bool = False,
-                progress: Optional[Progress] = None) -> Dict[str, Any]:
+def export_zarr(
+    log: LogArg,
+    out: str,
+    *,
+    rows: str = "auto",
+    weights: bool = True,
+    force: bool = False,
+    progress: Optional[Progress] = None,
+) -> Dict[str, Any]:
     """Write logs.zarr (zarr v2, legacy full script), streaming with bounded memory."""
     return export_many(log, {"zarr": out}, rows=rows, weights=weights, force=force, progress=progress)["zarr"]
 
 
-def export_pkl(log: LogArg, out: str, *, rows: str = "auto", weights: bool = True, force: bool = False,
-               progress: Optional[Progress] = None) -> Dict[str, Any]:
+def export_pkl(
+    log: LogArg,
+    out: str,
+    *,
+    rows: str = "auto",
+    weights: bool = True,
+    force: bool = False,
+    progress: Optional[Progress] = None,
+) -> Dict[str, Any]:
     """Write logs.pkl (legacy full script): the logs.zarr data as per-row lists with the original keys."""
     return export_many(log, {"pkl": out}, rows=rows, weights=weights, force=force, progress=progress)["pkl"]

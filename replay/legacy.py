@@ -26,6 +26,7 @@ Writing chunk files directly keeps the legacy one-row chunks of 2-D arrays affor
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 import os
@@ -93,13 +94,13 @@ class RowList:
 
 def _check_dtype(dt: np.dtype) -> None:
     if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
-        raise TypeError("legacy pickle: dtype {} is not plain numeric/bool data".format(dt))
+        raise TypeError(f"legacy pickle: dtype {dt} is not plain numeric/bool data")
 
 
 class _Emitter:
     """Emit pickle opcodes for plain data; globals and dtypes are memoized on first use."""
 
-    def __init__(self, write: Callable[[bytes], Any]) -> None:
+    def __init__(self, write: Callable[[Any], Any]) -> None:
         self.w = write
         self.memo: Dict[Any, int] = {}
 
@@ -166,7 +167,8 @@ class _Emitter:
         if self._get(key):
             return
         _check_dtype(dt)
-        _cls, args, state = dt.__reduce__()
+        reduced: Any = dt.__reduce__()  # (numpy.dtype, ("f4", False, True), (3, "<", None, ...))
+        _cls, args, state = reduced
         self._global(_DTYPE)
         self._tuple(args)
         self.w(_REDUCE)
@@ -216,9 +218,9 @@ class _Emitter:
             self.w = w
         head, tail = b"".join(parts), _TUPLE + _BUILD
         out = np.empty((n, len(head) + nb + len(tail)), dtype=np.uint8)
-        out[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
-        out[:, len(head):len(head) + nb] = np.ascontiguousarray(block).view(np.uint8).reshape(n, nb)
-        out[:, len(head) + nb:] = np.frombuffer(tail, dtype=np.uint8)
+        out[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+        out[:, len(head) : len(head) + nb] = np.ascontiguousarray(block).view(np.uint8).reshape(n, nb)
+        out[:, len(head) + nb :] = np.frombuffer(tail, dtype=np.uint8)
         self.w(out.data)
 
     def _row_floats(self, block: np.ndarray) -> None:
@@ -228,7 +230,7 @@ class _Emitter:
         out[:, 1:] = np.ascontiguousarray(block, dtype=">f8").view(np.uint8).reshape(-1, 8)
         self.w(out.data)
 
-    def _rowlist(self, rl: "RowList") -> None:
+    def _rowlist(self, rl: RowList) -> None:
         """Emit a RowList as a list, batched every 1000 items whatever the block boundaries."""
         self.w(_EMPTY_LIST)
         emit_block = self._row_floats if rl.as_float else self._row_arrays
@@ -239,7 +241,7 @@ class _Emitter:
                 if in_batch == 0:
                     self.w(_MARK)
                 take = min(n - i, _BATCH - in_batch)
-                emit_block(block[i:i + take])
+                emit_block(block[i : i + take])
                 i += take
                 in_batch += take
                 if in_batch == _BATCH:
@@ -306,8 +308,10 @@ class _Emitter:
             self.w(_EMPTY_DICT)
             self._items(v.items(), _SETITEMS, True)
         else:
-            raise TypeError("legacy pickle: {} is not plain data (dict, list, tuple, str, number, bool, None, "
-                            "numpy array or scalar)".format(t.__name__))
+            raise TypeError(
+                f"legacy pickle: {t.__name__} is not plain data (dict, list, tuple, str, number, bool, None, "
+                "numpy array or scalar)"
+            )
 
 
 def dump(obj: Any, file: IO[bytes]) -> None:
@@ -327,10 +331,30 @@ def dumps(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def write_pickle(obj: Any, path: str) -> None:
-    """Write ``obj`` with ``dump`` to ``path`` (a new file; the caller handles atomic renames)."""
+class _HashingWriter:
+    """A binary file wrapper that feeds every written byte to sha256 as well."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, data: Any) -> int:
+        self.h.update(data)
+        self.n += len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        return self.f.write(data)
+
+
+def write_pickle(obj: Any, path: str) -> Dict[str, Any]:
+    """Write ``obj`` with ``dump`` to ``path`` (the caller handles atomic renames).
+
+    Returns:
+        {"sha256": hex digest of the file, "bytes": its size}, computed while writing.
+    """
     with open(path, "wb", buffering=1 << 20) as f:
-        dump(obj, f)
+        hw = _HashingWriter(f)
+        dump(obj, hw)  # type: ignore[arg-type]
+    return {"sha256": hw.h.hexdigest(), "bytes": hw.n}
 
 
 # ---------------------------------------------------------------------------------------- zarr v2
@@ -373,70 +397,93 @@ def legacy_chunks(shape: Sequence[int], itemsize: int) -> Tuple[int, ...]:
 class _ArrayStream:
     """Rows of one zarr v2 array, buffered until whole chunks along axis 0 can be written."""
 
-    def __init__(self, directory: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: np.dtype,
-                 codec: Any, pool: "_Pool", lane: int) -> None:
-        self.pool, self.lane = pool, lane
+    def __init__(
+        self,
+        directory: str,
+        shape: Tuple[int, ...],
+        chunks: Tuple[int, ...],
+        dtype: np.dtype,
+        codec: Any,
+        pool: _Pool,
+        lane: int,
+        digests: Dict[str, Tuple[str, int]],
+    ) -> None:
+        self.pool, self.lane, self.digests = pool, lane, digests
         self.dir = directory
         self.shape = shape
         self.chunks = chunks
         self.dtype = dtype
         self.codec = codec
-        self.rows_done = 0  # rows written to chunk files
-        self.pending: List[np.ndarray] = []
-        self.n_pending = 0
+        self.rows_done = 0  # rows handed to chunk files
+        self.buf: Optional[np.ndarray] = None  # a partly filled row of chunks (chunks[0] rows)
+        self.fill = 0
         self.grid = [range(0, max(1, n), c) for n, c in zip(shape[1:], chunks[1:])]
 
     def append(self, rows: np.ndarray) -> None:
+        """Take rows (n, ...): whole chunk rows go out as views (no copy), the rest waits in ``buf``."""
         if rows.shape[1:] != self.shape[1:]:
-            raise ValueError("rows of shape {} do not fit an array of shape {}".format(rows.shape, self.shape))
-        if rows.shape[0] == 0:
-            return
-        self.pending.append(np.asarray(rows, dtype=self.dtype))
-        self.n_pending += rows.shape[0]
-        if self.rows_done + self.n_pending > self.shape[0]:
-            raise ValueError("more rows than the array's {} were appended".format(self.shape[0]))
-        c0 = self.chunks[0]
-        if self.n_pending >= c0:
-            self._write(full_only=True)
+            raise ValueError(f"rows of shape {rows.shape} do not fit an array of shape {self.shape}")
+        if self.rows_done + self.fill + rows.shape[0] > self.shape[0]:
+            raise ValueError(f"more rows than the array's {self.shape[0]} were appended")
+        rows = np.asarray(rows, dtype=self.dtype)
+        c0, i, n = self.chunks[0], 0, rows.shape[0]
+        while i < n:
+            if self.fill == 0 and n - i >= c0:
+                m = (n - i) // c0 * c0  # whole chunk rows, handed over as one view (no copy)
+                self._write_row_chunks(rows[i : i + m])
+                i += m
+                continue
+            if self.buf is None:
+                self.buf = np.empty((c0,) + self.shape[1:], dtype=self.dtype)
+            take = min(n - i, c0 - self.fill)
+            self.buf[self.fill : self.fill + take] = rows[i : i + take]
+            self.fill += take
+            i += take
+            if self.fill == c0:
+                self._flush_buf()
 
-    def _write(self, *, full_only: bool) -> None:
-        c0 = self.chunks[0]
-        buf = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending, axis=0)
-        n_full = (buf.shape[0] // c0) * c0
-        n = n_full if full_only else buf.shape[0]
-        for r in range(0, n, c0):
-            self._write_row_chunk(buf[r:r + c0])
-        rest = buf[n:]
-        self.pending = [rest] if rest.shape[0] else []
-        self.n_pending = rest.shape[0]
+    def _flush_buf(self) -> None:
+        if self.buf is not None and self.fill:
+            self._write_row_chunks(self.buf[: self.fill])
+        self.buf, self.fill = None, 0  # the writer threads still hold the old buffer
 
-    def _write_row_chunk(self, rows: np.ndarray) -> None:
-        i0 = self.rows_done // self.chunks[0]
-        for offsets in _product(self.grid):
-            idx = (slice(None),) + tuple(slice(o, o + c) for o, c in zip(offsets, self.chunks[1:]))
-            block = rows[idx]
-            if block.shape != self.chunks:
-                padded = np.zeros(self.chunks, dtype=self.dtype)  # fill value 0 / False, as zarr pads
-                padded[tuple(slice(0, n) for n in block.shape)] = block
-                block = padded
-            key = ".".join(str(k) for k in (i0,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:])))
-            self.pool.submit(self.lane, _write_chunk, block, os.path.join(self.dir, key), self.codec)
+    def _write_row_chunks(self, rows: np.ndarray) -> None:
+        """Queue ``rows`` (whole chunk rows, or the array's last rows) as one task for this array's lane."""
+        first = self.rows_done // self.chunks[0]
+        self.pool.submit(self.lane, self._write_rows, rows, first)
         self.rows_done += rows.shape[0]
 
+    def _write_rows(self, rows: np.ndarray, first: int) -> None:
+        """(writer thread) Compress and write every chunk of ``rows``; chunk row index starts at ``first``."""
+        c0 = self.chunks[0]
+        for k, r in enumerate(range(0, rows.shape[0], c0)):
+            part = rows[r : r + c0]
+            for offsets in _product(self.grid):
+                idx = (slice(None),) + tuple(slice(o, o + c) for o, c in zip(offsets, self.chunks[1:]))
+                block = part[idx]
+                if block.shape != self.chunks:
+                    padded = np.zeros(self.chunks, dtype=self.dtype)  # fill value 0 / False, as zarr pads
+                    padded[tuple(slice(0, n) for n in block.shape)] = block
+                    block = padded
+                key = ".".join(
+                    str(i) for i in (first + k,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:]))
+                )
+                _write_chunk(block, os.path.join(self.dir, key), self.codec, self.digests)
+
     def close(self) -> None:
-        if self.n_pending:
-            self._write(full_only=False)
+        self._flush_buf()
         if self.rows_done != self.shape[0]:
-            raise ValueError("{}: {} rows written, the array has {}".format(self.dir, self.rows_done, self.shape[0]))
+            raise ValueError(f"{self.dir}: {self.rows_done} rows written, the array has {self.shape[0]}")
 
 
-def _write_chunk(block: np.ndarray, path: str, codec: Any) -> None:
+def _write_chunk(block: np.ndarray, path: str, codec: Any, digests: Dict[str, Tuple[str, int]]) -> None:
     data = codec.encode(np.ascontiguousarray(block))
+    digests[path] = (hashlib.sha256(data).hexdigest(), len(data))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -450,15 +497,18 @@ class _Pool:
     only on its chunk, so the order of writes changes nothing.
     """
 
-    def __init__(self, lanes: int = 4, max_pending_bytes: int = 64 << 20) -> None:
+    def __init__(self, lanes: int = 4, max_pending_bytes: int = 16 << 20) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.lanes = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="moetape-zarr") for _ in range(lanes)]
-        self.pending: "collections.deque[Tuple[Any, int]]" = collections.deque()
+        self.lanes = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="moetape-zarr") for _ in range(lanes)
+        ]
+        self.pending: collections.deque[Tuple[Any, int]] = collections.deque()
         self.pending_bytes = 0
         self.max_pending_bytes = max_pending_bytes
 
     def submit(self, lane: int, fn: Callable[..., None], block: np.ndarray, *args: Any) -> None:
+        """Run fn(block, *args) on a lane; wait for the oldest tasks while too many bytes are queued."""
         fut = self.lanes[lane % len(self.lanes)].submit(fn, block, *args)
         self.pending.append((fut, block.nbytes))
         self.pending_bytes += block.nbytes
@@ -510,18 +560,42 @@ class ZarrV2Writer:
         self._arrays: Dict[str, _ArrayStream] = {}
         self._codec = _blosc()
         self._pool = _Pool()
+        self._lane_count = [0, 0]
+        self._digests: Dict[str, Tuple[str, int]] = {}  # chunk path -> (sha256, bytes), by the writer threads
 
-    def create(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike,
-               chunks: Optional[Sequence[int]] = None) -> None:
+    def create(
+        self, name: str, shape: Sequence[int], dtype: npt.DTypeLike, chunks: Optional[Sequence[int]] = None
+    ) -> None:
         """Create array ``name`` (legacy chunks unless given); its rows must then all be appended."""
         dt = np.dtype(dtype)
         shape_t = tuple(int(n) for n in shape)
         chunks_t = tuple(int(c) for c in (chunks or legacy_chunks(shape_t, dt.itemsize)))
-        self._group.create_array(name, shape=shape_t, chunks=chunks_t, dtype=dt, compressors=self._codec,
-                                 fill_value=False if dt.kind == "b" else 0, order="C",
-                                 config={"write_empty_chunks": True})
-        self._arrays[name] = _ArrayStream(os.path.join(self.path, name), shape_t, chunks_t, dt, self._codec,
-                                          self._pool, len(self._arrays))
+        self._group.create_array(
+            name,
+            shape=shape_t,
+            chunks=chunks_t,
+            dtype=dt,
+            compressors=self._codec,
+            fill_value=False if dt.kind == "b" else 0,
+            order="C",
+            config={"write_empty_chunks": True},
+        )
+        self._arrays[name] = _ArrayStream(
+            os.path.join(self.path, name),
+            shape_t,
+            chunks_t,
+            dt,
+            self._codec,
+            self._pool,
+            self._next_lane(chunks_t[0] == 1),
+            self._digests,
+        )
+
+    def _next_lane(self, one_row_chunks: bool) -> int:
+        """Spread the arrays with one-row chunks (one file per row) over the lanes first."""
+        kind = int(one_row_chunks)
+        self._lane_count[kind] += 1
+        return self._lane_count[kind] - 1 + (0 if one_row_chunks else 2)
 
     def append(self, name: str, rows: np.ndarray) -> None:
         """Append rows (n, ...) to array ``name``; whole chunks are compressed and written at once."""
@@ -545,9 +619,35 @@ class ZarrV2Writer:
             with open(os.path.join(self.path, ".zattrs"), "w", encoding="utf-8") as f:
                 f.write(json.dumps(attrs, indent=4, sort_keys=True, ensure_ascii=True))
 
+    def tree_digest(self) -> Dict[str, Any]:
+        """After close: {"sha256", "bytes", "files"} of the store, as ``tree_sha256`` computes them.
+
+        Chunk digests come from the writer threads; only the small metadata files are read back.
+        """
+        entries: Dict[str, str] = {}
+        size = 0
+        for root, _dirs, files in os.walk(self.path):
+            for name in files:
+                full = os.path.join(root, name)
+                rel = os.path.relpath(full, self.path).replace(os.sep, "/")
+                known = self._digests.get(full)
+                if known is None:
+                    with open(full, "rb") as f:
+                        data = f.read()
+                    known = (hashlib.sha256(data).hexdigest(), len(data))
+                entries[rel] = known[0]
+                size += known[1]
+        return {"sha256": tree_sha256(entries), "bytes": size, "files": len(entries)}
+
     def abort(self) -> None:
         """Stop the writer threads after a failure (the caller removes the partial store)."""
         self._pool.shutdown()
+
+
+def tree_sha256(entries: Dict[str, str]) -> str:
+    """Digest of a folder: sha256 of the lines "<sha256>  <relative path>\\n" sorted by path."""
+    text = "".join(f"{entries[rel]}  {rel}\n" for rel in sorted(entries))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _blosc() -> Any:

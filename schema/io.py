@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import h5py
 
@@ -19,6 +20,19 @@ def looks_like_hdf5(path: str) -> bool:
     """Return True if the file starts with the HDF5 signature (at offset 0, the usual place)."""
     with open(path, "rb") as f:
         return f.read(8) == HDF5_SIGNATURE
+
+
+def stored_eof(path: str) -> Optional[int]:
+    """Return the end-of-file address a version 2/3 superblock records (the format moetape writes), else None.
+
+    A SWMR reader does not compare it with the file size (the file may be growing), so a truncated
+    file would make HDF5 retry metadata reads for a long time instead of failing: check it first.
+    """
+    with open(path, "rb") as f:
+        head = f.read(48)
+    if len(head) < 36 or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    return int(struct.unpack("<Q", head[28:36])[0])
 
 
 def open_for_read(path: str) -> h5py.File:
