@@ -54,6 +54,11 @@ def open_for_read(path: str) -> h5py.File:
         raise LogReadError(f"{path}: cannot read ({e.strerror or e}).") from e
     if not is_hdf5:
         raise LogReadError(f"{path}: not an HDF5 file (no HDF5 signature), expected a moetape .h5 log.")
+    eof, size = stored_eof(path), os.path.getsize(path)
+    if eof is not None and eof > size:
+        raise LogReadError(
+            f"{path}: file is truncated: HDF5 records {eof} bytes but the file has {size}. Restore a complete copy."
+        )
     try:
         return h5py.File(path, "r", swmr=True)
     except OSError as e:

@@ -505,6 +505,9 @@ class LogWriter:
             fspace = dsid.get_space()
             fspace.select_hyperslab((start,) + (0,) * (rows.ndim - 1), rows.shape)
             dsid.write(h5py.h5s.create_simple(rows.shape), fspace, np.ascontiguousarray(rows))
+        # Rows (chunks and extents) reach the file before the counter that vouches for them: the
+        # counter is raw data and could otherwise land on disk before the extents' metadata.
+        f.flush()
         f[layout.N_COMMITTED][...] = np.array([s1, s1 * self._fps], dtype=np.int64)
         f.flush()
         self.n_committed = s1
