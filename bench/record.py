@@ -97,8 +97,12 @@ def main():
     ap.add_argument("--envs", type=int, default=64)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--frames", choices=["substep", "policy"], default=None,
-                    help="one frame mode only (default: both; 'overhead' is the default mode's, substep)")
+    ap.add_argument(
+        "--frames",
+        choices=["substep", "policy"],
+        default=None,
+        help="one frame mode only (default: both; 'overhead' is the default mode's, substep)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from sim_speed import measure_sim_ratio

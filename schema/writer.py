@@ -194,7 +194,7 @@ class LogWriter:
         self._lock = threading.Lock()
         self._batch = _Batch(self._specs, self.batch_steps, self._fps)
         # Written batches come back for reuse: fresh buffers would page-fault on every first touch.
-        self._free: "queue.SimpleQueue[_Batch]" = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
         self._queue: queue.Queue[Optional[_Batch]] = queue.Queue(maxsize=max(1, max_batches))
         self._error: Optional[BaseException] = None
         self._dsids: Optional[Dict[str, Any]] = None
