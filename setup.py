@@ -44,7 +44,6 @@ setup(
         "matplotlib>=3.5",
         "imageio>=2.20",
         "imageio-ffmpeg>=0.4.7",
-        "tqdm>=4.60",
     ],
     extras_require={
         "record": ["torch>=1.10", "mujoco>=3.0"],

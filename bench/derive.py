@@ -176,12 +176,26 @@ def measure_rss(log_path: str) -> Dict[str, float]:
     }
 
 
-def measure_render(log_path: str) -> Optional[Dict[str, float]]:
-    """Render fps of ``moetape render`` vs a bare mujoco.Renderer loop: to be filled in by the render developer.
+def measure_render(log_path: str) -> Optional[Dict[str, Any]]:
+    """Render fps of our FrameRenderer vs a bare mujoco.Renderer loop, in this run (bench/render.py).
 
-    Return e.g. {"render_fps": ..., "bare_renderer_fps": ..., "render_ratio": ...}; None skips it.
+    The 1M env-step log is synthetic and has no robot model, so the render comparison uses the
+    demo recording when ``runs/demo/log.h5`` exists (``make demo``), else bench/render.py's own
+    small log with a model. None when mujoco is not installed.
     """
-    return None
+    try:
+        import mujoco  # noqa: F401
+    except ImportError:
+        return None
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from render import measure_render_fps, write_synthetic_log
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "demo", "log.h5")
+    if not os.path.exists(demo):
+        demo = os.path.join(OUT, "render_bench_log.h5")
+        if not os.path.exists(demo):
+            write_synthetic_log(demo)
+    return measure_render_fps(demo, n_frames=200)
 
 
 def main() -> None:

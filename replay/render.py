@@ -13,8 +13,7 @@ How a frame is made (``FrameRenderer``):
 - Decorations: the EE target pose (steps/target_pos, target_quat_xyzw) and the EE pose (steps/ee_pos,
   ee_quat_xyzw) of the row's policy step, each as three short x/y/z capsules, joined by a line.
 - Overlay: a panel in the top-left corner with the step and time, one bar per expert (gate weight,
-  labelled with expert_names) and the gate entropy (bar full at ln K), drawn with numpy; text is
-  rasterised once per string with Pillow (already installed with matplotlib).
+  labelled with expert_names) and the gate entropy (bar full at ln K); see ``moetape.replay.overlay``.
 
 Quality: "fast" (default) turns off shadows, reflections and multisampling, which is what makes
 software rendering (Mesa llvmpipe) reach video rates; "high" keeps the model's settings. The skybox
@@ -24,22 +23,15 @@ Video (``render_video``): output frames are spaced 1/fps apart starting at the f
 each one shows the frames/ row *nearest in time* (row time = row / frame_rate_hz), so a 200 Hz
 substep log at 24 fps shows every 8th or 9th row, and a 50 Hz "policy" log repeats none.
 
-OpenGL: headless by default. Unless the user set MUJOCO_GL, on Linux it is set before mujoco is
-imported: "egl" if a child process can render on EGL (probed once, about 0.3 s; a failed EGL attempt
-cannot be undone in-process), else "osmesa". If mujoco was imported earlier with MUJOCO_GL unset,
-EGL then OSMesa are tried in-process. If nothing works, a one-line RenderError says so.
+OpenGL: headless by default (EGL, else OSMesa, unless MUJOCO_GL is set); see ``moetape.replay.gl``.
+If nothing works, a one-line RenderError says so.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
 import math
 import os
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -48,7 +40,14 @@ import numpy as np
 import numpy.typing as npt
 
 from moetape.replay import skeleton
-from moetape.schema.errors import InputError, LogError
+from moetape.replay.gl import Offscreen, RenderError, first_line, import_mujoco
+from moetape.replay.gl import create_gl_context as create_gl_context
+from moetape.replay.gl import gl_backends as gl_backends
+from moetape.replay.overlay import GATE_COLORS as GATE_COLORS
+from moetape.replay.overlay import Image, draw_overlay
+from moetape.replay.overlay import blit as blit
+from moetape.replay.overlay import text_mask as text_mask
+from moetape.schema.errors import InputError
 from moetape.schema.io import atomic_output, check_output
 from moetape.schema.reader import Log, open_log
 
@@ -56,28 +55,11 @@ CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5
 QUALITIES = ("fast", "high")
 MAX_SIDE_PX = 4096
 WINDOW_STEPS = 256
-GATE_COLORS: Tuple[Tuple[int, int, int], ...] = (  # matplotlib's tab10, so the viewer's lines match
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-)
 STEP_FIELDS = ("gate", "gate_entropy", "ee_pos", "ee_quat_xyzw", "target_pos", "target_quat_xyzw")
 
 SizeArg = Union[str, Tuple[int, int]]
 StepsArg = Union[None, str, Tuple[Optional[int], Optional[int]]]
 Progress = Callable[[int, int], None]
-Image = npt.NDArray[np.uint8]
-
-
-class RenderError(LogError, RuntimeError):
-    """Rendering cannot run here (no mujoco, no OpenGL context, a model MuJoCo cannot load)."""
 
 
 # ---------------------------------------------------------------------------------------- options
@@ -166,150 +148,6 @@ def pick_rows(
     return np.clip(rows, first, last - 1)
 
 
-# ------------------------------------------------------------------------------ mujoco and OpenGL
-_GL_CHOICE: Optional[str] = None  # MUJOCO_GL when mujoco was imported: the user's, or ours
-_EGL_PROBE = """
-import mujoco
-from mujoco.egl import GLContext
-ctx = GLContext(16, 16)
-ctx.make_current()
-mujoco.MjrContext(mujoco.MjModel.from_xml_string("<mujoco/>"), 100).free()
-ctx.free()
-"""
-
-
-def _egl_works() -> bool:
-    """Return True if a child process can render with MuJoCo on EGL (about 0.3 s).
-
-    Probed in a child because a failed EGL attempt cannot be undone in this process: PyOpenGL and
-    MuJoCo's GL loader stay bound to EGL, and OSMesa then fails too.
-    """
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _EGL_PROBE],
-            env=dict(os.environ, MUJOCO_GL="egl"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=120,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0
-
-
-def import_mujoco() -> Any:
-    """Import mujoco for headless rendering and return it.
-
-    Unless the user set MUJOCO_GL, on Linux it is set before the import: "egl" if EGL works, else
-    "osmesa". If mujoco was already imported by someone else, its choice stands.
-
-    Raises:
-        RenderError: mujoco is not installed.
-    """
-    global _GL_CHOICE
-    if "mujoco" not in sys.modules:
-        if importlib.util.find_spec("mujoco") is None:
-            raise RenderError("render needs mujoco: pip install mujoco")
-        if os.environ.get("MUJOCO_GL") is None and sys.platform.startswith("linux"):
-            os.environ["MUJOCO_GL"] = "egl" if _egl_works() else "osmesa"
-        _GL_CHOICE = os.environ.get("MUJOCO_GL")
-    elif _GL_CHOICE is None:
-        _GL_CHOICE = os.environ.get("MUJOCO_GL")
-    try:
-        import mujoco
-    except ImportError as e:
-        raise RenderError("render needs mujoco: pip install mujoco") from e
-    return mujoco
-
-
-def gl_backends(choice: Optional[str], platform: str) -> List[str]:
-    """Return the OpenGL backends to try in order: MUJOCO_GL alone if set, else egl then osmesa (Linux)."""
-    if choice:
-        return [choice.lower().strip()]
-    if platform.startswith("linux"):
-        return ["egl", "osmesa"]
-    return ["default"]
-
-
-def _context_class(backend: str) -> Any:
-    if backend == "egl":
-        return importlib.import_module("mujoco.egl").GLContext
-    if backend == "osmesa":
-        if "mujoco.osmesa" not in sys.modules and os.environ.get("PYOPENGL_PLATFORM", "osmesa") != "osmesa":
-            # PyOpenGL fixes its platform at first import; EGL failed, so start it again on OSMesa.
-            os.environ["PYOPENGL_PLATFORM"] = "osmesa"
-            for name in [n for n in sys.modules if n == "OpenGL" or n.startswith("OpenGL.")]:
-                del sys.modules[name]
-        return importlib.import_module("mujoco.osmesa").GLContext
-    if backend == "glfw":
-        return importlib.import_module("mujoco.glfw").GLContext
-    mujoco = import_mujoco()
-    return mujoco.GLContext
-
-
-def create_gl_context(width: int, height: int) -> Tuple[Any, str]:
-    """Create and make current an offscreen OpenGL context; return it and the backend's name.
-
-    Raises:
-        RenderError: no backend works (one line naming each backend's failure).
-    """
-    import_mujoco()
-    failures = []
-    for backend in gl_backends(_GL_CHOICE, sys.platform):
-        try:
-            ctx = _context_class(backend)(width, height)
-            ctx.make_current()
-            return ctx, backend
-        except Exception as e:  # any failure of a GL backend means: try the next one
-            failures.append(f"{backend}: {_first_line(e)}")
-    raise RenderError(
-        "cannot create an OpenGL context for offscreen rendering ({}). Install EGL or OSMesa "
-        "(apt install libegl1 libosmesa6) or set MUJOCO_GL.".format("; ".join(failures))
-    )
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-class Offscreen:
-    """An OpenGL context and a MuJoCo offscreen framebuffer of one image size."""
-
-    def __init__(self, model: Any, width: int, height: int) -> None:
-        mujoco = import_mujoco()
-        self.width, self.height = width, height
-        self.ctx, self.backend = create_gl_context(width, height)
-        try:
-            self.mjr = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100.value)
-            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self.mjr)
-        except Exception as e:  # mujoco.FatalError("gladLoadGL error") and the like
-            self.ctx.free()
-            raise RenderError(
-                f"MuJoCo cannot render on the {self.backend} OpenGL context ({_first_line(e)}). "
-                "Try another backend: MUJOCO_GL=egl or MUJOCO_GL=osmesa."
-            ) from e
-        self.rect = mujoco.MjrRect(0, 0, width, height)
-        self._buf = np.empty((height, width, 3), dtype=np.uint8)
-
-    def render(self, scene: Any) -> Image:
-        """Render ``scene`` and return a new uint8 (H, W, 3) image, top row first."""
-        import mujoco
-
-        self.ctx.make_current()
-        mujoco.mjr_render(self.rect, scene, self.mjr)
-        mujoco.mjr_readPixels(self._buf, None, self.rect, self.mjr)
-        return np.ascontiguousarray(self._buf[::-1])
-
-    def close(self) -> None:
-        """Free the framebuffer and the context (idempotent)."""
-        if self.mjr is not None:
-            self.ctx.make_current()
-            self.mjr.free()
-            self.mjr = None
-            self.ctx.free()
-
-
 # ---------------------------------------------------------------------------------- robot state
 @dataclass(frozen=True)
 class JointMap:
@@ -396,104 +234,6 @@ def follow_camera(cam: Any, root_pos: npt.ArrayLike) -> None:
     cam.elevation = math.degrees(math.asin(-off[2] / np.linalg.norm(off)))
 
 
-# ---------------------------------------------------------------------------------------- overlay
-@functools.lru_cache(maxsize=8)
-def _font(px: int) -> Any:
-    """Return DejaVu Sans (shipped with matplotlib) at ``px`` pixels, or Pillow's default font."""
-    from PIL import ImageFont
-
-    try:
-        import matplotlib
-
-        path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
-        return ImageFont.truetype(path, px)
-    except (ImportError, OSError):
-        return ImageFont.load_default()
-
-
-@functools.lru_cache(maxsize=1024)
-def text_mask(text: str, px: int) -> npt.NDArray[np.float32]:
-    """Return the coverage of ``text`` at ``px`` pixels as float32 (h, w) in [0, 1] (cached).
-
-    Every string of one size has the same height (the font's ascent + descent), so baselines line up.
-    """
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    font = _font(px)
-    left, top, right, bottom = font.getbbox(text)
-    if hasattr(font, "getmetrics"):
-        ascent, descent = font.getmetrics()
-        top, bottom = 0, ascent + descent
-    left = min(0, left)
-    img = PILImage.new("L", (max(1, right - left), max(1, bottom - top)), 0)
-    ImageDraw.Draw(img).text((-left, -top), text, fill=255, font=font)
-    return np.asarray(img, dtype=np.float32) / 255.0
-
-
-def blit(img: Image, mask: npt.NDArray[np.float32], x: int, y: int, rgb: Sequence[int]) -> None:
-    """Blend ``rgb`` into ``img`` where ``mask`` covers it, top-left corner at (x, y); clipped."""
-    h, w = mask.shape
-    x1, y1 = min(img.shape[1], x + w), min(img.shape[0], y + h)
-    if x1 <= x or y1 <= y:
-        return
-    m = mask[: y1 - y, : x1 - x, None]
-    region = img[y:y1, x:x1].astype(np.float32)
-    img[y:y1, x:x1] = (region * (1.0 - m) + np.asarray(rgb, dtype=np.float32) * m + 0.5).astype(np.uint8)
-
-
-def _fill(img: Image, x0: int, y0: int, x1: int, y1: int, rgb: Sequence[int]) -> None:
-    x1, y1 = min(img.shape[1], x1), min(img.shape[0], y1)
-    if x1 > x0 and y1 > y0:
-        img[y0:y1, x0:x1] = np.asarray(rgb, dtype=np.uint8)
-
-
-def draw_overlay(
-    img: Image, *, names: Sequence[str], weights: npt.ArrayLike, entropy: float, caption: str = ""
-) -> Tuple[int, int]:
-    """Draw the gate panel (caption, one bar per expert, entropy) onto ``img`` in place.
-
-    Args:
-        img: uint8 (H, W, 3).
-        names: K expert names; weights: float (K,) gate weights in [0, 1].
-        entropy: gate entropy, natural log; its bar is full at ln K.
-    Returns:
-        (width, height) of the panel in pixels, drawn from the top-left corner.
-    """
-    w = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float64)), 0.0, 1.0)
-    scale = max(0.75, img.shape[0] / 480.0)
-    px, row, pad, bar_w = round(13 * scale), round(19 * scale), round(6 * scale), round(110 * scale)
-    labels = list(names) + ["entropy"]
-    label_w = max(text_mask(s, px).shape[1] for s in labels)
-    value_w = text_mask("0.000", px).shape[1]
-    panel_w = max(
-        pad + label_w + pad + bar_w + pad + value_w + pad,
-        2 * pad + (text_mask(caption, px).shape[1] if caption else 0),
-    )
-    panel_h = 2 * pad + row * (len(labels) + (1 if caption else 0))
-    y1, x1 = min(img.shape[0], panel_h), min(img.shape[1], panel_w)
-    img[:y1, :x1] = (img[:y1, :x1].astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the panel
-    y = pad
-    if caption:
-        mask = text_mask(caption, px)
-        blit(img, mask, pad, y + (row - mask.shape[0]) // 2, (255, 255, 255))
-        y += row
-    max_entropy = math.log(max(2, len(names)))
-    values = list(w) + [float(entropy) / max_entropy]
-    for k, label in enumerate(labels):
-        color = GATE_COLORS[k % len(GATE_COLORS)] if k < len(names) else (235, 235, 235)
-        text_y = y + (row - text_mask(label, px).shape[0]) // 2
-        blit(img, text_mask(label, px), pad, text_y, (230, 230, 230))
-        bx, by0, by1 = pad + label_w + pad, y + row // 5, y + row - row // 5
-        _fill(img, bx, by0, bx + bar_w, by1, (70, 70, 70))
-        frac = float(np.clip(np.nan_to_num(values[k]), 0.0, 1.0))
-        _fill(img, bx, by0, bx + int(round(frac * bar_w)), by1, color)
-        value = float(w[k]) if k < len(names) else float(entropy)
-        blit(img, text_mask(f"{value:.3f}", px), bx + bar_w + pad, text_y, (230, 230, 230))
-        y += row
-    return panel_w, panel_h
-
-
 # ----------------------------------------------------------------------------- reading the log
 class StepWindow:
     """Some fields of one env for a window of policy steps, re-read when a step falls outside it."""
@@ -575,7 +315,7 @@ class FrameRenderer:
             model = mujoco.MjModel.from_xml_string(xml)
         except Exception as e:  # mujoco raises ValueError with the XML error
             raise RenderError(
-                f"{self.log.path}: the robot model stored in the log does not load in MuJoCo {mujoco.__version__} ({_first_line(e)})"
+                f"{self.log.path}: the robot model stored in the log does not load in MuJoCo {mujoco.__version__} ({first_line(e)})"
             ) from e
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), self.width)
         model.vis.global_.offheight = max(int(model.vis.global_.offheight), self.height)

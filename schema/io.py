@@ -35,7 +35,7 @@ def stored_eof(path: str) -> Optional[int]:
     return int(struct.unpack("<Q", head[28:36])[0])
 
 
-def open_for_read(path: str) -> h5py.File:
+def open_for_read(path: str, *, check_length: bool = True) -> h5py.File:
     """Open a log read-only, in SWMR mode so crashed and still-being-written logs open too.
 
     Raises:
@@ -54,11 +54,8 @@ def open_for_read(path: str) -> h5py.File:
         raise LogReadError(f"{path}: cannot read ({e.strerror or e}).") from e
     if not is_hdf5:
         raise LogReadError(f"{path}: not an HDF5 file (no HDF5 signature), expected a moetape .h5 log.")
-    eof, size = stored_eof(path), os.path.getsize(path)
-    if eof is not None and eof > size:
-        raise LogReadError(
-            f"{path}: file is truncated: HDF5 records {eof} bytes but the file has {size}. Restore a complete copy."
-        )
+    if check_length and is_short(path):
+        _probe_short_file(path)
     try:
         return h5py.File(path, "r", swmr=True)
     except OSError as e:
@@ -70,6 +67,45 @@ def open_for_read(path: str) -> h5py.File:
             f"{path}: HDF5 file cannot be opened ({_short(pass_e)}); it may be truncated or corrupt. "
             "Run `moetape verify` on it or restore a copy."
         ) from e
+
+
+def is_short(path: str) -> bool:
+    """Return True if the file is shorter than the end-of-file its HDF5 superblock records."""
+    eof = stored_eof(path)
+    return eof is not None and eof > os.path.getsize(path)
+
+
+PROBE_TIMEOUT_S = 10.0
+
+
+def _probe_short_file(path: str) -> None:
+    """Decide whether a short file still holds every committed row, in a child process.
+
+    A file shorter than HDF5 recorded is either a truncated copy (committed data lost) or a log
+    whose disk filled up while recording (only the failed, uncommitted writes are missing). A SWMR
+    reader cannot tell: on missing metadata it retries for a very long time instead of failing,
+    so the check runs in a child process with a timeout.
+
+    Raises:
+        LogReadError: the committed rows are not all in the file (truncated).
+    """
+    import subprocess
+    import sys
+
+    code = "import sys; from moetape.schema.reader import Log; Log(sys.argv[1], check_length=False).close()"
+    size = os.path.getsize(path)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, path], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
+        ok = proc.returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
+    if not ok:
+        raise LogReadError(
+            f"{path}: file is truncated: HDF5 records {stored_eof(path)} bytes but the file has {size}, and "
+            "committed data is missing. Restore a complete copy."
+        )
 
 
 def create_for_write(path: str, *, force: bool = False) -> h5py.File:

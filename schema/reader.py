@@ -51,9 +51,9 @@ def _decode(value: Any) -> Any:
 class Log:
     """An open event log. Use ``open_log(path)``; close it or use it as a context manager."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, check_length: bool = True) -> None:
         self.path = os.fspath(path)
-        self._f = open_for_read(self.path)
+        self._f = open_for_read(self.path, check_length=check_length)
         try:
             self._load()
         except BaseException:

@@ -425,6 +425,7 @@ class LogWriter:
                 self._file.flush()
             except Exception:  # noqa: BLE001 - disk full; the committed rows stay readable
                 pass
+            self._dsids = None  # drop low-level ids before the file: freeing them later can crash HDF5
             try:
                 self._file.close()
             except Exception:  # noqa: BLE001
@@ -457,7 +458,7 @@ class LogWriter:
                     try:  # taken with the queue empty: every earlier row is written already
                         self._write(stale)
                     except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-                        self._error = e
+                        self._error = e.with_traceback(None)  # its frames would pin h5py ids past close
                 continue
             try:
                 if item is None:
@@ -465,7 +466,7 @@ class LogWriter:
                 if self._error is None:
                     self._write(item)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller (STYLE §6.4)
-                self._error = e
+                self._error = e.with_traceback(None)  # its frames would pin h5py ids past close
             finally:
                 self._queue.task_done()
 

@@ -1,0 +1,319 @@
+"""A zarr v2 directory store writer for the legacy ``logs.zarr``: rows streamed into chunk files.
+
+``ZarrV2Writer`` streams arrays of a known final shape into a zarr v2 directory store (what zarr
+2.16 reads): metadata is created with zarr (``zarr_format=2``), chunks are compressed with the
+zarr 2 default compressor (Blosc lz4, level 5, byte shuffle) and written as files as soon as their
+rows are complete. Edge chunks are padded with the fill value, as zarr pads them. Writing chunk
+files directly keeps the legacy one-row chunks of 2-D arrays affordable. ``tree_sha256`` is the
+digest of a folder that ``ZarrV2Writer.tree_digest`` reports.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+# zarr 2.16 defaults: normalize_chunks(None) -> guess_chunks; Blosc(lz4, clevel 5, SHUFFLE, blocksize 0).
+_CHUNK_BASE = 256 * 1024
+_CHUNK_MIN = 128 * 1024
+_CHUNK_MAX = 64 * 1024 * 1024
+BLOSC_CONFIG = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1, "blocksize": 0}
+
+
+def legacy_default_chunks(shape: Sequence[int], itemsize: int) -> Tuple[int, ...]:
+    """Return zarr 2.16's default chunks for ``shape`` (its ``guess_chunks``), independent of zarr's version."""
+    ndims = len(shape)
+    if ndims == 0:
+        return ()
+    chunks = np.maximum(np.array(shape, dtype="=f8"), 1)
+    dset_size = float(np.prod(chunks)) * itemsize
+    target = _CHUNK_BASE * (2 ** np.log10(dset_size / (1024.0 * 1024)))
+    target = min(max(target, _CHUNK_MIN), _CHUNK_MAX)
+    idx = 0
+    while True:
+        chunk_bytes = float(np.prod(chunks)) * itemsize
+        if (chunk_bytes < target or abs(chunk_bytes - target) / target < 0.5) and chunk_bytes < _CHUNK_MAX:
+            break
+        if np.prod(chunks) == 1:
+            break
+        chunks[idx % ndims] = math.ceil(chunks[idx % ndims] / 2.0)
+        idx += 1
+    return tuple(int(x) for x in chunks)
+
+
+def legacy_chunks(shape: Sequence[int], itemsize: int) -> Tuple[int, ...]:
+    """Return the legacy script's chunks: ``(1, E)`` for 2-D arrays, zarr 2.16's default otherwise."""
+    if len(shape) == 2:
+        return (1, int(shape[1]))
+    return legacy_default_chunks(shape, itemsize)
+
+
+class _ArrayStream:
+    """Rows of one zarr v2 array, buffered until whole chunks along axis 0 can be written."""
+
+    def __init__(
+        self,
+        directory: str,
+        shape: Tuple[int, ...],
+        chunks: Tuple[int, ...],
+        dtype: np.dtype,
+        codec: Any,
+        pool: _Pool,
+        lane: int,
+        digests: Dict[str, Tuple[str, int]],
+    ) -> None:
+        self.pool, self.lane, self.digests = pool, lane, digests
+        self.dir = directory
+        self.shape = shape
+        self.chunks = chunks
+        self.dtype = dtype
+        self.codec = codec
+        self.rows_done = 0  # rows handed to chunk files
+        self.buf: Optional[np.ndarray] = None  # a partly filled row of chunks (chunks[0] rows)
+        self.fill = 0
+        self.grid = [range(0, max(1, n), c) for n, c in zip(shape[1:], chunks[1:])]
+
+    def append(self, rows: np.ndarray) -> None:
+        """Take rows (n, ...): whole chunk rows go out as views (no copy), the rest waits in ``buf``."""
+        if rows.shape[1:] != self.shape[1:]:
+            raise ValueError(f"rows of shape {rows.shape} do not fit an array of shape {self.shape}")
+        if self.rows_done + self.fill + rows.shape[0] > self.shape[0]:
+            raise ValueError(f"more rows than the array's {self.shape[0]} were appended")
+        rows = np.asarray(rows, dtype=self.dtype)
+        c0, i, n = self.chunks[0], 0, rows.shape[0]
+        while i < n:
+            if self.fill == 0 and n - i >= c0:
+                m = (n - i) // c0 * c0  # whole chunk rows, handed over as one view (no copy)
+                self._write_row_chunks(rows[i : i + m])
+                i += m
+                continue
+            if self.buf is None:
+                self.buf = np.empty((c0,) + self.shape[1:], dtype=self.dtype)
+            take = min(n - i, c0 - self.fill)
+            self.buf[self.fill : self.fill + take] = rows[i : i + take]
+            self.fill += take
+            i += take
+            if self.fill == c0:
+                self._flush_buf()
+
+    def _flush_buf(self) -> None:
+        if self.buf is not None and self.fill:
+            self._write_row_chunks(self.buf[: self.fill])
+        self.buf, self.fill = None, 0  # the writer threads still hold the old buffer
+
+    def _write_row_chunks(self, rows: np.ndarray) -> None:
+        """Queue ``rows`` (whole chunk rows, or the array's last rows) as one task for this array's lane."""
+        first = self.rows_done // self.chunks[0]
+        self.pool.submit(self.lane, self._write_rows, rows, first)
+        self.rows_done += rows.shape[0]
+
+    def _write_rows(self, rows: np.ndarray, first: int) -> None:
+        """(writer thread) Compress and write every chunk of ``rows``; chunk row index starts at ``first``."""
+        c0 = self.chunks[0]
+        for k, r in enumerate(range(0, rows.shape[0], c0)):
+            part = rows[r : r + c0]
+            for offsets in _product(self.grid):
+                idx = (slice(None),) + tuple(slice(o, o + c) for o, c in zip(offsets, self.chunks[1:]))
+                block = part[idx]
+                if block.shape != self.chunks:
+                    padded = np.zeros(self.chunks, dtype=self.dtype)  # fill value 0 / False, as zarr pads
+                    padded[tuple(slice(0, n) for n in block.shape)] = block
+                    block = padded
+                key = ".".join(
+                    str(i) for i in (first + k,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:]))
+                )
+                _write_chunk(block, os.path.join(self.dir, key), self.codec, self.digests)
+
+    def close(self) -> None:
+        self._flush_buf()
+        if self.rows_done != self.shape[0]:
+            raise ValueError(f"{self.dir}: {self.rows_done} rows written, the array has {self.shape[0]}")
+
+
+def _write_chunk(block: np.ndarray, path: str, codec: Any, digests: Dict[str, Tuple[str, int]]) -> None:
+    data = codec.encode(np.ascontiguousarray(block))
+    digests[path] = (hashlib.sha256(data).hexdigest(), len(data))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+class _Pool:
+    """Compress and write chunk files on a few threads (file creation dominates for one-row chunks).
+
+    Each array has a lane (a one-thread executor), so files of one folder are created by one
+    thread and the lanes work on different folders in parallel. At most ``max_pending_bytes`` of
+    chunks wait, so memory stays bounded; the first failure is re-raised. Each file's bytes depend
+    only on its chunk, so the order of writes changes nothing.
+    """
+
+    def __init__(self, lanes: int = 4, max_pending_bytes: int = 16 << 20) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.lanes = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="moetape-zarr") for _ in range(lanes)
+        ]
+        self.pending: collections.deque[Tuple[Any, int]] = collections.deque()
+        self.pending_bytes = 0
+        self.max_pending_bytes = max_pending_bytes
+
+    def submit(self, lane: int, fn: Callable[..., None], block: np.ndarray, *args: Any) -> None:
+        """Run fn(block, *args) on a lane; wait for the oldest tasks while too many bytes are queued."""
+        fut = self.lanes[lane % len(self.lanes)].submit(fn, block, *args)
+        self.pending.append((fut, block.nbytes))
+        self.pending_bytes += block.nbytes
+        while self.pending_bytes > self.max_pending_bytes or len(self.pending) > 65536:
+            self._pop()
+
+    def _pop(self) -> None:
+        fut, nbytes = self.pending.popleft()
+        self.pending_bytes -= nbytes
+        fut.result()
+
+    def drain(self) -> None:
+        while self.pending:
+            self._pop()
+
+    def shutdown(self) -> None:
+        for fut, _ in self.pending:
+            fut.cancel()
+        for ex in self.lanes:
+            ex.shutdown(wait=True)
+        self.pending.clear()
+        self.pending_bytes = 0
+
+
+def _product(ranges: Sequence[range]) -> Iterator[Tuple[int, ...]]:
+    if not ranges:
+        yield ()
+        return
+    for head in ranges[0]:
+        for tail in _product(ranges[1:]):
+            yield (head,) + tail
+
+
+class ZarrV2Writer:
+    """Create a zarr v2 group at ``path`` and stream rows into arrays of known shape.
+
+    Example:
+        w = ZarrV2Writer(tmp_dir)
+        w.create("obs", (N, E, O), "float32")
+        w.append("obs", rows)             # any number of rows at a time, in order
+        w.close(attrs={"policy_dt_s": 0.02})
+    """
+
+    def __init__(self, path: str) -> None:
+        import zarr
+
+        self.path = path
+        self._group = zarr.open_group(store=path, mode="w-", zarr_format=2)
+        self._arrays: Dict[str, _ArrayStream] = {}
+        self._codec = _blosc()
+        self._pool = _Pool()
+        self._lane_count = [0, 0]
+        self._digests: Dict[str, Tuple[str, int]] = {}  # chunk path -> (sha256, bytes), by the writer threads
+
+    def create(
+        self, name: str, shape: Sequence[int], dtype: npt.DTypeLike, chunks: Optional[Sequence[int]] = None
+    ) -> None:
+        """Create array ``name`` (legacy chunks unless given); its rows must then all be appended."""
+        dt = np.dtype(dtype)
+        shape_t = tuple(int(n) for n in shape)
+        chunks_t = tuple(int(c) for c in (chunks or legacy_chunks(shape_t, dt.itemsize)))
+        self._group.create_array(
+            name,
+            shape=shape_t,
+            chunks=chunks_t,
+            dtype=dt,
+            compressors=self._codec,
+            fill_value=False if dt.kind == "b" else 0,
+            order="C",
+            config={"write_empty_chunks": True},
+        )
+        self._arrays[name] = _ArrayStream(
+            os.path.join(self.path, name),
+            shape_t,
+            chunks_t,
+            dt,
+            self._codec,
+            self._pool,
+            self._next_lane(chunks_t[0] == 1),
+            self._digests,
+        )
+
+    def _next_lane(self, one_row_chunks: bool) -> int:
+        """Spread the arrays with one-row chunks (one file per row) over the lanes first."""
+        kind = int(one_row_chunks)
+        self._lane_count[kind] += 1
+        return self._lane_count[kind] - 1 + (0 if one_row_chunks else 2)
+
+    def append(self, name: str, rows: np.ndarray) -> None:
+        """Append rows (n, ...) to array ``name``; whole chunks are compressed and written at once."""
+        self._arrays[name].append(rows)
+
+    def close(self, *, attrs: Optional[Dict[str, Any]] = None) -> None:
+        """Write the last partial chunks and the group's attributes (sorted keys: the same bytes each time)."""
+        try:
+            for arr in self._arrays.values():
+                arr.close()
+            self._pool.drain()
+        finally:
+            self._pool.shutdown()
+        for name in list(self._arrays) + [""]:
+            empty = os.path.join(self.path, name, ".zattrs")  # zarr 2 wrote no empty .zattrs
+            if os.path.exists(empty):
+                with open(empty, encoding="utf-8") as f:
+                    if json.loads(f.read() or "{}") == {}:
+                        os.remove(empty)
+        if attrs:
+            with open(os.path.join(self.path, ".zattrs"), "w", encoding="utf-8") as f:
+                f.write(json.dumps(attrs, indent=4, sort_keys=True, ensure_ascii=True))
+
+    def tree_digest(self) -> Dict[str, Any]:
+        """After close: {"sha256", "bytes", "files"} of the store, as ``tree_sha256`` computes them.
+
+        Chunk digests come from the writer threads; only the small metadata files are read back.
+        """
+        entries: Dict[str, str] = {}
+        size = 0
+        for root, _dirs, files in os.walk(self.path):
+            for name in files:
+                full = os.path.join(root, name)
+                rel = os.path.relpath(full, self.path).replace(os.sep, "/")
+                known = self._digests.get(full)
+                if known is None:
+                    with open(full, "rb") as f:
+                        data = f.read()
+                    known = (hashlib.sha256(data).hexdigest(), len(data))
+                entries[rel] = known[0]
+                size += known[1]
+        return {"sha256": tree_sha256(entries), "bytes": size, "files": len(entries)}
+
+    def abort(self) -> None:
+        """Stop the writer threads after a failure (the caller removes the partial store)."""
+        self._pool.shutdown()
+
+
+def tree_sha256(entries: Dict[str, str]) -> str:
+    """Digest of a folder: sha256 of the lines "<sha256>  <relative path>\\n" sorted by path."""
+    text = "".join(f"{entries[rel]}  {rel}\n" for rel in sorted(entries))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _blosc() -> Any:
+    from numcodecs import Blosc
+
+    cfg = dict(BLOSC_CONFIG)
+    cfg.pop("id")
+    return Blosc(**cfg)

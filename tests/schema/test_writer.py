@@ -1,0 +1,123 @@
+"""Writer behaviour beyond round-trips: write failures, time-based flush, live reading, idempotent close."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from moetape.schema.errors import LogFormatError, LogWriteError
+from moetape.schema.reader import open_log
+from moetape.schema.synthetic import small_spec, synthetic_step
+from moetape.schema.validate import validate
+from moetape.schema.writer import LogWriter
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_write_failure_is_raised_in_caller_and_log_stays_readable(tmp_path):
+    """A write the OS refuses (file size limit, as on a full disk) surfaces as LogWriteError; committed rows stay."""
+    path = str(tmp_path / "full.h5")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "full_disk_writer.py"), path, str(2_000_000)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    message = proc.stdout.strip()
+    assert message.startswith(path + ": writing the log failed") and "committed before the failure" in message
+    with open_log(path) as log:
+        assert log.n_steps > 0
+        spec = small_spec(2, frames_per_step=4)
+        obs = log.read("obs")
+        for s in range(log.n_steps):
+            np.testing.assert_array_equal(obs[s], synthetic_step(spec, s, 0)[0]["obs"])
+
+
+def test_partial_batch_committed_within_flush_seconds(tmp_path):
+    """A slow run commits its buffered steps after flush_seconds even if the batch is not full."""
+    path = str(tmp_path / "slow.h5")
+    spec = small_spec(1, frames_per_step=1)
+    with LogWriter(path, spec, batch_steps=1000, flush_seconds=0.2) as log:
+        for s in range(3):
+            log.append(*synthetic_step(spec, s))
+        deadline = time.monotonic() + 10
+        while log.n_committed < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.n_committed == 3
+        with open_log(path) as reader:  # a second reader sees them while the writer is open
+            assert reader.n_steps == 3 and reader.run_status == "running"
+
+
+def test_close_is_idempotent_and_append_after_close_fails(tmp_path):
+    """close() twice is fine; appending afterwards is an error."""
+    spec = small_spec(1, frames_per_step=1)
+    log = LogWriter(str(tmp_path / "c.h5"), spec)
+    log.append(*synthetic_step(spec, 0))
+    log.close()
+    log.close()
+    with pytest.raises(LogWriteError):
+        log.append(*synthetic_step(spec, 1))
+
+
+def test_wrong_shape_is_refused_with_field_names(tmp_path):
+    """A step with a wrong shape or a missing field names them and writes nothing."""
+    spec = small_spec(2, frames_per_step=1)
+    with LogWriter(str(tmp_path / "w.h5"), spec) as log:
+        step, frames = synthetic_step(spec, 0)
+        step["obs"] = step["obs"][:1]
+        del step["reward"]
+        with pytest.raises(
+            LogFormatError, match=r"steps/obs: shape \(1, 109\), expected \(2, 109\).*steps/reward: missing"
+        ):
+            log.append(step, frames)
+    with open_log(str(tmp_path / "w.h5")) as r:
+        assert r.n_steps == 0 and r.run_status == "clean"
+
+
+def test_exception_marks_failed_and_keyboardinterrupt_marks_interrupted(tmp_path):
+    """Leaving the context by an exception marks the run failed; by Ctrl-C, interrupted."""
+    spec = small_spec(1, frames_per_step=1)
+    for exc, status in ((RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")):
+        path = str(tmp_path / (status + ".h5"))
+        with pytest.raises(exc):
+            with LogWriter(path, spec) as log:
+                log.append(*synthetic_step(spec, 0))
+                raise exc()
+        with open_log(path) as r:
+            assert r.run_status == status and r.n_steps == 1
+        assert validate(path) == []
+
+
+def test_follow_yields_steps_while_another_process_writes(tmp_path):
+    """follow() in a reader process yields the steps a live writer commits, in order, values intact."""
+    path = str(tmp_path / "live.h5")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "crash_writer.py"), path, "5"], stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        seen = 0
+        spec = small_spec(3, frames_per_step=4)
+        with open_log(path) as log:
+            for chunk in log.follow(["obs"], poll_s=0.05, idle_timeout_s=10):
+                assert chunk.start == seen
+                for i in range(chunk.stop - chunk.start):
+                    np.testing.assert_array_equal(
+                        chunk.data["obs"][i], synthetic_step(spec, seen + i, 5)[0]["obs"]
+                    )
+                seen = chunk.stop
+                if seen >= 200:
+                    break
+        assert seen >= 200
+    finally:
+        proc.kill()
+        proc.wait()
