@@ -61,11 +61,13 @@ class _Display:
             sys.stderr.write("\n")
 
 
-def render_video(log_path: str, out: str, *, force: bool) -> None:
+def render_video(log_path: str, out: str, *, force: bool, quiet: bool = False) -> None:
     """Render video.mp4 from the log with replay's renderer (a separate command: record never imports replay)."""
     cmd = [sys.executable, "-m", "moetape", "render", log_path, "-o", out]
     if force:
         cmd.append("--force")
+    if quiet:
+        cmd.append("--quiet")
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise click.ClickException(
@@ -89,7 +91,7 @@ def run_and_report(cfg: RunConfig, *, quiet: bool) -> None:
             click.echo(line, err=True)
     _echo_err(f"{result.steps} steps x {cfg.num_envs} envs in {result.seconds:.1f} s -> {result.log_path}")
     if cfg.record_video and result.steps:
-        render_video(result.log_path, os.path.join(cfg.out, "video.mp4"), force=cfg.force)
+        render_video(result.log_path, os.path.join(cfg.out, "video.mp4"), force=cfg.force, quiet=quiet)
     click.echo(result.log_path)
     if result.status == "interrupted":
         sys.exit(130)
