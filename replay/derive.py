@@ -30,7 +30,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional
 
 from moetape.replay.export import export_many
-from moetape.replay.legacy import tree_sha256
+from moetape.replay.legacy_zarr import tree_sha256
 from moetape.schema import layout
 from moetape.schema.errors import OutputExistsError
 from moetape.schema.io import atomic_output

@@ -65,7 +65,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from moetape.replay.legacy import RowList, ZarrV2Writer, write_pickle
+from moetape.replay.legacy_pickle import RowList, write_pickle
+from moetape.replay.legacy_zarr import ZarrV2Writer
 from moetape.schema.errors import InputError, LogFormatError
 from moetape.schema.io import atomic_output, check_output
 from moetape.schema.reader import Chunk, Log, open_log
@@ -437,7 +438,7 @@ def export_many(
         progress: called with the number of policy steps done so far.
     Returns:
         kind -> {"path", "n_steps", "n_rows", "rows", "frame_rate_hz", "run_status", "sha256", "bytes"}
-        (a folder's sha256 as ``legacy.tree_sha256``; computed while writing).
+        (a folder's sha256 as ``legacy_zarr.tree_sha256``; computed while writing).
     Raises:
         InputError: unknown kind or rows mode. LogFormatError: the log lacks a needed field.
         OutputExistsError: an output exists and force is False (checked before anything is written).

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from moetape.cli import cli
-from moetape.replay import export, legacy
+from moetape.replay import export, legacy_pickle, legacy_zarr
 from moetape.replay.derive import derive, sha256_file, sha256_tree
 from moetape.schema import layout
 from moetape.schema.reader import Log, open_log
@@ -209,7 +209,7 @@ def test_zarr_layout_and_values(slash_log, tmp_path):
         )
         assert a.dtype == want_dtype, name
         want_chunks = (
-            (1, a.shape[1]) if a.ndim == 2 else legacy.legacy_default_chunks(a.shape, a.dtype.itemsize)
+            (1, a.shape[1]) if a.ndim == 2 else legacy_zarr.legacy_default_chunks(a.shape, a.dtype.itemsize)
         )
         assert a.chunks == want_chunks, name
         assert dict(a.attrs) == {}, name
@@ -315,14 +315,14 @@ def test_pickles_name_numpy_core_and_load_without_warnings(slash_log, tmp_path):
 def test_legacy_pickler_is_plain_data_only():
     """Anything but plain data and numpy arrays/scalars is refused; RowList pickles exactly like a list."""
     with pytest.raises(TypeError, match="not plain data"):
-        legacy.dumps({"x": {1, 2}})
+        legacy_pickle.dumps({"x": {1, 2}})
     with pytest.raises(TypeError, match="not plain numeric"):
-        legacy.dumps(np.array(["a"]))
+        legacy_pickle.dumps(np.array(["a"]))
     blocks = [np.arange(12, dtype=np.float32).reshape(6, 2), np.ones((1500, 2), np.float32)]
-    rows = legacy.RowList(blocks)
-    assert legacy.dumps(rows) == legacy.dumps(rows.to_list())
+    rows = legacy_pickle.RowList(blocks)
+    assert legacy_pickle.dumps(rows) == legacy_pickle.dumps(rows.to_list())
     value = {"a": [1, -2, 2**70, 1.5, None, True, "é", b"\x00"], "t": (1, 2, 3, 4), "s": np.float32(2.5)}
-    assert pickle.loads(legacy.dumps(value)) == value
+    assert pickle.loads(legacy_pickle.dumps(value)) == value
 
 
 def test_legacy_snippet_runs(slash_log, tmp_path):
