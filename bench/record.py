@@ -119,17 +119,20 @@ def main():
             "bare_mj_step_per_s": sim["bare_mj_step_per_s"],
         }
     )
-    print(
-        "record, {} envs x {} steps: with log {:.3f} s, without {:.3f} s (fastest of {}), overhead {:.3f} (goal <= 1.03)".format(
-            args.envs,
-            args.steps,
-            min(res["seconds_with_log"]),
-            min(res["seconds_without_log"]),
-            args.rounds,
-            res["overhead"],
-        ),
-        file=sys.stderr,
-    )
+    for mode, r in runs.items():
+        print(
+            "record, {} envs x {} steps, --frames {}: with log {:.3f} s, without {:.3f} s (fastest of {}), "
+            "overhead {:.3f} (goal <= 1.03)".format(
+                args.envs,
+                args.steps,
+                mode,
+                min(r["seconds_with_log"]),
+                min(r["seconds_without_log"]),
+                args.rounds,
+                r["overhead"],
+            ),
+            file=sys.stderr,
+        )
     print(
         "sim: {:.0f} substeps/s vs bare mj_step {:.0f}/s, sim_ratio {:.3f} (goal >= 0.8)".format(
             res["env_steps_per_s"], res["bare_mj_step_per_s"], res["sim_ratio"]

@@ -13,7 +13,9 @@ import h5py
 from moetape.schema.errors import LogReadError, LogWriteError, OutputExistsError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-WRITER_CACHE_BYTES = 64 * 1024 * 1024  # keeps partially filled chunks in memory between batches
+WRITER_CACHE_BYTES = 2 * 1024 * 1024
+"""HDF5 chunk cache per open dataset (the writer keeps ~45 open). Batches write whole chunks, so
+the cache only has to hold a chunk across a time-based partial flush; a large one made RSS grow."""
 
 
 def looks_like_hdf5(path: str) -> bool:
@@ -119,7 +121,7 @@ def create_for_write(path: str, *, force: bool = False) -> h5py.File:
     if os.path.exists(path) and not force:
         raise OutputExistsError(f"{path}: exists. Choose another path or pass --force to overwrite.")
     try:
-        return h5py.File(path, "w" if force else "w-", libver="latest", rdcc_nbytes=WRITER_CACHE_BYTES)
+        return h5py.File(path, "w" if force else "w-", libver="latest", rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0)
     except (OSError, ValueError) as e:
         raise LogWriteError(f"{path}: cannot create the log ({_short(e)}).") from e
 
