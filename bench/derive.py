@@ -183,9 +183,9 @@ def measure_render(log_path: str) -> Optional[Dict[str, Any]]:
     demo recording when ``runs/demo/log.h5`` exists (``make demo``), else bench/render.py's own
     small log with a model. None when mujoco is not installed.
     """
-    try:
-        import mujoco  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("mujoco") is None:  # not imported here: the renderer picks MUJOCO_GL first
         return None
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from render import measure_render_fps, write_synthetic_log

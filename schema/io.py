@@ -13,9 +13,10 @@ import h5py
 from moetape.schema.errors import LogReadError, LogWriteError, OutputExistsError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-WRITER_CACHE_BYTES = 2 * 1024 * 1024
-"""HDF5 chunk cache per open dataset (the writer keeps ~45 open). Batches write whole chunks, so
-the cache only has to hold a chunk across a time-based partial flush; a large one made RSS grow."""
+WRITER_CACHE_BYTES = 0
+"""No HDF5 chunk cache for the writer: full batches write whole chunks (batch-aligned chunking), so
+a cache only holds finished chunks, one per open dataset (~45), and the writer's RSS grew with it.
+A partial batch (time-based flush) then costs a read-modify-write of its edge chunks."""
 
 
 def looks_like_hdf5(path: str) -> bool:
