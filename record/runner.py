@@ -8,16 +8,19 @@ step flushed and the log marked "interrupted".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shlex
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -328,6 +331,37 @@ def _loop(
     viewer: Any,
 ) -> RunResult:
     """Run the steps; the writer's context marks the end status (clean, interrupted, failed)."""
+    with _sigterm_as_interrupt():
+        return _run_steps(cfg, backend, policy, writer, metrics, substep, on_step, viewer)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (kill, a cluster's time limit) like Ctrl-C: flush and mark the log interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_steps(
+    cfg: RunConfig,
+    backend: Backend,
+    policy: Any,
+    writer: LogWriter,
+    metrics: Sequence[Metric],
+    substep: bool,
+    on_step: Optional[Callable[[StepReport], None]],
+    viewer: Any,
+) -> RunResult:
     summary = GateSummary()
     status = layout.STATUS_CLEAN
     t0 = time.monotonic()

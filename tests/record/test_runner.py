@@ -212,8 +212,9 @@ def test_demo_stays_upright(tmp_path):
         assert not terminated.any()
 
 
-def test_ctrl_c_ends_cleanly(demo_files, tmp_path):
-    """SIGINT during a recording flushes every step, marks the log interrupted and exits 130."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_ends_cleanly(demo_files, tmp_path, sig):
+    """SIGINT (Ctrl-C) or SIGTERM during a recording flushes every step, marks the log interrupted, exits 130."""
     ckpt, traj = demo_files
     out = str(tmp_path / "int")
     proc = subprocess.Popen(
@@ -251,7 +252,7 @@ def test_ctrl_c_ends_cleanly(demo_files, tmp_path):
             except Exception:  # noqa: BLE001 - the file may be mid-creation
                 pass
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err
