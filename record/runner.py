@@ -394,6 +394,11 @@ def _run_steps(
                     if not viewer.is_running():
                         raise KeyboardInterrupt
                     viewer.sync()
+                    ahead = (s + 1) * backend.info.sim_dt_s * backend.info.decimation - (
+                        time.monotonic() - t0
+                    )
+                    if ahead > 0:  # show the motion at real-time speed, as it would run on the robot
+                        time.sleep(ahead)
                 if on_step is not None:
                     elapsed = time.monotonic() - t0
                     on_step(
