@@ -24,7 +24,6 @@ with ``w = softmax(gate(obs))``, as in the legacy ``act_inference``; column 0 is
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import pickle
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from moetape.schema.errors import InputError
+from moetape.schema.io import sha256_file
 
 RSL_RL_KEYS = ("model_state_dict", "optimizer_state_dict", "iter", "infos")
 """Top-level keys of an rsl_rl checkpoint (only ``model_state_dict`` is required)."""
@@ -225,15 +225,6 @@ def load_policy(
 def expert_names(k: int) -> List[str]:
     """Name K experts by gate column: ``["base", "arm", "expert2", ...]``."""
     return (["base", "arm"] + [f"expert{i}" for i in range(2, k)])[:k]
-
-
-def sha256_file(path: str) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ step flushed and the log marked "interrupted".
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import platform
 import shlex
@@ -27,6 +25,7 @@ import numpy as np
 from moetape.record.backend import Backend, StepResult
 from moetape.schema import layout
 from moetape.schema.errors import InputError, OutputExistsError
+from moetape.schema.io import sha256_file
 from moetape.schema.writer import LogSpec, LogWriter, gate_entropy
 
 LOG_NAME = "log.h5"
@@ -132,14 +131,6 @@ class RunResult:
     status: str
     seconds: float
     summary: Dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_device(requested: Optional[str], *, notice: Callable[[str], None]) -> str:
@@ -303,7 +294,8 @@ def record(
             trajectory=traj,
             flush_seconds=cfg.flush_seconds,
         )
-        return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer)
+        with _sigterm_as_interrupt():
+            return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer)
     finally:
         backend.close()
 
@@ -318,21 +310,6 @@ def _open_viewer(backend: Any) -> Any:
     import mujoco.viewer
 
     return mujoco.viewer.launch_passive(backend.model, backend.datas[0])
-
-
-def _loop(
-    cfg: RunConfig,
-    backend: Backend,
-    policy: Any,
-    writer: LogWriter,
-    metrics: Sequence[Metric],
-    substep: bool,
-    on_step: Optional[Callable[[StepReport], None]],
-    viewer: Any,
-) -> RunResult:
-    """Run the steps; the writer's context marks the end status (clean, interrupted, failed)."""
-    with _sigterm_as_interrupt():
-        return _run_steps(cfg, backend, policy, writer, metrics, substep, on_step, viewer)
 
 
 @contextlib.contextmanager
@@ -352,7 +329,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_steps(
+def _loop(
     cfg: RunConfig,
     backend: Backend,
     policy: Any,
@@ -362,6 +339,7 @@ def _run_steps(
     on_step: Optional[Callable[[StepReport], None]],
     viewer: Any,
 ) -> RunResult:
+    """Run the steps; the writer's context marks the end status (clean, interrupted, failed)."""
     summary = GateSummary()
     status = layout.STATUS_CLEAN
     t0 = time.monotonic()
@@ -433,7 +411,3 @@ def summary_lines(summary: Dict[str, Any]) -> List[str]:
         )
     lines.append("  mean entropy: {:.4f} (max ln K)".format(summary["mean_entropy"]))
     return lines
-
-
-def config_json(cfg: RunConfig) -> str:
-    return json.dumps(asdict(cfg), sort_keys=True)

@@ -21,7 +21,6 @@ derived.json (sorted keys, no timestamps, so deriving twice gives the same manif
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -33,7 +32,7 @@ from moetape.replay.export import export_many
 from moetape.replay.legacy_zarr import tree_sha256
 from moetape.schema import layout
 from moetape.schema.errors import OutputExistsError
-from moetape.schema.io import atomic_output
+from moetape.schema.io import atomic_output, sha256_file
 from moetape.schema.reader import Log, open_log
 
 MANIFEST = "derived.json"
@@ -55,15 +54,6 @@ HOOKS = {
 
 Stage = Callable[[str, int, int], None]  # (stage, done, total)
 Notice = Callable[[str], None]
-
-
-def sha256_file(path: str, *, block: int = 4 << 20) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for data in iter(lambda: f.read(block), b""):
-            h.update(data)
-    return h.hexdigest()
 
 
 def sha256_tree(path: str) -> str:

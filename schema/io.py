@@ -111,6 +111,17 @@ def _probe_short_file(path: str) -> None:
         )
 
 
+def sha256_file(path: str, *, block: int = 4 << 20) -> str:
+    """Return the hex sha256 of a file's bytes (checkpoints, trajectories, logs, derived files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for data in iter(lambda: f.read(block), b""):
+            h.update(data)
+    return h.hexdigest()
+
+
 def create_for_write(path: str, *, force: bool = False) -> h5py.File:
     """Create a new log file for appending (SWMR-capable); never overwrites unless ``force``.
 
