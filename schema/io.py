@@ -133,7 +133,9 @@ def create_for_write(path: str, *, force: bool = False) -> h5py.File:
     if os.path.exists(path) and not force:
         raise OutputExistsError(f"{path}: exists. Choose another path or pass --force to overwrite.")
     try:
-        return h5py.File(path, "w" if force else "w-", libver="latest", rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0)
+        return h5py.File(
+            path, "w" if force else "w-", libver="latest", rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0
+        )
     except (OSError, ValueError) as e:
         raise LogWriteError(f"{path}: cannot create the log ({_short(e)}).") from e
 

@@ -198,6 +198,7 @@ class LogWriter:
         self._queue: queue.Queue[Optional[_Batch]] = queue.Queue(maxsize=max(1, max_batches))
         self._error: Optional[BaseException] = None
         self._dsids: Optional[Dict[str, Any]] = None
+        self._writing = threading.Lock()  # held by the writer thread while it writes a batch
         self._closed = False
         self.n_appended = 0
         self.n_committed = 0
@@ -396,6 +397,8 @@ class LogWriter:
                 self._put(b)
         while self._queue.unfinished_tasks and self._thread.is_alive():
             time.sleep(0.005)
+        with self._writing:  # a stale partial batch the thread took itself may still be in flight
+            pass
         self._raise_if_failed()
 
     def close(self, status: str = layout.STATUS_CLEAN) -> None:
@@ -488,6 +491,10 @@ class LogWriter:
             self._lock.release()
 
     def _write(self, b: _Batch) -> None:
+        with self._writing:
+            self._write_locked(b)
+
+    def _write_locked(self, b: _Batch) -> None:
         """Resize, write the rows, raise n_committed, flush: the commit order readers rely on.
 
         Uses h5py's low-level dataset API: the high-level ``ds[a:b] = x`` costs about 4x more per
