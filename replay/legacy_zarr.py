@@ -217,7 +217,10 @@ class ZarrV2Writer:
         import zarr
 
         self.path = path
-        self._group = zarr.open_group(store=path, mode="w-", zarr_format=2)
+        if int(zarr.__version__.split(".")[0]) >= 3:
+            self._group = zarr.open_group(store=path, mode="w-", zarr_format=2)
+        else:  # zarr 2 (installed on Python < 3.11) writes format v2 and has no zarr_format keyword
+            self._group = zarr.open_group(store=path, mode="w-")
         self._arrays: Dict[str, _ArrayStream] = {}
         self._codec = _blosc()
         self._pool = _Pool()
@@ -231,16 +234,29 @@ class ZarrV2Writer:
         dt = np.dtype(dtype)
         shape_t = tuple(int(n) for n in shape)
         chunks_t = tuple(int(c) for c in (chunks or legacy_chunks(shape_t, dt.itemsize)))
-        self._group.create_array(
-            name,
-            shape=shape_t,
-            chunks=chunks_t,
-            dtype=dt,
-            compressors=self._codec,
-            fill_value=False if dt.kind == "b" else 0,
-            order="C",
-            config={"write_empty_chunks": True},
-        )
+        fill = False if dt.kind == "b" else 0
+        if hasattr(self._group, "create_array"):  # zarr 3
+            self._group.create_array(
+                name,
+                shape=shape_t,
+                chunks=chunks_t,
+                dtype=dt,
+                compressors=self._codec,
+                fill_value=fill,
+                order="C",
+                config={"write_empty_chunks": True},
+            )
+        else:  # zarr 2 (installed on Python < 3.11)
+            self._group.create_dataset(
+                name,
+                shape=shape_t,
+                chunks=chunks_t,
+                dtype=dt,
+                compressor=self._codec,
+                fill_value=fill,
+                order="C",
+                write_empty_chunks=True,
+            )
         self._arrays[name] = _ArrayStream(
             os.path.join(self.path, name),
             shape_t,
