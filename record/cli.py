@@ -20,20 +20,20 @@ def _echo_err(msg: str) -> None:
 class _Display:
     """Progress on stderr: a bar, or with --show_weights a live line and the legacy every-50-steps print."""
 
-    def __init__(
-        self, num_steps: int, *, show_weights: bool, quiet: bool, expert_names: Any = ("base", "arm")
-    ) -> None:
+    def __init__(self, num_steps: int, *, show_weights: bool, quiet: bool) -> None:
         self.show_weights = show_weights
+        self.live = sys.stderr.isatty()  # the live line rewrites itself: only on a terminal
         self.quiet = quiet
-        self.bar: Any = None
-        if not quiet and not show_weights:
-            self.bar = click.progressbar(
-                length=num_steps, label="recording", file=sys.stderr, show_pos=True, show_eta=True
-            )
-            self.bar.__enter__()
+        self.num_steps = num_steps
+        self.bar: Any = None  # opened at the first step, so set-up errors are not preceded by a bar
 
     def __call__(self, r: StepReport) -> None:
-        if self.bar is not None:
+        if not self.quiet and not self.show_weights:
+            if self.bar is None:
+                self.bar = click.progressbar(
+                    length=self.num_steps, label="recording", file=sys.stderr, show_pos=True, show_eta=True
+                )
+                self.bar.__enter__()
             self.bar.update(1)
             return
         if not self.show_weights:
@@ -41,12 +41,13 @@ class _Display:
         g0 = r.gate[0]
         mean = r.gate.mean(axis=0)
         if r.step % 50 == 0:
-            sys.stderr.write("\r\x1b[K")
+            if self.live and not self.quiet:
+                sys.stderr.write("\r\x1b[K")
             click.echo(
                 f"Step {r.step}: base weight {float(g0[0]):.3f}, arm weight {float(g0[-1] if len(g0) > 1 else 0.0):.3f}, entropy {float(r.entropy.mean()):.3f}",
                 err=True,
             )
-        if not self.quiet:
+        if self.live and not self.quiet:
             sys.stderr.write(
                 f"\r\x1b[K{r.step + 1:>6}/{r.num_steps} {r.steps_per_s:7.1f} steps/s | env0 base {float(g0[0]):.3f} arm {float(g0[-1]):.3f} | mean base {float(mean[0]):.3f} "
                 f"arm {float(mean[-1]):.3f} | entropy {float(r.entropy.mean()):.3f} | committed {r.n_committed}"
@@ -57,7 +58,7 @@ class _Display:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
-        elif self.show_weights and not self.quiet:
+        elif self.show_weights and self.live and not self.quiet:
             sys.stderr.write("\n")
 
 

@@ -105,6 +105,8 @@ def _load_model(path: str) -> Tuple[mujoco.MjModel, str]:
             text = f.read()
     except OSError as e:
         raise InputError(f"{path}: cannot read the robot MJCF ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text file; expected an MJCF (XML) robot model") from e
     if re.search(r"<include\b|\bfile\s*=", text):
         raise InputError(
             f"{path}: only self-contained MJCF is supported (no <include> or file= meshes/textures), "

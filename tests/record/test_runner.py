@@ -136,6 +136,23 @@ def test_record_bad_inputs_one_line(demo_files, tmp_path):
         assert r.exit_code == 1, r.output
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], r.stderr
+    binary = tmp_path / "robot.xml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    r = run(
+        "record",
+        "--moe_ckpt_path",
+        ckpt,
+        "--trajectory_file_path",
+        traj,
+        "--device",
+        "cpu",
+        "--robot",
+        str(binary),
+        "--out",
+        str(tmp_path / "z"),
+        "-q",
+    )
+    assert r.exit_code == 1 and "not a text file" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
     r = run(
