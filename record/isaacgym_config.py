@@ -281,7 +281,13 @@ def load_config(config_path: Optional[PathLike], checkpoint_path: Optional[PathL
     Raises:
         InputError: neither path given, a refused or unreadable pickle, or not a dict.
     """
-    config = load_builtins_pickle(_config_path(config_path, checkpoint_path))
+    path = _config_path(config_path, checkpoint_path)
+    if not os.path.exists(path):
+        raise InputError(
+            f"{path}: no such file; --backend isaacgym builds the env from the training run's config.pkl "
+            "(the resolved hydra config), expected next to the checkpoint. Copy it there, or use --backend mujoco"
+        )
+    config = load_builtins_pickle(path)
     if not isinstance(config, dict):
         raise InputError(f"config.pkl: expected a dict, got {type(config).__name__}")
     return config
