@@ -13,6 +13,10 @@ import h5py
 from moetape.schema.errors import LogReadError, LogWriteError, OutputExistsError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+LIBVER = ("v110", "v110")
+"""HDF5 object formats of a log: 1.10's, the oldest with SWMR. "latest" under HDF5 2.0 writes layout
+messages that HDF5 1.14 (h5py 3.11, h5dump, HDFView, the Python 3.8 recorder machines) cannot read."""
+
 WRITER_CACHE_BYTES = 0
 """No HDF5 chunk cache for the writer: full batches write whole chunks (batch-aligned chunking), so
 a cache only holds finished chunks, one per open dataset (~45), and the writer's RSS grew with it.
@@ -105,9 +109,11 @@ def _probe_short_file(path: str) -> None:
     except subprocess.TimeoutExpired:
         ok = False
     if not ok:
+        eof = stored_eof(path)
         raise LogReadError(
-            f"{path}: file is truncated: HDF5 records {stored_eof(path)} bytes but the file has {size}, and "
-            "committed data is missing. Restore a complete copy."
+            f"{path}: file is shorter than HDF5 recorded ({size} of {eof} bytes) and its committed data cannot "
+            f"be read. If the disk filled up while recording, `truncate -s {eof} {path}` (appends a sparse "
+            "hole, no data) makes every committed step readable; a truncated copy cannot be repaired: restore it."
         )
 
 
@@ -134,7 +140,7 @@ def create_for_write(path: str, *, force: bool = False) -> h5py.File:
         raise OutputExistsError(f"{path}: exists. Choose another path or pass --force to overwrite.")
     try:
         return h5py.File(
-            path, "w" if force else "w-", libver="latest", rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0
+            path, "w" if force else "w-", libver=LIBVER, rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0
         )
     except (OSError, ValueError) as e:
         raise LogWriteError(f"{path}: cannot create the log ({_short(e)}).") from e
