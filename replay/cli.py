@@ -112,10 +112,13 @@ def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
             done[0] = n
 
     try:
-        problems = validate(log, check_data=not quick, progress=progress)
+        notes: list = []
+        problems = validate(log, check_data=not quick, progress=progress, notes=notes)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    for note in notes:
+        click.echo("note: " + note, err=True)
     if as_json:
         click.echo(
             json.dumps(

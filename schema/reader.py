@@ -11,7 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 import numpy as np
 
@@ -53,6 +53,7 @@ class Log:
 
     def __init__(self, path: str, *, check_length: bool = True) -> None:
         self.path = os.fspath(path)
+        self.recovered: Set[str] = set()  # datasets whose torn last chunk was read without its checksum
         self._f = open_for_read(self.path, check_length=check_length)
         try:
             self._load()
@@ -293,15 +294,60 @@ class Log:
         else:
             rows = slice(start, stop)
         ds = self._f[path]
-        sel: Any = (rows, self._env_index(env)) if ds.ndim > 1 else rows
-        if isinstance(sel, tuple) and isinstance(sel[1], list):
-            out = read_dataset(ds, rows, self.path)[:, sel[1]]
-        else:
-            out = read_dataset(ds, sel, self.path)
+        env_sel = self._env_index(env) if ds.ndim > 1 else None
+        try:
+            if ds.ndim == 1:
+                out = read_dataset(ds, rows, self.path)
+            elif isinstance(env_sel, list):
+                out = read_dataset(ds, rows, self.path)[:, env_sel]
+            else:
+                out = read_dataset(ds, (rows, env_sel), self.path)
+        except LogReadError:
+            if self.ended_cleanly:
+                raise
+            out = self._read_torn_tail(ds, path, rows)
+            if env_sel is not None:
+                out = out[:, env_sel]
         values = {field: out}
         if self.format_version != FORMAT_VERSION:
             _, values = upcast(dict(self.meta), values, self.format_version)
         return np.asarray(values[field])
+
+    def _read_torn_tail(self, ds: Any, path: str, rows: slice) -> np.ndarray:
+        """Read ``rows`` of a run that did not end cleanly whose last chunk fails its checksum.
+
+        When a SIGKILL lands while the writer rewrites the partly filled last chunk of a dataset
+        (it holds committed rows plus the new ones), the chunk's bytes can be a mix of old and new
+        content: the committed rows' bytes are the same in both, but the chunk's fletcher32 no
+        longer matches. Only that last chunk (per env block) is read raw, without the checksum;
+        a checksum failure anywhere else is corruption and is raised.
+        """
+        n = self.n_frames if layout.stream_of(path) else self.n_steps
+        cr = ds.chunks[0]
+        tail = ((n - 1) // cr) * cr if n else 0
+        start, stop = rows.start, rows.stop
+        parts = []
+        if start < min(stop, tail):
+            parts.append(read_dataset(ds, slice(start, min(stop, tail)), self.path))
+        if stop > tail:
+            band = np.empty((cr,) + ds.shape[1:], dtype=ds.dtype)
+            count = int(np.prod(ds.chunks, dtype=np.int64))
+            for offset in np.ndindex(*[-(-ds.shape[i] // ds.chunks[i]) for i in range(1, ds.ndim)]):
+                origin = (tail,) + tuple(o * c for o, c in zip(offset, ds.chunks[1:]))
+                try:
+                    _mask, raw = ds.id.read_direct_chunk(origin)
+                except (OSError, ValueError, RuntimeError) as e:
+                    raise LogReadError(f"{self.path}: {path}: last chunk unreadable ({e}).") from e
+                block = np.frombuffer(raw, dtype=ds.dtype, count=count).reshape(ds.chunks)
+                dst = tuple(
+                    slice(o, min(o + c, size)) for o, c, size in zip(origin[1:], ds.chunks[1:], ds.shape[1:])
+                )
+                band[(slice(None),) + dst] = block[
+                    (slice(None),) + tuple(slice(0, d.stop - d.start) for d in dst)
+                ]
+            parts.append(band[max(start, tail) - tail : stop - tail])
+            self.recovered.add(path)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def step_bytes(self, fields: Sequence[str]) -> int:
         """Return the bytes one policy step of ``fields`` takes (all envs)."""

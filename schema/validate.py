@@ -29,13 +29,18 @@ class Problem(NamedTuple):
 
 
 def validate(
-    path: str, *, check_data: bool = True, progress: Optional[Callable[[int], None]] = None
+    path: str,
+    *,
+    check_data: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
+    notes: Optional[List[str]] = None,
 ) -> List[Problem]:
     """Return every problem found in the log at ``path`` (empty list: the log is valid).
 
     Args:
         check_data: read every committed row (fletcher32 checksums, gate sums, continuity).
         progress: called with the number of steps checked after each chunk.
+        notes: if given, receives remarks that are not problems (e.g. a crashed run's torn last chunk).
 
     Raises:
         LogError: the file cannot be opened as a moetape log at all (see reader.open_log).
@@ -44,6 +49,12 @@ def validate(
         problems = _check_structure(log)
         if check_data and not problems:
             problems += _check_data(log, progress)
+        if notes is not None:
+            for ds in sorted(log.recovered):
+                notes.append(
+                    f"{ds}: the last chunk's checksum does not match (the run was killed while rewriting it); "
+                    "its committed rows were read without the checksum"
+                )
         return problems
 
 

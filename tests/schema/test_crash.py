@@ -60,3 +60,48 @@ def test_sigkill_keeps_committed_rows(tmp_path, seed):
 def test_sigkill_keeps_committed_rows_many(tmp_path, seed):
     """The same crash check over 100 more random kill moments."""
     kill_and_check(tmp_path, seed)
+
+
+def _break_checksum(path, dataset, row):
+    """Flip the stored fletcher32 of the chunk holding ``row`` (as a torn rewrite leaves it)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        ds = f[dataset]
+        origin = ((row // ds.chunks[0]) * ds.chunks[0],) + (0,) * (ds.ndim - 1)
+        info = ds.id.get_chunk_info_by_coord(origin)
+    with open(path, "r+b") as g:
+        g.seek(info.byte_offset + info.size - 4)
+        g.write(b"\x00\x00\x00\x01")
+
+
+@pytest.mark.parametrize("status", ["running", "clean"])
+def test_torn_last_chunk(tmp_path, status):
+    """A crashed run's last chunk with a bad checksum is read raw; in a clean log it is an error."""
+    import h5py
+
+    from moetape.schema.errors import LogReadError
+    from moetape.schema.writer import LogWriter
+
+    path = str(tmp_path / "torn.h5")
+    spec = small_spec(3, frames_per_step=4)
+    with LogWriter(path, spec, batch_steps=16, chunk_bytes=1 << 20) as log:
+        for s in range(21):  # 21 rows: the last chunk (rows 16..31) is partly filled
+            log.append(*synthetic_step(spec, s, 3))
+    with h5py.File(path, "a") as f:
+        f["run_status"][()] = status.encode()
+    _break_checksum(path, "steps/obs", 20)
+    want = np.stack([synthetic_step(spec, s, 3)[0]["obs"] for s in range(21)])
+    with open_log(path) as log:
+        if status == "clean":
+            with pytest.raises(LogReadError):
+                log.read("obs")
+            return
+        np.testing.assert_array_equal(log.read("obs"), want)
+        np.testing.assert_array_equal(log.read("obs", 5, 19, env=1), want[5:19, 1])
+        assert log.recovered == {"steps/obs"}
+    notes = []
+    assert validate(path, notes=notes) == [] and len(notes) == 1 and "steps/obs" in notes[0]
+    _break_checksum(path, "steps/obs", 0)  # a bad checksum before the last chunk is corruption
+    with open_log(path) as log, pytest.raises(LogReadError):
+        log.read("obs")
