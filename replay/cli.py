@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 import click
 
+from moetape.replay.progress import ProgressBar
 from moetape.schema.validate import validate
 from moetape.schema.version import FORMAT_VERSION
 
@@ -100,23 +101,10 @@ def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
 
     with open_log(log) as lg:
         n_steps, status = lg.n_steps, lg.run_status
-    bar = None
-    if not quiet and not as_json and not quick:
-        bar = click.progressbar(length=max(1, n_steps), label="verifying", file=sys.stderr)
-        bar.__enter__()
-    done = [0]
-
-    def progress(n: int) -> None:
-        if bar is not None:
-            bar.update(n - done[0])
-            done[0] = n
-
-    try:
+    show = not (quiet or as_json or quick)
+    with ProgressBar("verifying", max(1, n_steps), quiet=not show) as bar:
         notes: list = []
-        problems = validate(log, check_data=not quick, progress=progress, notes=notes)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+        problems = validate(log, check_data=not quick, progress=bar, notes=notes)
     for note in notes:
         click.echo("note: " + note, err=True)
     if as_json:

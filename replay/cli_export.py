@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Callable, Dict, Iterator, Optional
 
 import click
 
 from moetape.replay.export import ROWS_MODES
+from moetape.replay.progress import ProgressBar
 
 log_argument = click.argument("log", type=click.Path(dir_okay=False))
 force_option = click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
@@ -36,27 +36,6 @@ def _out_option(default_name: str) -> Callable[[Any], Any]:
     )
 
 
-class _Bar:
-    """A click progress bar on stderr driven by cumulative counts; silent with --quiet."""
-
-    def __init__(self, total: int, label: str, quiet: bool) -> None:
-        self.bar: Any = None
-        self.done = 0
-        if not quiet and total > 0:
-            self.bar = click.progressbar(length=total, label=label, file=sys.stderr)
-            self.bar.__enter__()
-
-    def __call__(self, done: int) -> None:
-        if self.bar is not None:
-            self.bar.update(done - self.done)
-            self.done = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-
 def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> None:
     """Open the log, export with a progress bar, report on stdout (data) and stderr (notes)."""
     from moetape.replay.export import export_many
@@ -69,7 +48,7 @@ def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> N
                 "committed steps.",
                 err=True,
             )
-        bar = _Bar(lg.n_steps, "exporting", quiet)
+        bar = ProgressBar("exporting", lg.n_steps, quiet=quiet)
         try:
             info = export_many(lg, {kind: out}, progress=bar, **options)[kind]
         finally:
@@ -166,15 +145,14 @@ class _StageBars:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.bars: Dict[str, _Bar] = {}
+        self.bars: Dict[str, ProgressBar] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.bars:
             for bar in self.bars.values():
                 bar.close()
-            self.bars[stage] = _Bar(
-                total, {"export": "deriving", "video": "rendering"}.get(stage, stage), self.quiet
-            )
+            label = {"export": "deriving", "video": "rendering"}.get(stage, stage)
+            self.bars[stage] = ProgressBar(label, total, quiet=self.quiet)
         self.bars[stage](done)
 
     def close(self) -> None:

@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Optional
+from typing import Optional
 
 import click
 
-
-class _Bar:
-    """A progress callback that shows a click progress bar on stderr, created on the first call."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.bar: Any = None
-        self.done = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(done - self.done)
-        self.done = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+from moetape.replay.progress import ProgressBar
 
 
 @click.command()
@@ -79,14 +59,13 @@ def render(
     """
     from moetape.replay.render import render_video
 
-    bar = None if quiet else _Bar("rendering")
+    bar = ProgressBar("rendering", quiet=quiet)
     try:
         result = render_video(
             log, out, env=env, fps=fps, size=size, steps=steps, quality=quality, force=force, progress=bar
         )
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     note = ""
     if result["unmatched_joints"]:
         note = "; joints not in the model: " + ", ".join(result["unmatched_joints"])

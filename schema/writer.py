@@ -182,6 +182,16 @@ class LogWriter:
         self.flush_seconds = float(flush_seconds)
         self.chunk_bytes = int(chunk_bytes)
         self._specs = spec.datasets()
+        # Per dataset, once (append runs every step): path, key in the step/frames dict, stream, row shape.
+        self._fields = [
+            (
+                path,
+                path.split("/", 1)[1],
+                layout.stream_of(path),
+                shape if not layout.stream_of(path) else (spec.frames_per_step,) + shape,
+            )
+            for path, (shape, _dtype) in self._specs.items()
+        ]
         self._fps = spec.frames_per_step
         step_bytes = sum(
             int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize * (self._fps if layout.stream_of(p) else 1)
@@ -327,9 +337,7 @@ class LogWriter:
         rows: Dict[str, Tuple[Any, int]] = {}
         problems: List[str] = []
         n = self.n_appended
-        for path, (shape, _dtype) in self._specs.items():
-            stream = layout.stream_of(path)
-            key = path.split("/", 1)[1]
+        for path, key, stream, want in self._fields:
             src = step if stream == 0 else frames
             if key in src:
                 value = np.asarray(src[key])
@@ -344,7 +352,6 @@ class LogWriter:
             else:
                 problems.append(f"{path}: missing")
                 continue
-            want = shape if stream == 0 else (self._fps,) + shape
             if value.shape != want:
                 problems.append(f"{path}: shape {value.shape}, expected {want}")
                 continue
