@@ -79,7 +79,7 @@ def measure_overhead(n_envs=64, n_steps=200, rounds=3, frames="substep"):
         with_log, without = [], []
         for r in range(rounds):
             without.append(rollout(policy, backend, n_steps, substep=substep))
-            with LogWriter(os.path.join(d, f"log{r}.h5"), spec, model_xml=info.model_xml) as w:
+            with LogWriter(os.path.join(d, f"log{r}.h5"), spec, model_xml=info.model_xml, process=True) as w:
                 with_log.append(rollout(policy, backend, n_steps, w, substep=substep))
             os.remove(os.path.join(d, f"log{r}.h5"))
         backend.close()

@@ -293,6 +293,7 @@ def record(
             model_source=os.path.abspath(cfg.robot) if cfg.robot else "bundled",
             trajectory=traj,
             flush_seconds=cfg.flush_seconds,
+            process=True,  # h5py holds the GIL while writing: a writer thread would pause the rollout
         )
         with _sigterm_as_interrupt():
             return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer)

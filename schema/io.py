@@ -146,6 +146,20 @@ def create_for_write(path: str, *, force: bool = False) -> h5py.File:
         raise LogWriteError(f"{path}: cannot create the log ({_short(e)}).") from e
 
 
+def open_for_append(path: str) -> h5py.File:
+    """Reopen a log that create_for_write made (and closed) as its SWMR writer (the writer process).
+
+    Raises:
+        LogWriteError: the file cannot be opened for writing.
+    """
+    try:
+        f = h5py.File(path, "r+", libver=LIBVER, rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0)
+        f.swmr_mode = True
+        return f
+    except (OSError, ValueError) as e:
+        raise LogWriteError(f"{path}: cannot open the log for writing ({_short(e)}).") from e
+
+
 def read_dataset(ds: Any, selection: Any, where: str) -> Any:
     """Read ``ds[selection]``, turning HDF5 read failures (bad checksum, truncation) into LogReadError."""
     try:

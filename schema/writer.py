@@ -128,17 +128,38 @@ def utc_now() -> str:
 
 
 class _Batch:
-    """Rows of up to ``capacity`` steps, preallocated per dataset."""
+    """Rows of up to ``capacity`` steps, preallocated per dataset; in one shared-memory block when
+    ``shared`` (the writer process reads them there: see writer_process.py)."""
 
-    def __init__(self, specs: Mapping[str, Tuple[Tuple[int, ...], str]], capacity: int, fps: int) -> None:
+    def __init__(
+        self, specs: Mapping[str, Tuple[Tuple[int, ...], str]], capacity: int, fps: int, shared: bool = False
+    ) -> None:
         self.n = 0
         self.capacity = capacity
         self.fps = fps
         self.first_row_t = 0.0
         self.arrays: Dict[str, np.ndarray] = {}
+        self.shm: Any = None
+        self.unlinked = False
+        self.table: List[Tuple[str, int, Tuple[int, ...], str]] = []  # path, byte offset, shape, dtype
+        offset = 0
         for path, (shape, dtype) in specs.items():
             rows = capacity * fps if layout.stream_of(path) == 1 else capacity
-            self.arrays[path] = np.empty((rows,) + shape, dtype=dtype)
+            self.table.append((path, offset, (rows,) + tuple(shape), np.dtype(dtype).str))
+            nbytes = rows * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            offset += -(-nbytes // 64) * 64  # 64-byte aligned, like numpy's own allocations
+        if shared:
+            from multiprocessing import shared_memory
+
+            self.shm = shared_memory.SharedMemory(create=True, size=max(1, offset))
+        for path, off, shape, dtype in self.table:
+            if self.shm is None:
+                self.arrays[path] = np.empty(shape, dtype=dtype)
+            else:
+                self.arrays[path] = np.ndarray(shape, dtype=dtype, buffer=self.shm.buf, offset=off)
+            self.arrays[path].fill(0)  # touch every page now, not during the rollout's first batches
+
+        self.in_order = list(self.arrays.values())  # the specs' order, which LogWriter._fields follows
 
     def view(self) -> Dict[str, np.ndarray]:
         """Return the filled rows of every dataset."""
@@ -146,6 +167,21 @@ class _Batch:
             p: a[: self.n * self.fps] if layout.stream_of(p) == 1 else a[: self.n]
             for p, a in self.arrays.items()
         }
+
+    def unlink(self) -> None:
+        """Remove the shared-memory block's name (the writer process has mapped it): after this no
+        crash of either process can leave it behind in /dev/shm; the memory goes with the last map."""
+        if self.shm is not None and not self.unlinked:
+            self.shm.unlink()
+            self.unlinked = True
+
+    def release(self) -> None:
+        """Free the shared-memory block (the arrays viewing it go first: numpy pins the buffer)."""
+        if self.shm is not None:
+            self.arrays, self.in_order = {}, []
+            self.unlink()
+            self.shm.close()
+            self.shm = None
 
 
 class LogWriter:
@@ -175,6 +211,7 @@ class LogWriter:
         max_batches: int = 3,
         flush_seconds: float = 1.0,
         chunk_bytes: int = CHUNK_TARGET_BYTES,
+        process: bool = False,
     ) -> None:
         spec.validate()
         self.path = os.fspath(path)
@@ -193,6 +230,9 @@ class LogWriter:
             for path, (shape, _dtype) in self._specs.items()
         ]
         self._fps = spec.frames_per_step
+        self._step_keys = {key for _p, key, stream, _s in self._fields if stream == 0}
+        self._frame_keys = {key for _p, key, stream, _s in self._fields if stream != 0}
+        self._substeps = np.arange(self._fps, dtype=np.int8)
         step_bytes = sum(
             int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize * (self._fps if layout.stream_of(p) else 1)
             for p, (s, d) in self._specs.items()
@@ -202,9 +242,19 @@ class LogWriter:
         )
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
-        self._batch = _Batch(self._specs, self.batch_steps, self._fps)
-        # Written batches come back for reuse: fresh buffers would page-fault on every first touch.
+        self._shared = bool(process)
+        # A fixed pool, touched now: fresh buffers would page-fault during the rollout's first batches,
+        # and the writer process maps every block once. In use at most: the current batch, one
+        # waiting for queue space, max_batches queued and one being written.
+        self._batches = [
+            _Batch(self._specs, self.batch_steps, self._fps, shared=self._shared)
+            for _ in range(max(1, max_batches) + 3)
+        ]
+        self._batch = self._batches[0]
+        # Written batches come back for reuse.
         self._free: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        for b in self._batches[1:]:
+            self._free.put(b)
         self._queue: queue.Queue[Optional[_Batch]] = queue.Queue(maxsize=max(1, max_batches))
         self._error: Optional[BaseException] = None
         self._dsids: Optional[Dict[str, Any]] = None
@@ -212,12 +262,23 @@ class LogWriter:
         self._closed = False
         self.n_appended = 0
         self.n_committed = 0
+        self._child: Any = None
         self._file = create_for_write(self.path, force=force)
         try:
             self._create(meta or {}, model_xml, model_source, trajectory)
-            self._file.swmr_mode = True
+            if process:
+                from moetape.schema.writer_process import WriterProcess, WriterProcessError
+
+                self._file.close()  # the writer process reopens it for SWMR appends
+                try:
+                    self._child = WriterProcess(self.path, self._batches, self._fps)
+                except (OSError, WriterProcessError) as e:
+                    raise LogWriteError(f"{self.path}: cannot start the log writer process ({e}).") from e
+            else:
+                self._file.swmr_mode = True
         except BaseException:
             self._file.close()
+            self._release_batches()
             os.remove(self.path)
             raise
         self._thread = threading.Thread(target=self._run, name="moetape-log-writer", daemon=True)
@@ -313,67 +374,74 @@ class LogWriter:
         self._raise_if_failed()
         if self._closed:
             raise LogWriteError(f"{self.path}: the log is closed; cannot append.")
-        rows = self._check(step, frames or {})
+        frames = frames or {}
         with self._lock:
             b = self._batch
             i = b.n
+            problems = self._copy_row(b, i, step, frames)
+            if problems:  # row i may be partly written; it is not counted, so the next append overwrites it
+                raise LogFormatError(
+                    "{}: step {}: {}".format(self.path, self.n_appended, "; ".join(problems))
+                )
             if i == 0:
                 b.first_row_t = time.monotonic()
-            for path, (value, stream) in rows.items():
-                if stream == 0:
-                    b.arrays[path][i] = value
-                else:
-                    b.arrays[path][i * self._fps : (i + 1) * self._fps] = value
             b.n += 1
             self.n_appended += 1
             if b.n >= b.capacity or time.monotonic() - b.first_row_t >= self.flush_seconds:
                 # Queued under the lock, so batches reach the queue in the order they were taken.
                 self._put(self._take_locked())
 
-    def _check(
-        self, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]
-    ) -> Dict[str, Tuple[Any, int]]:
-        """Return path -> (value, stream) for one step, filling derived fields; raise on bad input."""
-        rows: Dict[str, Tuple[Any, int]] = {}
+    def _copy_row(
+        self, b: _Batch, i: int, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]
+    ) -> List[str]:
+        """Copy one step into row ``i`` of batch ``b``, filling derived fields; return the problems found.
+
+        One pass, checking and copying together: this runs every step, in the rollout's thread.
+        """
         problems: List[str] = []
-        n = self.n_appended
-        for path, key, stream, want in self._fields:
+        fps, n = self._fps, self.n_appended
+        for (path, key, stream, want), dst in zip(self._fields, b.in_order):
             src = step if stream == 0 else frames
+            rows = slice(i * fps, (i + 1) * fps) if stream else i
             if key in src:
-                value = np.asarray(src[key])
+                value = src[key]
+                shape = getattr(value, "shape", None)
+                if shape is None:
+                    value = np.asarray(value)
+                    shape = value.shape
+                if shape != want:
+                    problems.append(f"{path}: shape {shape}, expected {want}")
+                    continue
+                dst[rows] = value
             elif key == "gate_entropy" and "gate" in step:
-                value = gate_entropy(step["gate"])
+                dst[rows] = gate_entropy(step["gate"])
             elif key == "t_wall_s":
-                value = np.asarray(time.monotonic() - self._t0, dtype=np.float64)
+                dst[rows] = time.monotonic() - self._t0
             elif key == "step":
-                value = np.full(self._fps, n, dtype=np.int64)
+                dst[rows] = n
             elif key == "substep":
-                value = np.arange(self._fps, dtype=np.int8)
+                dst[rows] = self._substeps
             else:
                 problems.append(f"{path}: missing")
-                continue
-            if value.shape != want:
-                problems.append(f"{path}: shape {value.shape}, expected {want}")
-                continue
-            rows[path] = (value, stream)
-        extra = [k for k in step if layout.step_path(k) not in self._specs]
-        extra += ["frames/" + k for k in frames if layout.frame_path(k) not in self._specs]
-        if extra:
-            problems.append(f"undeclared fields {sorted(extra)} (declare terms/metrics in the LogSpec)")
-        if problems:
-            raise LogFormatError("{}: step {}: {}".format(self.path, n, "; ".join(problems)))
-        return rows
+        if not (self._step_keys.issuperset(step) and self._frame_keys.issuperset(frames)):
+            extra = [k for k in step if k not in self._step_keys]
+            extra += ["frames/" + k for k in frames if k not in self._frame_keys]
+            if extra:
+                problems.append(f"undeclared fields {sorted(extra)} (declare terms/metrics in the LogSpec)")
+        return problems
 
     def _take_locked(self) -> Optional[_Batch]:
         """Swap the filled batch for a fresh one (caller holds the lock)."""
         b = self._batch
         if b.n == 0:
             return None
-        try:
-            self._batch = self._free.get_nowait()
-            self._batch.n = 0
-        except queue.Empty:
-            self._batch = _Batch(self._specs, self.batch_steps, self._fps)
+        while True:  # the pool always has one free (see __init__) unless the writer failed
+            try:
+                self._batch = self._free.get(timeout=0.2)
+                break
+            except queue.Empty:
+                self._raise_if_failed()
+        self._batch.n = 0
         return b
 
     def _put(self, item: Optional[_Batch]) -> None:
@@ -389,11 +457,13 @@ class LogWriter:
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             e = self._error
+            what = str(e).splitlines()[0] if str(e) else ""
+            if type(e).__name__ != "WriterProcessError":  # whose message names the child's exception
+                what = f"{type(e).__name__}: {what}"
             raise LogWriteError(
-                "{}: writing the log failed ({}: {}). The {} steps committed before the failure are "
-                "kept and readable; free disk space or pick another path, then record again.".format(
-                    self.path, type(e).__name__, str(e).splitlines()[0] if str(e) else "", self.n_committed
-                )
+                f"{self.path}: writing the log failed ({what}). The {self.n_committed} steps committed "
+                "before the failure are kept and readable; free disk space or pick another path, then "
+                "record again."
             ) from e
 
     def flush(self) -> None:
@@ -402,8 +472,10 @@ class LogWriter:
             b = self._take_locked()
             if b is not None:
                 self._put(b)
-        while self._queue.unfinished_tasks and self._thread.is_alive():
-            time.sleep(0.005)
+        done = self._queue.all_tasks_done  # the queue's condition, notified by task_done()
+        with done:
+            while self._queue.unfinished_tasks and self._thread.is_alive():
+                done.wait(0.1)
         with self._writing:  # a stale partial batch the thread took itself may still be in flight
             pass
         self._raise_if_failed()
@@ -419,28 +491,38 @@ class LogWriter:
             return
         self._closed = True
         try:
-            with self._lock:
-                b = self._take_locked()
-                if b is not None and self._error is None:
-                    self._put(b)
-            if self._thread.is_alive():
-                self._queue.put(None)
-                self._thread.join()
+            try:
+                with self._lock:
+                    if self._error is None:
+                        b = self._take_locked()
+                        if b is not None:
+                            self._put(b)
+            finally:  # the thread drains the queue even after a failure, so this put returns
+                if self._thread.is_alive():
+                    self._queue.put(None)
+                    self._thread.join()
         finally:
             if self._error is not None:
                 status = layout.STATUS_FAILED
-            try:
-                self._file[layout.RUN_STATUS][()] = np.bytes_(status)
-                self._file[layout.END_TIME][()] = np.bytes_(utc_now())
-                self._file.flush()
-            except Exception:  # noqa: BLE001 - disk full; the committed rows stay readable
-                pass
-            self._dsids = None  # drop low-level ids before the file: freeing them later can crash HDF5
-            try:
-                self._file.close()
-            except Exception:  # noqa: BLE001
-                pass
+            if self._child is not None:
+                try:
+                    self._child.close(status)
+                except BaseException as e:  # noqa: BLE001 - re-raised below
+                    if self._error is None:
+                        self._error = e.with_traceback(None)
+            else:
+                mark_end(self._file, status)
+                self._dsids = None  # drop low-level ids before the file: freeing them later can crash HDF5
+                try:
+                    self._file.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self._release_batches()
         self._raise_if_failed()
+
+    def _release_batches(self) -> None:
+        while self._batches:
+            self._batches.pop().release()
 
     def __enter__(self) -> LogWriter:
         return self
@@ -502,28 +584,46 @@ class LogWriter:
             self._write_locked(b)
 
     def _write_locked(self, b: _Batch) -> None:
-        """Resize, write the rows, raise n_committed, flush: the commit order readers rely on.
-
-        Uses h5py's low-level dataset API: the high-level ``ds[a:b] = x`` costs about 4x more per
-        call, and this thread holds the GIL while in h5py, so its overhead slows the rollout.
-        """
-        f = self._file
-        if self._dsids is None:
-            self._dsids = {p: f[p].id for p in self._specs}
-        s0 = self.n_committed
-        s1 = s0 + b.n
-        for path, rows in b.view().items():
-            dsid = self._dsids[path]
-            start = s0 * self._fps if layout.stream_of(path) else s0
-            shape = (start + rows.shape[0],) + rows.shape[1:]
-            dsid.set_extent(shape)
-            fspace = dsid.get_space()
-            fspace.select_hyperslab((start,) + (0,) * (rows.ndim - 1), rows.shape)
-            dsid.write(h5py.h5s.create_simple(rows.shape), fspace, np.ascontiguousarray(rows))
-        # Rows (chunks and extents) reach the file before the counter that vouches for them: the
-        # counter is raw data and could otherwise land on disk before the extents' metadata.
-        f.flush()
-        f[layout.N_COMMITTED][...] = np.array([s1, s1 * self._fps], dtype=np.int64)
-        f.flush()
+        if self._child is not None:
+            s1 = self._child.write(b, self.n_committed)
+        else:
+            if self._dsids is None:
+                self._dsids = {p: self._file[p].id for p in self._specs}
+            s1 = write_batch(self._file, self._dsids, b.view(), self.n_committed, b.n, self._fps)
         self.n_committed = s1
         self._free.put(b)
+
+
+def write_batch(
+    f: h5py.File, dsids: Mapping[str, Any], rows_by_path: Mapping[str, np.ndarray], s0: int, n: int, fps: int
+) -> int:
+    """Append ``n`` steps after step ``s0``: resize, write the rows, raise n_committed, flush; return s0 + n.
+
+    This is the commit order readers rely on. Uses h5py's low-level dataset API: the high-level
+    ``ds[a:b] = x`` costs about 4x more per call (and h5py holds the GIL while it works).
+    """
+    s1 = s0 + n
+    for path, rows in rows_by_path.items():
+        dsid = dsids[path]
+        start = s0 * fps if layout.stream_of(path) else s0
+        shape = (start + rows.shape[0],) + rows.shape[1:]
+        dsid.set_extent(shape)
+        fspace = dsid.get_space()
+        fspace.select_hyperslab((start,) + (0,) * (rows.ndim - 1), rows.shape)
+        dsid.write(h5py.h5s.create_simple(rows.shape), fspace, np.ascontiguousarray(rows))
+    # Rows (chunks and extents) reach the file before the counter that vouches for them: the
+    # counter is raw data and could otherwise land on disk before the extents' metadata.
+    f.flush()
+    f[layout.N_COMMITTED][...] = np.array([s1, s1 * fps], dtype=np.int64)
+    f.flush()
+    return s1
+
+
+def mark_end(f: h5py.File, status: str) -> None:
+    """Record the run's end status and time; a failure (disk full) is ignored, the rows stay readable."""
+    try:
+        f[layout.RUN_STATUS][()] = np.bytes_(status)
+        f[layout.END_TIME][()] = np.bytes_(utc_now())
+        f.flush()
+    except Exception:  # noqa: BLE001 - disk full; the committed rows stay readable
+        pass

@@ -1,4 +1,7 @@
-"""Subprocess for the crash tests: append synthetic steps forever, print each committed count."""
+"""Subprocess for the crash tests: append synthetic steps forever, print each committed count.
+
+Usage: crash_writer.py PATH SEED thread|process (the LogWriter's writer thread or writer process).
+"""
 
 import sys
 import time
@@ -7,10 +10,12 @@ from moetape.schema.synthetic import small_spec, synthetic_step
 from moetape.schema.writer import LogWriter
 
 
-def main(path: str, seed: int) -> None:
+def main(path: str, seed: int, mode: str) -> None:
     spec = small_spec(3, frames_per_step=4)
     printed = -1
-    with LogWriter(path, spec, batch_steps=1 + seed % 7, flush_seconds=0.05, chunk_bytes=4096) as log:
+    with LogWriter(
+        path, spec, batch_steps=1 + seed % 7, flush_seconds=0.05, chunk_bytes=4096, process=mode == "process"
+    ) as log:
         s = 0
         while True:
             log.append(*synthetic_step(spec, s, seed))
@@ -23,4 +28,4 @@ def main(path: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

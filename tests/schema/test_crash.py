@@ -19,10 +19,20 @@ from moetape.schema.validate import validate
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_writer.py")
 
 
-def kill_and_check(tmp_path, seed: int) -> None:
+MODES = ["thread", "process", "process-group"]
+"""thread: the writer thread dies with the process. process: only the recording process is killed
+(the OOM killer's choice) and the writer process must close the log. process-group: both die."""
+
+
+def kill_and_check(tmp_path, seed: int, mode: str = "thread") -> None:
     """Start the writer, SIGKILL it after a random delay, reopen and compare every committed row."""
     path = str(tmp_path / f"crash{seed}.h5")
-    proc = subprocess.Popen([sys.executable, WRITER, path, str(seed)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, WRITER, path, str(seed), "thread" if mode == "thread" else "process"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     rnd = random.Random(seed)
     last = 0
     deadline = time.monotonic() + rnd.uniform(0.3, 1.5)
@@ -33,9 +43,13 @@ def kill_and_check(tmp_path, seed: int) -> None:
                 break
             last = int(line)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        if mode == "process-group":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
+        _wait_group_gone(proc.pid)  # an orphaned writer process closes the log, then exits
     with open_log(path) as log:  # the mode replay uses
         assert log.run_status == "running"
         assert log.n_steps >= last
@@ -49,17 +63,42 @@ def kill_and_check(tmp_path, seed: int) -> None:
     assert validate(path) == []
 
 
-@pytest.mark.parametrize("seed", range(10))
+def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """Wait until no live (non-zombie) process is left in process group ``pgid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _live_members(pgid):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process group {pgid} still alive {timeout} s after the kill")
+
+
+def _live_members(pgid: int) -> list:
+    live = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            live.append(int(pid))
+    return live
+
+
+@pytest.mark.parametrize("seed", range(12))
 def test_sigkill_keeps_committed_rows(tmp_path, seed):
     """After a SIGKILL at a random moment the log opens and every committed row is intact."""
-    kill_and_check(tmp_path, seed)
+    kill_and_check(tmp_path, seed, MODES[seed % 3])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(100, 200))
+@pytest.mark.parametrize("seed", range(100, 250))
 def test_sigkill_keeps_committed_rows_many(tmp_path, seed):
-    """The same crash check over 100 more random kill moments."""
-    kill_and_check(tmp_path, seed)
+    """The same crash check over 150 more random kill moments, 50 per writer mode."""
+    kill_and_check(tmp_path, seed, MODES[seed % 3])
 
 
 def _break_checksum(path, dataset, row):

@@ -20,11 +20,12 @@ from moetape.schema.writer import LogWriter
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_write_failure_is_raised_in_caller_and_log_stays_readable(tmp_path):
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_write_failure_is_raised_in_caller_and_log_stays_readable(tmp_path, mode):
     """A write the OS refuses (file size limit, as on a full disk) surfaces as LogWriteError; committed rows stay."""
     path = str(tmp_path / "full.h5")
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "full_disk_writer.py"), path, str(2_000_000)],
+        [sys.executable, os.path.join(HERE, "full_disk_writer.py"), path, str(2_000_000), mode],
         capture_output=True,
         text=True,
         timeout=120,
@@ -46,11 +47,12 @@ def test_write_failure_is_raised_in_caller_and_log_stays_readable(tmp_path):
             np.testing.assert_array_equal(obs[s], synthetic_step(spec, s, 0)[0]["obs"])
 
 
-def test_partial_batch_committed_within_flush_seconds(tmp_path):
+@pytest.mark.parametrize("process", [False, True])
+def test_partial_batch_committed_within_flush_seconds(tmp_path, process):
     """A slow run commits its buffered steps after flush_seconds even if the batch is not full."""
     path = str(tmp_path / "slow.h5")
     spec = small_spec(1, frames_per_step=1)
-    with LogWriter(path, spec, batch_steps=1000, flush_seconds=0.2) as log:
+    with LogWriter(path, spec, batch_steps=1000, flush_seconds=0.2, process=process) as log:
         for s in range(3):
             log.append(*synthetic_step(spec, s))
         deadline = time.monotonic() + 10
@@ -70,6 +72,54 @@ def test_close_is_idempotent_and_append_after_close_fails(tmp_path):
     log.close()
     with pytest.raises(LogWriteError):
         log.append(*synthetic_step(spec, 1))
+
+
+def test_writer_process_round_trip_and_no_leaked_shared_memory(tmp_path):
+    """The writer process commits what the thread would, marks the status, and frees its shared memory."""
+    spec = small_spec(3, frames_per_step=4)
+    before = set(os.listdir("/dev/shm"))
+    for status_exc, want in ((None, "clean"), (KeyboardInterrupt, "interrupted")):
+        path = str(tmp_path / f"p_{want}.h5")
+        try:
+            with LogWriter(path, spec, batch_steps=8, process=True) as log:
+                for s in range(37):
+                    log.append(*synthetic_step(spec, s, 5))
+                if status_exc:
+                    raise status_exc
+        except KeyboardInterrupt:
+            pass
+        with open_log(path) as r:
+            assert r.n_steps == 37 and r.run_status == want
+            obs, pos = r.read("obs"), r.read("frames/root_pos")
+        for s in range(37):
+            step, frames = synthetic_step(spec, s, 5)
+            np.testing.assert_array_equal(obs[s], step["obs"])
+            np.testing.assert_array_equal(pos[4 * s : 4 * s + 4], frames["root_pos"])
+        assert validate(path) == []
+    assert set(os.listdir("/dev/shm")) - before == set()
+
+
+def test_writer_process_killed_is_a_write_error(tmp_path):
+    """If the writer process dies, the next append (or close) raises LogWriteError; committed rows stay."""
+    import signal
+
+    path = str(tmp_path / "k.h5")
+    spec = small_spec(2, frames_per_step=1)
+    log = LogWriter(path, spec, batch_steps=2, process=True)
+    for s in range(4):
+        log.append(*synthetic_step(spec, s))
+    log.flush()
+    os.kill(log._child.proc.pid, signal.SIGKILL)
+    log._child.proc.wait()
+    with pytest.raises(
+        LogWriteError, match="writer process ended unexpectedly .exit status -9.*4 steps committed"
+    ):
+        for s in range(4, 100):
+            log.append(*synthetic_step(spec, s))
+    with pytest.raises(LogWriteError):
+        log.close()
+    with open_log(path) as r:
+        assert r.n_steps == 4 and r.run_status == "running"
 
 
 def test_wrong_shape_is_refused_with_field_names(tmp_path):
@@ -105,7 +155,8 @@ def test_follow_yields_steps_while_another_process_writes(tmp_path):
     """follow() in a reader process yields the steps a live writer commits, in order, values intact."""
     path = str(tmp_path / "live.h5")
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "crash_writer.py"), path, "5"], stdout=subprocess.DEVNULL
+        [sys.executable, os.path.join(HERE, "crash_writer.py"), path, "5", "process"],
+        stdout=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
