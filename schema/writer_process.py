@@ -30,7 +30,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
