@@ -15,6 +15,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -56,7 +58,16 @@ def legacy_chunks(shape: Sequence[int], itemsize: int) -> Tuple[int, ...]:
 
 
 class _ArrayStream:
-    """Rows of one zarr v2 array, buffered until whole chunks along axis 0 can be written."""
+    """Rows of one zarr v2 array, cut into chunk files as soon as a band of chunks[0] rows is complete.
+
+    A band holds every chunk of its rows: for the legacy default chunks of a long log that is tens
+    of MB per array (``obs`` of 64 envs: 54 MB at 1M env-steps, and it grows with the log, up to
+    zarr's 64 MB per chunk times the chunks per band). So when a band has more than one chunk,
+    each incoming block of rows is cut into its chunks' pieces, which are written to a spill file
+    at their chunk's region (C order: the region ends up holding the chunk's bytes exactly), and a
+    complete band is compressed one chunk at a time from there. Memory stays at a few chunks
+    whatever the log length. A band of one chunk (1-D arrays, the legacy (1, E) rows) is buffered.
+    """
 
     def __init__(
         self,
@@ -67,21 +78,29 @@ class _ArrayStream:
         codec: Any,
         pool: _Pool,
         lane: int,
-        digests: Dict[str, Tuple[str, int]],
+        spill_path: str,
     ) -> None:
-        self.pool, self.lane, self.digests = pool, lane, digests
+        self.pool, self.lane = pool, lane
         self.dir = directory
         self.shape = shape
         self.chunks = chunks
         self.dtype = dtype
         self.codec = codec
         self.rows_done = 0  # rows handed to chunk files
-        self.buf: Optional[np.ndarray] = None  # a partly filled row of chunks (chunks[0] rows)
-        self.fill = 0
-        self.grid = [range(0, max(1, n), c) for n, c in zip(shape[1:], chunks[1:])]
+        self.fill = 0  # rows of the current band received
+        self.buf: Optional[np.ndarray] = None  # the current band, when it is one chunk
+        self.inner = list(_product([range(0, max(1, n), c) for n, c in zip(shape[1:], chunks[1:])]))
+        self.n_bands = -(-shape[0] // chunks[0]) if shape[0] else 0
+        # sha256 (32 bytes) and size of every chunk file, by band then inner chunk (for tree_digest).
+        self.digests = bytearray(32 * max(1, self.n_bands * len(self.inner)))
+        self.bytes_written = 0
+        self.spill_fd: Optional[int] = None
+        if len(self.inner) > 1:
+            self.region = chunks[0] * int(np.prod(chunks[1:], dtype=np.int64)) * dtype.itemsize
+            self.spill_fd = os.open(spill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
 
     def append(self, rows: np.ndarray) -> None:
-        """Take rows (n, ...): whole chunk rows go out as views (no copy), the rest waits in ``buf``."""
+        """Take rows (n, ...) in order; complete bands go to the pool (views, no copy)."""
         if rows.shape[1:] != self.shape[1:]:
             raise ValueError(f"rows of shape {rows.shape} do not fit an array of shape {self.shape}")
         if self.rows_done + self.fill + rows.shape[0] > self.shape[0]:
@@ -89,64 +108,120 @@ class _ArrayStream:
         rows = np.asarray(rows, dtype=self.dtype)
         c0, i, n = self.chunks[0], 0, rows.shape[0]
         while i < n:
-            if self.fill == 0 and n - i >= c0:
-                m = (n - i) // c0 * c0  # whole chunk rows, handed over as one view (no copy)
-                self._write_row_chunks(rows[i : i + m])
-                i += m
+            if self.spill_fd is not None:
+                take = min(n - i, c0 - self.fill)
+                self.pool.submit(
+                    self.lane, rows[i : i + take].nbytes, self._spill, rows[i : i + take], self.fill
+                )
+            elif self.fill == 0 and n - i >= c0:
+                take = (n - i) // c0 * c0  # whole bands, handed over as one view (no copy)
+                self._submit_bands(rows[i : i + take])
+                i += take
                 continue
-            if self.buf is None:
-                self.buf = np.empty((c0,) + self.shape[1:], dtype=self.dtype)
-            take = min(n - i, c0 - self.fill)
-            self.buf[self.fill : self.fill + take] = rows[i : i + take]
+            else:
+                if self.buf is None:
+                    self.buf = np.empty((c0,) + self.shape[1:], dtype=self.dtype)
+                take = min(n - i, c0 - self.fill)
+                self.buf[self.fill : self.fill + take] = rows[i : i + take]
             self.fill += take
             i += take
             if self.fill == c0:
-                self._flush_buf()
+                self._end_band()
 
-    def _flush_buf(self) -> None:
-        if self.buf is not None and self.fill:
-            self._write_row_chunks(self.buf[: self.fill])
+    def _end_band(self) -> None:
+        """Hand the current band (``fill`` rows) to the pool."""
+        if self.fill == 0:
+            return
+        if self.spill_fd is not None:
+            self.pool.submit(
+                self.lane, 0, self._write_spilled_band, self.rows_done // self.chunks[0], self.fill
+            )
+            self.rows_done += self.fill
+        else:
+            assert self.buf is not None
+            self._submit_bands(self.buf[: self.fill])
         self.buf, self.fill = None, 0  # the writer threads still hold the old buffer
 
-    def _write_row_chunks(self, rows: np.ndarray) -> None:
-        """Queue ``rows`` (whole chunk rows, or the array's last rows) as one task for this array's lane."""
-        first = self.rows_done // self.chunks[0]
-        self.pool.submit(self.lane, self._write_rows, rows, first)
+    def _submit_bands(self, rows: np.ndarray) -> None:
+        """Queue whole bands of one chunk each (or the array's last rows) as one task."""
+        self.pool.submit(self.lane, rows.nbytes, self._write_bands, rows, self.rows_done // self.chunks[0])
         self.rows_done += rows.shape[0]
 
-    def _write_rows(self, rows: np.ndarray, first: int) -> None:
-        """(writer thread) Compress and write every chunk of ``rows``; chunk row index starts at ``first``."""
+    def _write_bands(self, rows: np.ndarray, first: int) -> None:
+        """(writer thread) Compress and write bands of one chunk each; band index starts at ``first``."""
         c0 = self.chunks[0]
         for k, r in enumerate(range(0, rows.shape[0], c0)):
-            part = rows[r : r + c0]
-            for offsets in _product(self.grid):
-                idx = (slice(None),) + tuple(slice(o, o + c) for o, c in zip(offsets, self.chunks[1:]))
-                block = part[idx]
-                if block.shape != self.chunks:
-                    padded = np.zeros(self.chunks, dtype=self.dtype)  # fill value 0 / False, as zarr pads
-                    padded[tuple(slice(0, n) for n in block.shape)] = block
-                    block = padded
+            self._write_chunk(rows[r : r + c0], first + k, 0)
+
+    def _spill(self, rows: np.ndarray, at_row: int) -> None:
+        """(writer thread) Write each chunk's piece of ``rows`` (band rows from ``at_row``) to its region."""
+        assert self.spill_fd is not None
+        for j, offsets in enumerate(self.inner):
+            piece = np.ascontiguousarray(rows[self._inner_index(offsets)])
+            row_bytes = piece[:1].nbytes if len(piece) else 0
+            _pwrite_all(self.spill_fd, memoryview(piece).cast("B"), j * self.region + at_row * row_bytes)
+
+    def _write_spilled_band(self, band: int, n_rows: int) -> None:
+        """(writer thread) Read each chunk of a complete band back from the spill file; compress and write it."""
+        assert self.spill_fd is not None
+        for j, offsets in enumerate(self.inner):
+            block_shape = (n_rows,) + tuple(
+                min(c, n - o) for o, c, n in zip(offsets, self.chunks[1:], self.shape[1:])
+            )
+            nbytes = int(np.prod(block_shape, dtype=np.int64)) * self.dtype.itemsize
+            data = os.pread(self.spill_fd, nbytes, j * self.region)
+            if len(data) != nbytes:
+                raise OSError(f"{self.dir}: spill file returned {len(data)} of {nbytes} bytes")
+            self._write_chunk(np.frombuffer(data, dtype=self.dtype).reshape(block_shape), band, j)
+
+    def _inner_index(self, offsets: Tuple[int, ...]) -> Tuple[slice, ...]:
+        return (slice(None),) + tuple(slice(o, o + c) for o, c in zip(offsets, self.chunks[1:]))
+
+    def _write_chunk(self, band_rows: np.ndarray, band: int, j: int) -> None:
+        """Compress and write chunk ``j`` of ``band``; ``band_rows`` is the band (j == 0, one chunk) or the chunk."""
+        offsets = self.inner[j]
+        block = band_rows if len(self.inner) > 1 else band_rows[self._inner_index(offsets)]
+        if block.shape != self.chunks:
+            padded = np.zeros(self.chunks, dtype=self.dtype)  # fill value 0 / False, as zarr pads
+            padded[tuple(slice(0, n) for n in block.shape)] = block
+            block = padded
+        key = ".".join(str(i) for i in (band,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:])))
+        data = self.codec.encode(np.ascontiguousarray(block))
+        index = band * len(self.inner) + j
+        self.digests[32 * index : 32 * index + 32] = hashlib.sha256(data).digest()
+        self.bytes_written += len(data)
+        fd = os.open(os.path.join(self.dir, key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _pwrite_all(fd, memoryview(data), 0)
+        finally:
+            os.close(fd)
+
+    def chunk_digests(self) -> Iterator[Tuple[str, bytes]]:
+        """(after close) Yield (chunk key, sha256) of every chunk file."""
+        for band in range(self.n_bands):
+            for j, offsets in enumerate(self.inner):
                 key = ".".join(
-                    str(i) for i in (first + k,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:]))
+                    str(i) for i in (band,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:]))
                 )
-                _write_chunk(block, os.path.join(self.dir, key), self.codec, self.digests)
+                index = band * len(self.inner) + j
+                yield key, bytes(self.digests[32 * index : 32 * index + 32])
 
     def close(self) -> None:
-        self._flush_buf()
+        self._end_band()
         if self.rows_done != self.shape[0]:
             raise ValueError(f"{self.dir}: {self.rows_done} rows written, the array has {self.shape[0]}")
 
+    def release(self) -> None:
+        """Close the spill file (after the pool has drained or stopped)."""
+        if self.spill_fd is not None:
+            os.close(self.spill_fd)
+            self.spill_fd = None
 
-def _write_chunk(block: np.ndarray, path: str, codec: Any, digests: Dict[str, Tuple[str, int]]) -> None:
-    data = codec.encode(np.ascontiguousarray(block))
-    digests[path] = (hashlib.sha256(data).hexdigest(), len(data))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class _Pool:
@@ -168,11 +243,12 @@ class _Pool:
         self.pending_bytes = 0
         self.max_pending_bytes = max_pending_bytes
 
-    def submit(self, lane: int, fn: Callable[..., None], block: np.ndarray, *args: Any) -> None:
-        """Run fn(block, *args) on a lane; wait for the oldest tasks while too many bytes are queued."""
-        fut = self.lanes[lane % len(self.lanes)].submit(fn, block, *args)
-        self.pending.append((fut, block.nbytes))
-        self.pending_bytes += block.nbytes
+    def submit(self, lane: int, nbytes: int, fn: Callable[..., None], *args: Any) -> None:
+        """Run fn(*args) on a lane (args hold ``nbytes`` of rows); wait for the oldest tasks while too
+        many bytes are queued."""
+        fut = self.lanes[lane % len(self.lanes)].submit(fn, *args)
+        self.pending.append((fut, nbytes))
+        self.pending_bytes += nbytes
         while self.pending_bytes > self.max_pending_bytes or len(self.pending) > 65536:
             self._pop()
 
@@ -225,7 +301,10 @@ class ZarrV2Writer:
         self._codec = _blosc()
         self._pool = _Pool()
         self._lane_count = [0, 0]
-        self._digests: Dict[str, Tuple[str, int]] = {}  # chunk path -> (sha256, bytes), by the writer threads
+        # Spill files of multi-chunk bands (see _ArrayStream), beside the store on the same disk.
+        self._spill_dir = tempfile.mkdtemp(
+            prefix=".moetape-spill-", dir=os.path.dirname(os.path.abspath(path))
+        )
 
     def create(
         self, name: str, shape: Sequence[int], dtype: npt.DTypeLike, chunks: Optional[Sequence[int]] = None
@@ -265,7 +344,7 @@ class ZarrV2Writer:
             self._codec,
             self._pool,
             self._next_lane(chunks_t[0] == 1),
-            self._digests,
+            os.path.join(self._spill_dir, str(len(self._arrays))),
         )
 
     def _next_lane(self, one_row_chunks: bool) -> int:
@@ -286,6 +365,7 @@ class ZarrV2Writer:
             self._pool.drain()
         finally:
             self._pool.shutdown()
+            self._remove_spill()
         for name in list(self._arrays) + [""]:
             empty = os.path.join(self.path, name, ".zattrs")  # zarr 2 wrote no empty .zattrs
             if os.path.exists(empty):
@@ -303,22 +383,36 @@ class ZarrV2Writer:
         """
         entries: Dict[str, str] = {}
         size = 0
+        for name, arr in self._arrays.items():
+            for key, digest in arr.chunk_digests():
+                entries[f"{name}/{key}"] = digest.hex()
+            size += arr.bytes_written
+        n_chunks = len(entries)
         for root, _dirs, files in os.walk(self.path):
-            for name in files:
-                full = os.path.join(root, name)
-                rel = os.path.relpath(full, self.path).replace(os.sep, "/")
-                known = self._digests.get(full)
-                if known is None:
-                    with open(full, "rb") as f:
-                        data = f.read()
-                    known = (hashlib.sha256(data).hexdigest(), len(data))
-                entries[rel] = known[0]
-                size += known[1]
+            for fname in files:
+                if not fname.startswith("."):  # a chunk file; metadata are .zarray, .zattrs, .zgroup
+                    n_chunks -= 1
+                    continue
+                full = os.path.join(root, fname)
+                with open(full, "rb") as f:
+                    data = f.read()
+                entries[os.path.relpath(full, self.path).replace(os.sep, "/")] = hashlib.sha256(
+                    data
+                ).hexdigest()
+                size += len(data)
+        if n_chunks != 0:
+            raise RuntimeError(f"{self.path}: chunk files on disk differ from the chunks written by {n_chunks}")
         return {"sha256": tree_sha256(entries), "bytes": size, "files": len(entries)}
 
     def abort(self) -> None:
         """Stop the writer threads after a failure (the caller removes the partial store)."""
         self._pool.shutdown()
+        self._remove_spill()
+
+    def _remove_spill(self) -> None:
+        for arr in self._arrays.values():
+            arr.release()
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
 
 
 def tree_sha256(entries: Dict[str, str]) -> str:
