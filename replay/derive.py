@@ -1,9 +1,9 @@
 """Derive every legacy file of a log into one folder, with a ``derived.json`` manifest.
 
 Writes weight_stats.pkl, moe_results.pkl, logs.zarr and logs.pkl in one pass over the log
-(``export.export_many``), then the optional projections whose modules are installed: video.mp4
-(``moetape.replay.render.render_video``), summary.json (``moetape.replay.analysis.summary``) and
-the plots (``moetape.replay.plots.plot_all``). A hook whose module (or its optional dependency:
+(``export.export_many``), and the optional projections whose modules are installed: summary.json
+(``moetape.replay.analysis.summary``) and the plots (``moetape.replay.plots.plot_all``) on a thread
+beside that pass, then video.mp4 (``moetape.replay.render.render_video``). A hook whose module (or its optional dependency:
 mujoco, OpenGL, imageio-ffmpeg, matplotlib) is missing is listed under "skipped" in the manifest.
 
 derived.json (sorted keys, no timestamps, so deriving twice gives the same manifest):
@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from moetape.replay.export import export_many
 from moetape.replay.legacy_zarr import tree_sha256
@@ -106,26 +106,31 @@ def _check_outputs(out_dir: str, names: List[str], force: bool) -> None:
         )
 
 
-class _Hasher(threading.Thread):
-    """sha256 of the log file, computed beside the export pass (hashlib releases the GIL)."""
+class _InThread(threading.Thread):
+    """Run fn(*args) beside the export pass; ``result()`` joins and returns its value or re-raises.
 
-    def __init__(self, path: str) -> None:
-        super().__init__(name="moetape-sha256", daemon=True)
-        self.path = path
-        self.digest = ""
+    Used for the sha256 of the log (hashlib releases the GIL) and for the summary and plots, which
+    use the CPU while the export waits on the disk (thousands of small chunk files).
+    """
+
+    def __init__(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fn, self.args = fn, args
+        self.value: Any = None
         self.error: Optional[BaseException] = None
+        self.start()
 
     def run(self) -> None:
         try:
-            self.digest = sha256_file(self.path)
+            self.value = self.fn(*self.args)
         except BaseException as e:  # noqa: BLE001 - re-raised by result()
             self.error = e
 
-    def result(self) -> str:
+    def result(self) -> Any:
         self.join()
         if self.error is not None:
             raise self.error
-        return self.digest
+        return self.value
 
 
 def derive(
@@ -158,21 +163,31 @@ def derive(
     names = list(FILES.values()) + [MANIFEST, SUMMARY] + ([VIDEO] if video else [])
     _check_outputs(out_dir, names, force)
     with open_log(log_path) as log:
-        hasher = _Hasher(log_path)
-        hasher.start()
+        hasher = _InThread("moetape-sha256", sha256_file, log_path)
+        analysis = _InThread("moetape-analysis", _analysis_hooks, log_path, out_dir, force)
         notes = _status_notes(log)
         for note in notes:
             say(note)
         outputs = {kind: os.path.join(out_dir, name) for kind, name in FILES.items()}
         on_step = (lambda done: progress("export", done, log.n_steps)) if progress else None
-        result = export_many(log, outputs, rows=rows, weights=weights, force=force, progress=on_step)
+        try:
+            result = export_many(log, outputs, rows=rows, weights=weights, force=force, progress=on_step)
+        except BaseException:
+            analysis.join()  # it writes into out_dir: let it finish before the error propagates
+            raise
         entries = [
             {"name": FILES[kind], "sha256": r["sha256"], "bytes": r["bytes"]} for kind, r in result.items()
         ]
         skipped: List[Dict[str, str]] = []
-        written = _run_hooks(
-            log, log_path, out_dir, video=video, force=force, progress=progress, skipped=skipped, say=say
+        written = _video_hook(
+            log, log_path, out_dir, video=video, force=force, progress=progress, skipped=skipped
         )
+        more_written, more_skipped = analysis.result()
+        written += more_written
+        skipped += more_skipped
+        for item in skipped:
+            if item["reason"] != "--no-video":
+                say("skipped {}: {}".format(item["name"], item["reason"]))
         zarr_info = result["zarr"]
         manifest = {
             "manifest_version": MANIFEST_VERSION,
@@ -215,7 +230,7 @@ def _status_notes(log: Log) -> List[str]:
     ]
 
 
-def _run_hooks(
+def _video_hook(
     log: Log,
     log_path: str,
     out_dir: str,
@@ -224,41 +239,46 @@ def _run_hooks(
     force: bool,
     progress: Optional[Stage],
     skipped: List[Dict[str, str]],
-    say: Notice,
 ) -> List[str]:
-    """Run the optional video, summary and plot hooks; return the names written (relative to out_dir)."""
-    written: List[str] = []
+    """Render video.mp4 when asked and possible; return the names written (relative to out_dir)."""
     if not video:
         skipped.append({"name": VIDEO, "reason": "--no-video"})
-    elif log.n_steps == 0:
-        skipped.append({"name": VIDEO, "reason": "the log has no committed steps"})
-    else:
-        render = _hook("moetape.replay.render", skipped, VIDEO)
-        if render is not None:
-            on_frame = (lambda done, total: progress("video", done, total)) if progress else None
-            render_error = getattr(sys.modules["moetape.replay.render"], "RenderError", ())
-            try:
-                render(log_path, os.path.join(out_dir, VIDEO), force=force, progress=on_frame)
-                written.append(VIDEO)
-            except render_error as e:  # no mujoco / no OpenGL on this machine: skip and say why
-                skipped.append({"name": VIDEO, "reason": _first_line(e)})
-    summary = _hook("moetape.replay.analysis", skipped, SUMMARY)
-    if summary is not None:
-        with atomic_output(os.path.join(out_dir, SUMMARY), force=force) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps(summary(log), indent=2, sort_keys=True, default=str) + "\n")
-        written.append(SUMMARY)
+        return []
     if log.n_steps == 0:
-        skipped.append({"name": "plots", "reason": "the log has no committed steps"})
-    else:
-        plot_all = _hook("moetape.replay.plots", skipped, "plots")
-        if plot_all is not None:
-            for path in plot_all(log, out_dir, force=force):
-                written.append(os.path.relpath(path, out_dir).replace(os.sep, "/"))
-    for item in skipped:
-        if item["reason"] != "--no-video":
-            say("skipped {}: {}".format(item["name"], item["reason"]))
-    return written
+        skipped.append({"name": VIDEO, "reason": "the log has no committed steps"})
+        return []
+    render = _hook("moetape.replay.render", skipped, VIDEO)
+    if render is None:
+        return []
+    on_frame = (lambda done, total: progress("video", done, total)) if progress else None
+    render_error = getattr(sys.modules["moetape.replay.render"], "RenderError", ())
+    try:
+        render(log_path, os.path.join(out_dir, VIDEO), force=force, progress=on_frame)
+    except render_error as e:  # no mujoco / no OpenGL on this machine: skip and say why
+        skipped.append({"name": VIDEO, "reason": _first_line(e)})
+        return []
+    return [VIDEO]
+
+
+def _analysis_hooks(log_path: str, out_dir: str, force: bool) -> Tuple[List[str], List[Dict[str, str]]]:
+    """Write summary.json and the plots from a reader of their own; return (names written, skipped)."""
+    written: List[str] = []
+    skipped: List[Dict[str, str]] = []
+    with open_log(log_path) as log:
+        summary = _hook("moetape.replay.analysis", skipped, SUMMARY)
+        if summary is not None:
+            with atomic_output(os.path.join(out_dir, SUMMARY), force=force) as tmp:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(summary(log), indent=2, sort_keys=True, default=str) + "\n")
+            written.append(SUMMARY)
+        if log.n_steps == 0:
+            skipped.append({"name": "plots", "reason": "the log has no committed steps"})
+        else:
+            plot_all = _hook("moetape.replay.plots", skipped, "plots")
+            if plot_all is not None:
+                for path in plot_all(log, out_dir, force=force):
+                    written.append(os.path.relpath(path, out_dir).replace(os.sep, "/"))
+    return written, skipped
 
 
 def _version() -> str:

@@ -401,7 +401,9 @@ class ZarrV2Writer:
                 ).hexdigest()
                 size += len(data)
         if n_chunks != 0:
-            raise RuntimeError(f"{self.path}: chunk files on disk differ from the chunks written by {n_chunks}")
+            raise RuntimeError(
+                f"{self.path}: chunk files on disk differ from the chunks written by {n_chunks}"
+            )
         return {"sha256": tree_sha256(entries), "bytes": size, "files": len(entries)}
 
     def abort(self) -> None:
