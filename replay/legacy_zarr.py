@@ -159,7 +159,11 @@ class _ArrayStream:
         for j, offsets in enumerate(self.inner):
             piece = np.ascontiguousarray(rows[self._inner_index(offsets)])
             row_bytes = piece[:1].nbytes if len(piece) else 0
-            _pwrite_all(self.spill_fd, memoryview(piece).cast("B"), j * self.region + at_row * row_bytes)
+            _pwrite_all(
+                self.spill_fd,
+                memoryview(piece.reshape(-1).view(np.uint8)),
+                j * self.region + at_row * row_bytes,
+            )
 
     def _write_spilled_band(self, band: int, n_rows: int) -> None:
         """(writer thread) Read each chunk of a complete band back from the spill file; compress and write it."""
