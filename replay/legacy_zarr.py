@@ -161,7 +161,7 @@ class _ArrayStream:
             row_bytes = piece[:1].nbytes if len(piece) else 0
             _pwrite_all(
                 self.spill_fd,
-                memoryview(piece.reshape(-1).view(np.uint8)),
+                piece.reshape(-1).view(np.uint8).data,
                 j * self.region + at_row * row_bytes,
             )
 
