@@ -127,6 +127,11 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def filled_rows(arrays: Mapping[str, np.ndarray], n: int, fps: int) -> Dict[str, np.ndarray]:
+    """Return the rows of ``n`` steps of each batch array (frames/ arrays hold ``fps`` rows per step)."""
+    return {p: a[: n * fps] if layout.stream_of(p) == 1 else a[:n] for p, a in arrays.items()}
+
+
 class _Batch:
     """Rows of up to ``capacity`` steps, preallocated per dataset; in one shared-memory block when
     ``shared`` (the writer process reads them there: see writer_process.py)."""
@@ -163,10 +168,7 @@ class _Batch:
 
     def view(self) -> Dict[str, np.ndarray]:
         """Return the filled rows of every dataset."""
-        return {
-            p: a[: self.n * self.fps] if layout.stream_of(p) == 1 else a[: self.n]
-            for p, a in self.arrays.items()
-        }
+        return filled_rows(self.arrays, self.n, self.fps)
 
     def unlink(self) -> None:
         """Remove the shared-memory block's name (the writer process has mapped it): after this no

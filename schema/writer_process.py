@@ -220,13 +220,13 @@ def _serve(path: str, rx: IO[bytes], send: Any) -> int:
 
 def _rows(shm: Any, fields: List[Any], n: int, fps: int) -> Dict[str, np.ndarray]:
     """Return path -> the batch's first n steps' rows, viewed in the shared block (no copy)."""
-    from moetape.schema import layout
+    from moetape.schema.writer import filled_rows
 
-    out = {}
-    for path, offset, shape, dtype in fields:
-        a = np.ndarray(tuple(shape), dtype=np.dtype(dtype), buffer=shm.buf, offset=int(offset))
-        out[path] = a[: n * fps] if layout.stream_of(path) else a[:n]
-    return out
+    arrays = {
+        path: np.ndarray(tuple(shape), dtype=np.dtype(dtype), buffer=shm.buf, offset=int(offset))
+        for path, offset, shape, dtype in fields
+    }
+    return filled_rows(arrays, n, fps)
 
 
 def _attach(segments: Dict[str, Any], name: str) -> Any:
