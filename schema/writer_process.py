@@ -17,7 +17,7 @@ Protocol: two pipes, one JSON object per line. The batches themselves are in sha
 The batch pool is fixed: the child maps every block at "init", and the parent then unlinks their
 names, so a crash of either process (or both) leaves nothing in /dev/shm.
 
-The commit order is writer.write_batch's, as in the thread. When the parent dies (SIGKILL, OOM)
+The commit order is commit.write_batch's, as in the thread. When the parent dies (SIGKILL, OOM)
 the child reads end-of-file, closes the file without marking an end status (a crashed run, every
 committed row kept) and exits. Terminal signals are ignored here: Ctrl-C reaches the parent, which
 ends the run and sends "close" with status interrupted.
@@ -158,8 +158,8 @@ def main(argv: List[str]) -> None:
 
 
 def _serve(path: str, rx: IO[bytes], send: Any) -> int:
+    from moetape.schema.commit import mark_end, write_batch
     from moetape.schema.io import open_for_append
-    from moetape.schema.writer import mark_end, write_batch
 
     try:
         f = open_for_append(path)
@@ -220,7 +220,7 @@ def _serve(path: str, rx: IO[bytes], send: Any) -> int:
 
 def _rows(shm: Any, fields: List[Any], n: int, fps: int) -> Dict[str, np.ndarray]:
     """Return path -> the batch's first n steps' rows, viewed in the shared block (no copy)."""
-    from moetape.schema.writer import filled_rows
+    from moetape.schema.commit import filled_rows
 
     arrays = {
         path: np.ndarray(tuple(shape), dtype=np.dtype(dtype), buffer=shm.buf, offset=int(offset))
