@@ -2,9 +2,10 @@
 
 Writes weight_stats.pkl, moe_results.pkl, logs.zarr and logs.pkl in one pass over the log
 (``export.export_many``), and the optional projections whose modules are installed: summary.json
-(``moetape.replay.analysis.summary``) and the plots (``moetape.replay.plots.plot_all``) on a thread
-beside that pass, then video.mp4 (``moetape.replay.render.render_video``). A hook whose module (or its optional dependency:
-mujoco, OpenGL, imageio-ffmpeg, matplotlib) is missing is listed under "skipped" in the manifest.
+(``moetape.replay.analysis.summary``) and the plots (``moetape.replay.plots.plot_all``) on a
+thread beside that pass, then video.mp4 (``moetape.replay.render.render_video``). A hook whose
+module (or its optional dependency: mujoco, OpenGL, imageio-ffmpeg, matplotlib) is missing is
+listed under "skipped" in the manifest.
 
 derived.json (sorted keys, no timestamps, so deriving twice gives the same manifest):
     manifest_version    1
