@@ -85,18 +85,10 @@ def measure_raw(log_path: str) -> Dict[str, float]:
     _settle()
     t0 = time.perf_counter()
     total = 0
-    with h5py.File(log_path, "r") as f, open(sink, "wb") as out:
-        n_steps, n_frames = (int(x) for x in f["n_committed"][()])
-        for group, n in (("steps", n_steps), ("frames", n_frames)):
-            datasets = _datasets(f[group])
-            for ds in datasets:
-                step = max(
-                    1, (32 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
-                )
-                for s in range(0, n, step):
-                    block = ds[s : min(n, s + step)]
-                    out.write(block.tobytes())
-                    total += block.nbytes
+    with open(sink, "wb") as out:
+        for block in _log_bytes(log_path):
+            out.write(block)
+            total += len(block)
         out.flush()
         os.fsync(out.fileno())
     seconds = time.perf_counter() - t0

@@ -189,7 +189,7 @@ class _ArrayStream:
             padded = np.zeros(self.chunks, dtype=self.dtype)  # fill value 0 / False, as zarr pads
             padded[tuple(slice(0, n) for n in block.shape)] = block
             block = padded
-        key = ".".join(str(i) for i in (band,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:])))
+        key = self._key(band, j)
         data = self.codec.encode(np.ascontiguousarray(block))
         index = band * len(self.inner) + j
         self.digests[32 * index : 32 * index + 32] = hashlib.sha256(data).digest()
@@ -203,12 +203,15 @@ class _ArrayStream:
     def chunk_digests(self) -> Iterator[Tuple[str, bytes]]:
         """(after close) Yield (chunk key, sha256) of every chunk file."""
         for band in range(self.n_bands):
-            for j, offsets in enumerate(self.inner):
-                key = ".".join(
-                    str(i) for i in (band,) + tuple(o // c for o, c in zip(offsets, self.chunks[1:]))
-                )
+            for j in range(len(self.inner)):
                 index = band * len(self.inner) + j
-                yield key, bytes(self.digests[32 * index : 32 * index + 32])
+                yield self._key(band, j), bytes(self.digests[32 * index : 32 * index + 32])
+
+    def _key(self, band: int, j: int) -> str:
+        """Return the file name of chunk ``j`` of ``band`` ("3.0.1")."""
+        return ".".join(
+            str(i) for i in (band,) + tuple(o // c for o, c in zip(self.inner[j], self.chunks[1:]))
+        )
 
     def close(self) -> None:
         self._end_band()
