@@ -6,7 +6,8 @@ import contextlib
 import os
 import struct
 import tempfile
-from typing import Any, Iterator, Optional
+import time
+from typing import Any, Dict, Iterator, Optional
 
 import h5py
 
@@ -21,6 +22,24 @@ WRITER_CACHE_BYTES = 0
 """No HDF5 chunk cache for the writer: full batches write whole chunks (batch-aligned chunking), so
 a cache only holds finished chunks, one per open dataset (~45), and the writer's RSS grew with it.
 A partial batch (time-based flush) then costs a read-modify-write of its edge chunks."""
+
+LOCK_WAIT_S = 10.0
+"""How long the writer process retries reopening its log while another program holds a file lock."""
+
+
+def _no_file_locking() -> Dict[str, Any]:
+    """``locking=False`` where h5py's HDF5 has the option (1.10.7+, 1.12.1+), else nothing.
+
+    moetape opens every log without HDF5's file lock. A reader (``moetape follow``, a test polling the
+    file) holding its shared lock in the moment between the recorder creating a log and its writer
+    process reopening it would keep the recording from starting. SWMR needs no lock, a new log is
+    created exclusively, and one process opening a file twice must use the same locking flag.
+    """
+    v = h5py.version.hdf5_version_tuple
+    return {"locking": False} if v >= (1, 12, 1) or (1, 10, 7) <= v < (1, 11) else {}
+
+
+LOCKING = _no_file_locking()
 
 
 def looks_like_hdf5(path: str) -> bool:
@@ -64,11 +83,11 @@ def open_for_read(path: str, *, check_length: bool = True) -> h5py.File:
     if check_length and is_short(path):
         _probe_short_file(path)
     try:
-        return h5py.File(path, "r", swmr=True)
+        return h5py.File(path, "r", swmr=True, **LOCKING)
     except OSError as e:
         pass_e = e
     try:  # a file never written in SWMR mode may refuse the SWMR flag on some HDF5 builds
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", **LOCKING)
     except OSError as e:
         raise LogReadError(
             f"{path}: HDF5 file cannot be opened ({_short(pass_e)}); it may be truncated or corrupt. "
@@ -140,7 +159,12 @@ def create_for_write(path: str, *, force: bool = False) -> h5py.File:
         raise OutputExistsError(f"{path}: exists. Choose another path or pass --force to overwrite.")
     try:
         return h5py.File(
-            path, "w" if force else "w-", libver=LIBVER, rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0
+            path,
+            "w" if force else "w-",
+            libver=LIBVER,
+            rdcc_nbytes=WRITER_CACHE_BYTES,
+            rdcc_w0=1.0,
+            **LOCKING,
         )
     except (OSError, ValueError) as e:
         raise LogWriteError(f"{path}: cannot create the log ({_short(e)}).") from e
@@ -152,12 +176,32 @@ def open_for_append(path: str) -> h5py.File:
     Raises:
         LogWriteError: the file cannot be opened for writing.
     """
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            f = h5py.File(path, "r+", libver=LIBVER, rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0, **LOCKING)
+            break
+        except OSError as e:
+            if "lock" not in str(e) or time.monotonic() > deadline:
+                raise LogWriteError(f"{path}: cannot open the log for writing ({_locked_hint(e)}).") from e
+            time.sleep(0.05)  # an HDF5 without locking=False, and a locking reader; usually brief
+        except ValueError as e:
+            raise LogWriteError(f"{path}: cannot open the log for writing ({_short(e)}).") from e
     try:
-        f = h5py.File(path, "r+", libver=LIBVER, rdcc_nbytes=WRITER_CACHE_BYTES, rdcc_w0=1.0)
         f.swmr_mode = True
         return f
     except (OSError, ValueError) as e:
+        f.close()
         raise LogWriteError(f"{path}: cannot open the log for writing ({_short(e)}).") from e
+
+
+def _locked_hint(e: BaseException) -> str:
+    if "lock" not in str(e):
+        return _short(e)
+    return (
+        f"another program has held it open with an HDF5 file lock for {LOCK_WAIT_S:.0f} s: close it, "
+        "or run that program with HDF5_USE_FILE_LOCKING=FALSE"
+    )
 
 
 def read_dataset(ds: Any, selection: Any, where: str) -> Any:

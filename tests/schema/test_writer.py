@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -75,7 +77,8 @@ def test_close_is_idempotent_and_append_after_close_fails(tmp_path):
 
 
 def test_writer_process_round_trip_and_no_leaked_shared_memory(tmp_path):
-    """The writer process commits what the thread would, marks the status, and frees its shared memory."""
+    """The writer process commits what the thread would (frames copied or written in place into its
+    shared batches), marks the status, and frees its shared memory."""
     spec = small_spec(3, frames_per_step=4)
     before = set(os.listdir("/dev/shm"))
     for status_exc, want in ((None, "clean"), (KeyboardInterrupt, "interrupted")):
@@ -83,7 +86,13 @@ def test_writer_process_round_trip_and_no_leaked_shared_memory(tmp_path):
         try:
             with LogWriter(path, spec, batch_steps=8, process=True) as log:
                 for s in range(37):
-                    log.append(*synthetic_step(spec, s, 5))
+                    step, frames = synthetic_step(spec, s, 5)
+                    if s % 2:  # as moetape record does: the backend fills the batch's own rows
+                        rows = log.frame_rows()
+                        for key in rows:
+                            rows[key][...] = frames[key]
+                        frames = rows
+                    log.append(step, frames)
                 if status_exc:
                     raise status_exc
         except KeyboardInterrupt:
@@ -179,3 +188,55 @@ def test_follow_yields_steps_while_another_process_writes(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def _held_open(path, opener):
+    """Keep ``path`` open in another process, opened by the Python expression ``opener``, until exit."""
+    code = f"import sys, time, h5py; from moetape.schema.io import open_for_read; f = {opener}; print('open', flush=True); time.sleep(30)"
+    with subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "open"
+            yield
+        finally:
+            proc.kill()
+
+
+def test_reopen_ignores_file_locks_or_waits_for_them_without_the_option(tmp_path, monkeypatch):
+    """Another program's HDF5 file lock does not stop the writer's reopen (locking=False); an HDF5
+    without that option waits until the lock is released."""
+    from moetape.schema import io
+
+    path = str(tmp_path / "locked.h5")
+    spec = small_spec(2, frames_per_step=1)
+    with LogWriter(path, spec) as log:
+        log.append(*synthetic_step(spec, 0))
+    for opener in ("h5py.File(sys.argv[1], 'r')", "open_for_read(sys.argv[1])"):  # h5py's default locks
+        with _held_open(path, opener):
+            io.open_for_append(path).close()
+    monkeypatch.setattr(io, "LOCKING", {})
+    with _held_open(path, "h5py.File(sys.argv[1], 'r')"):
+        opened = []
+        reopen = threading.Thread(target=lambda: opened.append(io.open_for_append(path)))
+        reopen.start()
+        time.sleep(0.5)
+        assert not opened  # waiting for the lock
+    reopen.join(timeout=io.LOCK_WAIT_S)
+    assert len(opened) == 1
+    opened[0].close()
+
+
+def test_writer_process_gives_up_on_a_held_file_lock_with_a_hint(tmp_path, monkeypatch):
+    """Without locking=False, a file lock held past LOCK_WAIT_S is a one-line LogWriteError saying what to do."""
+    from moetape.schema import io
+
+    path = str(tmp_path / "held.h5")
+    spec = small_spec(2, frames_per_step=1)
+    with LogWriter(path, spec) as log:
+        log.append(*synthetic_step(spec, 0))
+    monkeypatch.setattr(io, "LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(io, "LOCKING", {})  # an HDF5 without locking=False
+    with _held_open(path, "h5py.File(sys.argv[1], 'r')"):
+        with pytest.raises(LogWriteError, match="HDF5_USE_FILE_LOCKING=FALSE") as e:
+            io.open_for_append(path)
+    assert "\n" not in str(e.value)
