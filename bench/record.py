@@ -33,7 +33,8 @@ def rollout(policy, backend, n_steps, writer=None, substep=True):
     t = time.perf_counter()
     for _ in range(n_steps):
         action, gate = policy.policy_step(obs)
-        res = backend.step(action, substep_frames=substep)
+        frames_out = writer.frame_rows() if writer is not None else None  # as moetape record does
+        res = backend.step(action, substep_frames=substep, frames_out=frames_out)
         if writer is not None:
             step = {
                 "obs": obs,

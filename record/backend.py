@@ -100,8 +100,19 @@ class Backend(Protocol):
         """Reset every env and return the observation, float32 (E, O)."""
         ...
 
-    def step(self, action: np.ndarray, *, substep_frames: bool) -> StepResult:
-        """Apply ``action`` float32 (E, A) for one policy step and return what happened."""
+    def step(
+        self,
+        action: np.ndarray,
+        *,
+        substep_frames: bool,
+        frames_out: Optional[Dict[str, np.ndarray]] = None,
+    ) -> StepResult:
+        """Apply ``action`` float32 (E, A) for one policy step and return what happened.
+
+        ``frames_out``: when given, arrays (F, E, *shape) with every frame field, to write the
+        frame rows into (the log's own batch rows: LogWriter.frame_rows()); StepResult.frames is
+        then that dict.
+        """
         ...
 
     def close(self) -> None:

@@ -205,8 +205,17 @@ class IsaacGymBackend:
         self._step_in_episode[:] = 0
         return _np(obs, np.float32).reshape(self.n_envs, -1)
 
-    def step(self, action: np.ndarray, *, substep_frames: bool) -> StepResult:
-        """Apply ``action`` float32 (E, A) for one policy step and return what happened."""
+    def step(
+        self,
+        action: np.ndarray,
+        *,
+        substep_frames: bool,
+        frames_out: Optional[Dict[str, np.ndarray]] = None,
+    ) -> StepResult:
+        """Apply ``action`` float32 (E, A) for one policy step and return what happened.
+
+        ``frames_out``: arrays to stack the frame rows into (LogWriter.frame_rows()), else new ones.
+        """
         if substep_frames and not self._callback_ok:
             raise InputError(
                 SUBSTEP_FRAMES_UNSUPPORTED.format(
@@ -237,7 +246,7 @@ class IsaacGymBackend:
                 f"Isaac Gym env ran {len(rows)} physics substeps in one step, expected {self.decimation}; "
                 f"is its decimation randomised?"
             )
-        frames = self._stack_frames(rows if substep_frames else [first], torques)
+        frames = self._stack_frames(rows if substep_frames else [first], torques, frames_out)
         done_np = _np(done, np.bool_).reshape(self.n_envs)
         timeout = self._timeout(infos, done_np)
         self._advance_episodes(done_np)
@@ -370,14 +379,20 @@ class IsaacGymBackend:
         }
 
     def _stack_frames(
-        self, rows: List[Dict[str, np.ndarray]], torques: List[np.ndarray]
+        self,
+        rows: List[Dict[str, np.ndarray]],
+        torques: List[np.ndarray],
+        out: Optional[Dict[str, np.ndarray]] = None,
     ) -> Dict[str, np.ndarray]:
-        out = {}
-        for name, (_shape, dtype) in self._frame_fields.items():
-            if name == "torque":
-                out[name] = np.stack(torques[: len(rows)]).astype(dtype)
-            else:
-                out[name] = np.ascontiguousarray(np.stack([r[name] for r in rows]), dtype=dtype)
+        """Stack the rows of every frame field, into ``out``'s arrays when given."""
+        if out is None:
+            out = {
+                name: np.empty((len(rows), self.n_envs) + shape, dtype)
+                for name, (shape, dtype) in self._frame_fields.items()
+            }
+        for name in self._frame_fields:
+            parts = torques[: len(rows)] if name == "torque" else [r[name] for r in rows]
+            np.stack(parts, out=out[name])  # casts to the field dtype (same_kind)
         return out
 
     def _timeout(self, infos: Mapping[str, Any], done: np.ndarray) -> np.ndarray:

@@ -355,17 +355,24 @@ class MujocoBackend:
         self._refresh_state()
         self._refresh_targets()
 
-    def step(self, action: np.ndarray, *, substep_frames: bool) -> StepResult:
-        """Apply ``action`` float32 (E, 18) for one policy step (4 substeps) and return what happened."""
+    def step(
+        self,
+        action: np.ndarray,
+        *,
+        substep_frames: bool,
+        frames_out: Optional[Dict[str, np.ndarray]] = None,
+    ) -> StepResult:
+        """Apply ``action`` float32 (E, 18) for one policy step (4 substeps) and return what happened.
+
+        ``frames_out``: arrays to write the frame rows into (LogWriter.frame_rows()), else new ones.
+        """
         a = np.asarray(action, np.float32)
         if a.shape != (self.n_envs, 18):
             raise ValueError(f"action: shape {a.shape}, expected ({self.n_envs}, 18)")
         pre = self._pre_fields()
         self._set_ctrl(self.ix.default_pos + ACTION_SCALE * a.astype(np.float64))
         n_rows = DECIMATION if substep_frames else 1
-        frames = {
-            k: np.empty((n_rows, self.n_envs) + shape, np.float32) for k, (shape, _) in self._fields.items()
-        }
+        frames = frames_out if frames_out is not None else self._new_frames(n_rows)
         for k in range(n_rows):
             self._write_frame_state(frames, k)
             last = k == n_rows - 1
@@ -398,6 +405,11 @@ class MujocoBackend:
             pre=pre,
             frames=frames,
         )
+
+    def _new_frames(self, n_rows: int) -> Dict[str, np.ndarray]:
+        return {
+            k: np.empty((n_rows, self.n_envs) + shape, np.float32) for k, (shape, _) in self._fields.items()
+        }
 
     def close(self) -> None:
         """Release the MjData objects and the physics threads; idempotent."""

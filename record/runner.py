@@ -350,7 +350,7 @@ def _loop(
             obs = backend.reset()
             for s in range(cfg.num_steps):
                 action, gate = policy.policy_step(obs)
-                result = backend.step(action, substep_frames=substep)
+                result = backend.step(action, substep_frames=substep, frames_out=writer.frame_rows())
                 entropy = gate_entropy(gate)
                 step: Dict[str, np.ndarray] = {
                     "obs": obs,

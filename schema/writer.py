@@ -118,6 +118,10 @@ def chunk_shape(
     return (rows, env_chunk) + tuple(row_shape[1:])
 
 
+_FILLED_FRAME_KEYS = frozenset({"step", "substep"})
+"""frames/ fields the writer fills itself (append's caller gives the others)."""
+
+
 def _pow2_floor(n: int) -> int:
     return 1 << (int(n).bit_length() - 1)
 
@@ -187,6 +191,10 @@ class LogWriter:
     (arrays with a leading env axis E; ``gate_entropy`` and ``t_wall_s`` are filled in when
     absent), ``terms/<name>`` and ``metrics/<name>`` for the declared ones, and every frames/
     field with a leading axis of frames_per_step rows (``step``/``substep`` are filled in).
+
+    To skip copying the frames (the largest fields), write them in place: ``rows = log.frame_rows()``
+    gives views of the next step's frame rows in the batch being filled; fill them (a backend's
+    ``step(..., frames_out=rows)`` does) and pass the same dict to ``append`` as ``frames``.
     """
 
     def __init__(
@@ -225,6 +233,9 @@ class LogWriter:
         self._step_keys = {key for _p, key, stream, _s in self._fields if stream == 0}
         self._frame_keys = {key for _p, key, stream, _s in self._fields if stream != 0}
         self._substeps = np.arange(self._fps, dtype=np.int8)
+        # frame_rows(): (batch, row, views dict, view per field or None), until the next append.
+        self._reserved: Optional[Tuple[_Batch, int, Dict[str, np.ndarray], List[Any]]] = None
+        self._no_views: List[Any] = [None] * len(self._fields)
         step_bytes = sum(
             int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize * (self._fps if layout.stream_of(p) else 1)
             for p, (s, d) in self._specs.items()
@@ -383,20 +394,48 @@ class LogWriter:
                 # Queued under the lock, so batches reach the queue in the order they were taken.
                 self._put(self._take_locked())
 
+    def frame_rows(self) -> Dict[str, np.ndarray]:
+        """Return views of the next step's frames/ rows in the batch being filled, to write in place.
+
+        Pass the returned dict to the next ``append`` as ``frames``: rows still in place are not
+        copied again. Each view is (frames_per_step, E, *shape) of its dataset's dtype; ``step`` and
+        ``substep`` are not among them (append fills those). Valid until that append.
+        """
+        with self._lock:
+            b, i = self._batch, self._batch.n
+            rows = slice(i * self._fps, (i + 1) * self._fps)
+            views: Dict[str, np.ndarray] = {}
+            by_field: List[Any] = []
+            for (_path, key, stream, _want), dst in zip(self._fields, b.in_order):
+                view = dst[rows] if stream and key not in _FILLED_FRAME_KEYS else None
+                if view is not None:
+                    views[key] = view
+                by_field.append(view)
+            self._reserved = (b, i, views, by_field)
+            return views
+
     def _copy_row(
         self, b: _Batch, i: int, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]
     ) -> List[str]:
         """Copy one step into row ``i`` of batch ``b``, filling derived fields; return the problems found.
 
         One pass, checking and copying together: this runs every step, in the rollout's thread.
+        Frame rows filled in place (see frame_rows) are left as they are.
         """
         problems: List[str] = []
         fps, n = self._fps, self.n_appended
-        for (path, key, stream, want), dst in zip(self._fields, b.in_order):
+        r = self._reserved
+        self._reserved = None
+        # In place only if no stale partial batch was taken since frame_rows(); otherwise the
+        # views point into that earlier batch, past its committed rows, and are copied from.
+        in_place = r[3] if r is not None and frames is r[2] and r[0] is b and r[1] == i else self._no_views
+        for (path, key, stream, want), dst, view in zip(self._fields, b.in_order, in_place):
             src = step if stream == 0 else frames
             rows = slice(i * fps, (i + 1) * fps) if stream else i
             if key in src:
                 value = src[key]
+                if value is view and view is not None:
+                    continue
                 shape = getattr(value, "shape", None)
                 if shape is None:
                     value = np.asarray(value)

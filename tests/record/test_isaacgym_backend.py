@@ -206,6 +206,20 @@ def test_substep_frames_via_callback(backend):
     np.testing.assert_allclose(np.diff(frames["episode_time_s"][:, 0]), DT, atol=1e-6)
 
 
+def test_frames_out_receives_the_stacked_frames():
+    """step(frames_out=...) stacks every frame field into the given float32 arrays and returns them."""
+    a, b = IsaacGymBackend(env=FakeEnv()), IsaacGymBackend(env=FakeEnv())
+    a.reset(), b.reset()
+    out = {
+        k: np.full((DECIMATION, E) + shape, np.nan, np.float32) for k, (shape, _) in a._frame_fields.items()
+    }
+    got = a.step(np.ones((E, A), np.float32), substep_frames=True, frames_out=out)
+    want = b.step(np.ones((E, A), np.float32), substep_frames=True)
+    assert got.frames is out and set(out) == set(want.frames)
+    for key, value in want.frames.items():
+        np.testing.assert_array_equal(out[key], value, err_msg=key)
+
+
 def test_policy_frames_torque_is_first_substep(backend):
     """With one frame row per policy step, its torque is that of substep 0 (read through the callback)."""
     backend.reset()

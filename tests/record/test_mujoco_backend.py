@@ -76,6 +76,23 @@ def test_obs_is_float32_finite_with_109_columns(trajectories):
     assert r.reward.dtype == np.float32 and r.done.dtype == bool and r.timeout.dtype == bool
 
 
+@pytest.mark.parametrize("substep", [False, True])
+def test_frames_out_receives_the_same_frames(trajectories, substep):
+    """step(frames_out=...) writes into the given arrays exactly the frames it would return anew."""
+    a, b = MujocoBackend(trajectories, n_envs=2), MujocoBackend(trajectories, n_envs=2)
+    a.reset(), b.reset()
+    n_rows = 4 if substep else 1
+    for s in range(3):
+        action = np.full((2, 18), 0.05 * s, np.float32)
+        out = {k: np.full((n_rows, 2) + shape, np.nan, np.float32) for k, (shape, _) in a._fields.items()}
+        ra = a.step(action, substep_frames=substep, frames_out=out)
+        rb = b.step(action, substep_frames=substep)
+        assert ra.frames is out and set(out) == set(rb.frames)
+        for key, value in rb.frames.items():
+            np.testing.assert_array_equal(out[key], value, err_msg=key)
+        np.testing.assert_array_equal(ra.obs, rb.obs)
+
+
 def test_obs_layout_covers_109_columns_in_order():
     """OBS_LAYOUT lists the §5 terms back to back with the documented sizes."""
     sizes = [s.stop - s.start for _, s in OBS_LAYOUT]

@@ -60,3 +60,43 @@ def test_gate_entropy_formula(ws):
     w = np.asarray(ws, dtype=np.float32)
     expected = -(w * np.log(w + np.float32(1e-8))).sum()
     assert np.isclose(gate_entropy(w[None])[0], expected, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_steps=st.integers(1, 17),
+    batch=st.integers(1, 6),
+    fps=st.sampled_from([1, 4]),
+    ways=st.lists(
+        st.sampled_from(["copy", "in_place", "flush_between", "replaced"]), min_size=17, max_size=17
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_frames_written_in_place_roundtrip(n_steps, batch, fps, ways, seed):
+    """Frames filled in place (frame_rows), copied, replaced in the dict, or with a flush between, read back equal."""
+    spec = small_spec(3, frames_per_step=fps)
+    steps = [synthetic_step(spec, s, seed) for s in range(n_steps)]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "p.h5")
+        with LogWriter(path, spec, batch_steps=batch, chunk_bytes=1024) as w:
+            for (st_, fr), way in zip(steps, ways):
+                if way == "copy":
+                    w.append(st_, fr)
+                    continue
+                rows = w.frame_rows()
+                assert set(rows) == set(fr) - {"step", "substep"}  # the writer fills those
+                for key in rows:
+                    rows[key][...] = fr[key]
+                if way == "flush_between":  # the partial batch is committed before this step's append
+                    w.flush()
+                if way == "replaced":
+                    rows["body_pos"] = fr["body_pos"].copy()
+                w.append(st_, rows)
+        with open_log(path) as log:
+            assert log.n_steps == n_steps
+            for key in steps[0][1]:
+                np.testing.assert_array_equal(
+                    log.read("frames/" + key), np.concatenate([f[key] for _, f in steps])
+                )
+            np.testing.assert_array_equal(log.read("frames/step"), np.repeat(np.arange(n_steps), fps))
+        assert validate(path) == []
