@@ -159,6 +159,8 @@ class _Batch:
             self.arrays[path].fill(0)  # touch every page now, not during the rollout's first batches
 
         self.in_order = list(self.arrays.values())  # the specs' order, which LogWriter._fields follows
+        # Per row, once: LogWriter.frame_rows()'s views (by key, and per field or None).
+        self.row_views: List[Optional[Tuple[Dict[str, np.ndarray], List[Any]]]] = [None] * capacity
 
     def view(self) -> Dict[str, np.ndarray]:
         """Return the filled rows of every dataset."""
@@ -174,7 +176,7 @@ class _Batch:
     def release(self) -> None:
         """Free the shared-memory block (the arrays viewing it go first: numpy pins the buffer)."""
         if self.shm is not None:
-            self.arrays, self.in_order = {}, []
+            self.arrays, self.in_order, self.row_views = {}, [], []
             self.unlink()
             self.shm.close()
             self.shm = None
@@ -403,16 +405,18 @@ class LogWriter:
         """
         with self._lock:
             b, i = self._batch, self._batch.n
-            rows = slice(i * self._fps, (i + 1) * self._fps)
-            views: Dict[str, np.ndarray] = {}
-            by_field: List[Any] = []
-            for (_path, key, stream, _want), dst in zip(self._fields, b.in_order):
-                view = dst[rows] if stream and key not in _FILLED_FRAME_KEYS else None
-                if view is not None:
-                    views[key] = view
-                by_field.append(view)
-            self._reserved = (b, i, views, by_field)
-            return views
+            cached = b.row_views[i]
+            if cached is None:
+                rows = slice(i * self._fps, (i + 1) * self._fps)
+                by_field = [
+                    dst[rows] if stream and key not in _FILLED_FRAME_KEYS else None
+                    for (_path, key, stream, _want), dst in zip(self._fields, b.in_order)
+                ]
+                views = {f[1]: v for f, v in zip(self._fields, by_field) if v is not None}
+                cached = b.row_views[i] = (views, by_field)
+            out = dict(cached[0])  # the caller's own dict: it may replace entries
+            self._reserved = (b, i, out, cached[1])
+            return out
 
     def _copy_row(
         self, b: _Batch, i: int, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]
@@ -429,9 +433,10 @@ class LogWriter:
         # In place only if no stale partial batch was taken since frame_rows(); otherwise the
         # views point into that earlier batch, past its committed rows, and are copied from.
         in_place = r[3] if r is not None and frames is r[2] and r[0] is b and r[1] == i else self._no_views
+        frame_rows = slice(i * fps, (i + 1) * fps)
         for (path, key, stream, want), dst, view in zip(self._fields, b.in_order, in_place):
             src = step if stream == 0 else frames
-            rows = slice(i * fps, (i + 1) * fps) if stream else i
+            rows = frame_rows if stream else i
             if key in src:
                 value = src[key]
                 if value is view and view is not None:
