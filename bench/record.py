@@ -1,7 +1,9 @@
 """Benchmark the recorder: the same rollout with and without the event log, and the simulator's speed.
 
-One run, 64 envs, the demo checkpoint and trajectory, MuJoCo backend, substep frames (the default),
-the log written as ``moetape record`` writes it (LogWriter with its writer process). Each round
+One run of ``moetape record``'s default length (1000 policy steps), 64 envs, the demo checkpoint and
+trajectory, MuJoCo backend, substep frames (the default), the log written as ``moetape record``
+writes it (LogWriter with its writer process, the backend writing frames into its batch rows:
+LogWriter.frame_rows). Each round
 runs the rollout without and with the log back to back, in alternating order; the timed part ends
 when every step is committed. ``overhead`` = the median over rounds of (time with the log / time
 without): these machines' speed drifts by +-10% over seconds, which a pair of adjacent runs mostly
@@ -9,7 +11,7 @@ cancels (``overhead_fastest``, fastest with / fastest without, is printed too). 
 ``sim_ratio`` = backend physics substeps/s / bare ``mj_step`` substeps/s (goal >= 0.8, from
 bench/sim_speed.py).
 
-Usage: python bench/record.py [--envs 64] [--steps 200] [--rounds 9] [--json]
+Usage: python bench/record.py [--envs 64] [--steps 1000] [--rounds 7] [--json]
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def rollout(policy, backend, n_steps, writer=None, substep=True):
     return time.perf_counter() - t
 
 
-def measure_overhead(n_envs=64, n_steps=200, rounds=9, frames="substep"):
+def measure_overhead(n_envs=64, n_steps=1000, rounds=7, frames="substep"):
     import torch
 
     from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory
@@ -104,8 +106,8 @@ def measure_overhead(n_envs=64, n_steps=200, rounds=9, frames="substep"):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--envs", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--steps", type=int, default=1000, help="policy steps per run (moetape record's default)")
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument(
         "--frames",
         choices=["substep", "policy"],
