@@ -15,171 +15,31 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import h5py
 import numpy as np
 
 from moetape.schema import layout
-from moetape.schema.commit import filled_rows, mark_end, utc_now, write_batch
+from moetape.schema.batch import Batch
+from moetape.schema.commit import mark_end, utc_now, write_batch
 from moetape.schema.errors import LogFormatError, LogWriteError
 from moetape.schema.io import create_for_write
+from moetape.schema.spec import (  # LogSpec, gate_entropy and chunk_shape are used from here too
+    BATCH_TARGET_BYTES,
+    CHUNK_TARGET_BYTES,
+    MAX_BATCH_STEPS,
+    LogSpec,
+    chunk_shape,
+    gate_entropy,
+    pow2_floor,
+)
 from moetape.schema.version import FORMAT_VERSION
 
-CHUNK_TARGET_BYTES = 512 * 1024
-BATCH_TARGET_BYTES = 16 * 1024 * 1024
-MAX_BATCH_STEPS = 256
-MAX_CHUNK_ROWS = 1024
-ENTROPY_EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class LogSpec:
-    """Sizes and names of a log; fixed when the file is created (datasets cannot be added later)."""
-
-    n_envs: int
-    obs_dim: int
-    action_dim: int
-    joint_names: List[str]
-    body_names: List[str]
-    expert_names: List[str] = field(default_factory=lambda: ["base", "arm"])
-    term_names: List[str] = field(default_factory=list)
-    metrics: Dict[str, Tuple[Tuple[int, ...], str]] = field(default_factory=dict)
-    sim_dt_s: float = 0.005
-    decimation: int = 4
-    frames_per_step: int = 1
-    backend: str = "mujoco"
-
-    @property
-    def sizes(self) -> Dict[str, int]:
-        """Return the symbol sizes of layout.field_specs."""
-        return {
-            "E": self.n_envs,
-            "O": self.obs_dim,
-            "A": self.action_dim,
-            "K": len(self.expert_names),
-            "J": len(self.joint_names),
-            "B": len(self.body_names),
-        }
-
-    def datasets(self) -> Dict[str, Tuple[Tuple[int, ...], str]]:
-        """Return every dataset path -> (row shape, dtype)."""
-        return layout.field_specs(self.sizes, list(self.term_names), dict(self.metrics))
-
-    def validate(self) -> None:
-        """Raise LogFormatError if sizes or names are unusable."""
-        problems = []
-        for name in ("n_envs", "obs_dim", "action_dim", "decimation"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.frames_per_step not in (1, self.decimation):
-            problems.append(
-                f"frames_per_step must be 1 or decimation ({self.decimation}), got {self.frames_per_step}"
-            )
-        if len(self.expert_names) < 1:
-            problems.append("at least one expert name is needed")
-        for group, names in (("terms", self.term_names), ("metrics", list(self.metrics))):
-            for n in names:  # "/" nests groups (legacy term names such as "task/reaching/pos_err")
-                if not n or n != n.strip() or "" in n.split("/") or n.startswith("."):
-                    problems.append(f"{group} name {n!r} is not a usable name")
-                elif any(o.startswith(n + "/") for o in names):
-                    problems.append(f"{group} name {n!r} is also a prefix of another name")
-            if len(set(names)) != len(names):
-                problems.append(f"{group} names repeat: {names}")
-        if problems:
-            raise LogFormatError("log spec: " + "; ".join(problems))
-
-
-def gate_entropy(gate: np.ndarray) -> np.ndarray:
-    """Return -sum_k w_k ln(w_k + 1e-8) over the last axis; gate float32 (..., K) -> float32 (...)."""
-    g = np.asarray(gate, dtype=np.float32)
-    return (-(g * np.log(g + np.float32(ENTROPY_EPS))).sum(axis=-1)).astype(np.float32)
-
-
-def chunk_shape(
-    row_shape: Tuple[int, ...],
-    itemsize: int,
-    target: int = CHUNK_TARGET_BYTES,
-    max_rows: int = MAX_CHUNK_ROWS,
-) -> Tuple[int, ...]:
-    """Chunk a growable dataset: about ``target`` bytes, rows a power of two dividing ``max_rows``.
-
-    ``max_rows`` is the writer's batch size (a power of two), so a full batch writes whole chunks
-    and no chunk is rewritten by the next batch. Envs are split across chunks only when one row of
-    all envs exceeds the target.
-    """
-    inner = int(np.prod(row_shape, dtype=np.int64)) * itemsize if row_shape else itemsize
-    rows = _pow2_floor(max(1, min(max_rows, MAX_CHUNK_ROWS, target // max(1, inner))))
-    if not row_shape:
-        return (rows,)
-    per_env = max(1, inner // max(1, row_shape[0]))
-    env_chunk = int(min(row_shape[0], max(1, target // (rows * per_env))))
-    return (rows, env_chunk) + tuple(row_shape[1:])
-
+__all__ = ["LogSpec", "LogWriter", "chunk_shape", "gate_entropy"]
 
 _FILLED_FRAME_KEYS = frozenset({"step", "substep"})
 """frames/ fields the writer fills itself (append's caller gives the others)."""
-
-
-def _pow2_floor(n: int) -> int:
-    return 1 << (int(n).bit_length() - 1)
-
-
-class _Batch:
-    """Rows of up to ``capacity`` steps, preallocated per dataset; in one shared-memory block when
-    ``shared`` (the writer process reads them there: see writer_process.py)."""
-
-    def __init__(
-        self, specs: Mapping[str, Tuple[Tuple[int, ...], str]], capacity: int, fps: int, shared: bool = False
-    ) -> None:
-        self.n = 0
-        self.capacity = capacity
-        self.fps = fps
-        self.first_row_t = 0.0
-        self.arrays: Dict[str, np.ndarray] = {}
-        self.shm: Any = None
-        self.unlinked = False
-        self.table: List[Tuple[str, int, Tuple[int, ...], str]] = []  # path, byte offset, shape, dtype
-        offset = 0
-        for path, (shape, dtype) in specs.items():
-            rows = capacity * fps if layout.stream_of(path) == 1 else capacity
-            self.table.append((path, offset, (rows,) + tuple(shape), np.dtype(dtype).str))
-            nbytes = rows * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            offset += -(-nbytes // 64) * 64  # 64-byte aligned, like numpy's own allocations
-        if shared:
-            from multiprocessing import shared_memory
-
-            self.shm = shared_memory.SharedMemory(create=True, size=max(1, offset))
-        for path, off, shape, dtype in self.table:
-            if self.shm is None:
-                self.arrays[path] = np.empty(shape, dtype=dtype)
-            else:
-                self.arrays[path] = np.ndarray(shape, dtype=dtype, buffer=self.shm.buf, offset=off)
-            self.arrays[path].fill(0)  # touch every page now, not during the rollout's first batches
-
-        self.in_order = list(self.arrays.values())  # the specs' order, which LogWriter._fields follows
-        # Per row, once: LogWriter.frame_rows()'s views (by key, and per field or None).
-        self.row_views: List[Optional[Tuple[Dict[str, np.ndarray], List[Any]]]] = [None] * capacity
-
-    def view(self) -> Dict[str, np.ndarray]:
-        """Return the filled rows of every dataset."""
-        return filled_rows(self.arrays, self.n, self.fps)
-
-    def unlink(self) -> None:
-        """Remove the shared-memory block's name (the writer process has mapped it): after this no
-        crash of either process can leave it behind in /dev/shm; the memory goes with the last map."""
-        if self.shm is not None and not self.unlinked:
-            self.shm.unlink()
-            self.unlinked = True
-
-    def release(self) -> None:
-        """Free the shared-memory block (the arrays viewing it go first: numpy pins the buffer)."""
-        if self.shm is not None:
-            self.arrays, self.in_order, self.row_views = {}, [], []
-            self.unlink()
-            self.shm.close()
-            self.shm = None
 
 
 class LogWriter:
@@ -236,14 +96,14 @@ class LogWriter:
         self._frame_keys = {key for _p, key, stream, _s in self._fields if stream != 0}
         self._substeps = np.arange(self._fps, dtype=np.int8)
         # frame_rows(): (batch, row, views dict, view per field or None), until the next append.
-        self._reserved: Optional[Tuple[_Batch, int, Dict[str, np.ndarray], List[Any]]] = None
+        self._reserved: Optional[Tuple[Batch, int, Dict[str, np.ndarray], List[Any]]] = None
         self._no_views: List[Any] = [None] * len(self._fields)
         step_bytes = sum(
             int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize * (self._fps if layout.stream_of(p) else 1)
             for p, (s, d) in self._specs.items()
         )
         self.batch_steps = int(
-            batch_steps or _pow2_floor(max(1, min(MAX_BATCH_STEPS, BATCH_TARGET_BYTES // step_bytes)))
+            batch_steps or pow2_floor(max(1, min(MAX_BATCH_STEPS, BATCH_TARGET_BYTES // step_bytes)))
         )
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
@@ -252,15 +112,15 @@ class LogWriter:
         # and the writer process maps every block once. In use at most: the current batch, one
         # waiting for queue space, max_batches queued and one being written.
         self._batches = [
-            _Batch(self._specs, self.batch_steps, self._fps, shared=self._shared)
+            Batch(self._specs, self.batch_steps, self._fps, shared=self._shared)
             for _ in range(max(1, max_batches) + 3)
         ]
         self._batch = self._batches[0]
         # Written batches come back for reuse.
-        self._free: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[Batch] = queue.SimpleQueue()
         for b in self._batches[1:]:
             self._free.put(b)
-        self._queue: queue.Queue[Optional[_Batch]] = queue.Queue(maxsize=max(1, max_batches))
+        self._queue: queue.Queue[Optional[Batch]] = queue.Queue(maxsize=max(1, max_batches))
         self._error: Optional[BaseException] = None
         self._dsids: Optional[Dict[str, Any]] = None
         self._writing = threading.Lock()  # held by the writer thread while it writes a batch
@@ -364,7 +224,7 @@ class LogWriter:
     def _chunks(self, path: str, shape: Tuple[int, ...], dtype: str) -> Tuple[int, ...]:
         """Chunk shape aligned with the batch (frames/ rows per batch = batch_steps * frames_per_step)."""
         rows = self.batch_steps * (self._fps if layout.stream_of(path) else 1)
-        return chunk_shape(shape, np.dtype(dtype).itemsize, self.chunk_bytes, _pow2_floor(rows))
+        return chunk_shape(shape, np.dtype(dtype).itemsize, self.chunk_bytes, pow2_floor(rows))
 
     # ---------------------------------------------------------------- caller side
     def append(
@@ -419,7 +279,7 @@ class LogWriter:
             return out
 
     def _copy_row(
-        self, b: _Batch, i: int, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]
+        self, b: Batch, i: int, step: Mapping[str, np.ndarray], frames: Mapping[str, np.ndarray]
     ) -> List[str]:
         """Copy one step into row ``i`` of batch ``b``, filling derived fields; return the problems found.
 
@@ -466,7 +326,7 @@ class LogWriter:
                 problems.append(f"undeclared fields {sorted(extra)} (declare terms/metrics in the LogSpec)")
         return problems
 
-    def _take_locked(self) -> Optional[_Batch]:
+    def _take_locked(self) -> Optional[Batch]:
         """Swap the filled batch for a fresh one (caller holds the lock)."""
         b = self._batch
         if b.n == 0:
@@ -480,7 +340,7 @@ class LogWriter:
         self._batch.n = 0
         return b
 
-    def _put(self, item: Optional[_Batch]) -> None:
+    def _put(self, item: Optional[Batch]) -> None:
         """Queue a batch for the writer thread, blocking while the queue is full."""
         while True:
             self._raise_if_failed()
@@ -598,7 +458,7 @@ class LogWriter:
             finally:
                 self._queue.task_done()
 
-    def _take_stale(self) -> Optional[_Batch]:
+    def _take_stale(self) -> Optional[Batch]:
         """Take the caller's partial batch if it is older than flush_seconds and nothing is queued.
 
         The caller queues batches while holding the lock, so with the lock held and the queue empty
@@ -615,11 +475,11 @@ class LogWriter:
         finally:
             self._lock.release()
 
-    def _write(self, b: _Batch) -> None:
+    def _write(self, b: Batch) -> None:
         with self._writing:
             self._write_locked(b)
 
-    def _write_locked(self, b: _Batch) -> None:
+    def _write_locked(self, b: Batch) -> None:
         if self._child is not None:
             s1 = self._child.write(b, self.n_committed)
         else:
