@@ -373,6 +373,7 @@ class MujocoBackend:
         self._set_ctrl(self.ix.default_pos + ACTION_SCALE * a.astype(np.float64))
         n_rows = DECIMATION if substep_frames else 1
         frames = frames_out if frames_out is not None else self._new_frames(n_rows)
+        self._write_future_targets(frames, n_rows)
         for k in range(n_rows):
             self._write_frame_state(frames, k)
             last = k == n_rows - 1
@@ -447,11 +448,16 @@ class MujocoBackend:
         frames["root_ang_vel"][k] = mm.rotate(mat, qv[:, ix.root_dof + 3 : ix.root_dof + 6])
         frames["dof_pos"][k] = qp[:, ix.qpos]
         frames["dof_vel"][k] = qv[:, ix.dof]
-        t = self.step_in_episode * POLICY_DT_S + k * SIM_DT_S
-        frames["episode_time_s"][k] = t
-        tpos, tquat = self._traj.lookup(self._traj_index, t[:, None] + mm.FUTURE_TARGET_OFFSETS_S)
-        frames["target_future_pos"][k] = tpos
-        frames["target_future_quat_xyzw"][k] = mm.wxyz_to_xyzw(tquat)
+        frames["episode_time_s"][k] = self.step_in_episode * POLICY_DT_S + k * SIM_DT_S
+
+    def _write_future_targets(self, frames: Dict[str, np.ndarray], n_rows: int) -> None:
+        """Fill the future targets of rows 0..n_rows-1 (row times known before the substeps): one lookup."""
+        E, M = self.n_envs, len(mm.FUTURE_TARGET_OFFSETS_S)
+        t = self.step_in_episode * POLICY_DT_S  # (E,)
+        offsets = np.arange(n_rows)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S  # (rows, M)
+        tpos, tquat = self._traj.lookup(self._traj_index, t[:, None] + offsets.reshape(1, -1))
+        frames["target_future_pos"][:] = tpos.reshape(E, n_rows, M, 3).swapaxes(0, 1)
+        frames["target_future_quat_xyzw"][:] = mm.wxyz_to_xyzw(tquat.reshape(E, n_rows, M, 4).swapaxes(0, 1))
 
     def _write_frame_derived(self, frames: Dict[str, np.ndarray], k: int) -> None:
         """Fill row ``k`` with what MuJoCo derived during the substep that just ran (pre-substep poses)."""

@@ -212,6 +212,26 @@ def test_frame_shapes_and_substep_row0_equals_policy_row(trajectories):
     assert not np.array_equal(rs.frames["root_pos"][0], rs.frames["root_pos"][3])
 
 
+@pytest.mark.parametrize("substep", [True, False])
+def test_future_targets_are_the_trajectory_at_each_row_time(trajectories, substep):
+    """Every frame row's future targets are the trajectory at episode_time_s + linspace(0.05, 1, 8), xyzw."""
+    b = MujocoBackend(trajectories, n_envs=3)
+    b.reset()
+    for s in range(4):
+        index = b._traj_index.copy()
+        r = b.step(np.full((3, 18), 0.02 * s, np.float32), substep_frames=substep)
+        for k in range(4 if substep else 1):
+            t = r.frames["episode_time_s"][k].astype(np.float64)
+            np.testing.assert_allclose(t, s * 0.02 + k * 0.005, atol=1e-6)
+            pos, quat = b._traj.lookup(
+                index, s * 0.02 + k * 0.005 + np.zeros((3, 1)) + np.linspace(0.05, 1.0, 8)
+            )
+            np.testing.assert_allclose(r.frames["target_future_pos"][k], pos, atol=1e-6)
+            np.testing.assert_allclose(
+                r.frames["target_future_quat_xyzw"][k], quat[..., [1, 2, 3, 0]], atol=1e-6
+            )
+
+
 def test_timeout_after_350_steps_resets_the_episode(trajectories):
     """Step 350 of an episode sets done and timeout; the next step starts episode 1 at step 0."""
     b = MujocoBackend(trajectories, n_envs=2)
