@@ -236,9 +236,7 @@ class LogWriter:
             LogFormatError: a field is missing or has the wrong shape.
             LogWriteError: the writer thread failed or the log is closed.
         """
-        self._raise_if_failed()
-        if self._closed:
-            raise LogWriteError(f"{self.path}: the log is closed; cannot append.")
+        self._check_writable()
         frames = frames or {}
         with self._lock:
             b = self._batch
@@ -262,7 +260,11 @@ class LogWriter:
         Pass the returned dict to the next ``append`` as ``frames``: rows still in place are not
         copied again. Each view is (frames_per_step, E, *shape) of its dataset's dtype; ``step`` and
         ``substep`` are not among them (append fills those). Valid until that append.
+
+        Raises:
+            LogWriteError: the writer thread failed or the log is closed.
         """
+        self._check_writable()
         with self._lock:
             b, i = self._batch, self._batch.n
             cached = b.row_views[i]
@@ -349,6 +351,11 @@ class LogWriter:
                 return
             except queue.Full:
                 continue
+
+    def _check_writable(self) -> None:
+        self._raise_if_failed()
+        if self._closed:
+            raise LogWriteError(f"{self.path}: the log is closed; cannot append.")
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -66,7 +66,7 @@ def test_partial_batch_committed_within_flush_seconds(tmp_path, process):
 
 
 def test_close_is_idempotent_and_append_after_close_fails(tmp_path):
-    """close() twice is fine; appending afterwards is an error."""
+    """close() twice is fine; appending (or asking for frame rows) afterwards is an error."""
     spec = small_spec(1, frames_per_step=1)
     log = LogWriter(str(tmp_path / "c.h5"), spec)
     log.append(*synthetic_step(spec, 0))
@@ -74,6 +74,8 @@ def test_close_is_idempotent_and_append_after_close_fails(tmp_path):
     log.close()
     with pytest.raises(LogWriteError):
         log.append(*synthetic_step(spec, 1))
+    with pytest.raises(LogWriteError, match="closed"):
+        log.frame_rows()
 
 
 def test_writer_process_round_trip_and_no_leaked_shared_memory(tmp_path):
