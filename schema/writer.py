@@ -1,8 +1,9 @@
 """Append policy steps to an event log: buffered batches, one background thread, crash-safe commits.
 
 The caller hands in one policy step for all envs at a time (numpy arrays). Steps are copied
-into a batch buffer (or their frames written there in place: ``frame_rows``); full batches go through a bounded queue to a thread that owns the h5py
-handle and, per batch: resizes, writes the rows, raises ``n_committed``, then flushes. A slow
+into a batch buffer (or their frames written there in place: ``frame_rows``); full batches go
+through a bounded queue to a thread that owns the h5py handle and, per batch: resizes, writes the
+rows, raises ``n_committed``, then flushes. A slow
 disk blocks the caller (the queue is bounded), so memory never grows with run length. A partly
 filled batch is committed at least every ``flush_seconds`` so a killed run loses at most that.
 """
