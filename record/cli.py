@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -98,6 +98,11 @@ def run_and_report(cfg: RunConfig, *, quiet: bool) -> None:
         sys.exit(130)
 
 
+def _legacy_option(name: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """A click option spelled as the legacy scripts do (``--num_envs``), also accepted as ``--num-envs``."""
+    return click.option("--" + name, "--" + name.replace("_", "-"), name, **kwargs)
+
+
 def _frames_help() -> str:
     return (
         "rate of the simulator-state stream: substep = every physics substep (4 rows per policy step, "
@@ -106,32 +111,24 @@ def _frames_help() -> str:
 
 
 @click.command()
-@click.option(
-    "--moe_ckpt_path",
-    "--moe-ckpt-path",
+@_legacy_option(
     "moe_ckpt_path",
     required=True,
     type=click.Path(),
     help="MoE checkpoint (rsl_rl dict, variant A or B).",
 )
-@click.option(
-    "--trajectory_file_path",
-    "--trajectory-file-path",
+@_legacy_option(
     "trajectory_file_path",
     required=True,
     type=click.Path(),
     help="EE target trajectories (.pkl legacy list of dicts, or .npz).",
 )
-@click.option(
-    "--base_ckpt_path",
-    "--base-ckpt-path",
+@_legacy_option(
     "base_ckpt_path",
     type=click.Path(),
     help="Replace the base expert's weights with this rsl_rl expert.",
 )
-@click.option(
-    "--arm_ckpt_path",
-    "--arm-ckpt-path",
+@_legacy_option(
     "arm_ckpt_path",
     type=click.Path(),
     help="Replace the arm expert's weights with this rsl_rl expert.",
@@ -139,19 +136,15 @@ def _frames_help() -> str:
 @click.option(
     "--device", default=None, help="Torch device of the policy [legacy default cuda:0; cpu when no CUDA]."
 )
-@click.option("--num_envs", "--num-envs", "num_envs", default=1, show_default=True, type=int)
-@click.option("--num_steps", "--num-steps", "num_steps", default=1000, show_default=True, type=int)
+@_legacy_option("num_envs", default=1, show_default=True, type=int)
+@_legacy_option("num_steps", default=1000, show_default=True, type=int)
 @click.option("--visualize", is_flag=True, help="Show MuJoCo's viewer on env 0 (needs a display).")
-@click.option(
-    "--show_weights",
-    "--show-weights",
+@_legacy_option(
     "show_weights",
     is_flag=True,
     help="Live gate-weight line, the legacy every-50-steps print and a summary at the end.",
 )
-@click.option(
-    "--record_video",
-    "--record-video",
+@_legacy_option(
     "record_video",
     is_flag=True,
     help="After the run, render video.mp4 into the run folder from the log.",
@@ -249,9 +242,9 @@ def record(
     type=click.Path(),
     help="Run folder for the demo checkpoint, trajectory and log.",
 )
-@click.option("--num_envs", "--num-envs", "num_envs", default=4, show_default=True, type=int)
-@click.option("--num_steps", "--num-steps", "num_steps", default=500, show_default=True, type=int)
-@click.option("--record_video", "--record-video", "record_video", is_flag=True, help="Also render video.mp4.")
+@_legacy_option("num_envs", default=4, show_default=True, type=int)
+@_legacy_option("num_steps", default=500, show_default=True, type=int)
+@_legacy_option("record_video", is_flag=True, help="Also render video.mp4.")
 @click.option("--force", is_flag=True, help="Overwrite an existing demo in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def demo(out: str, num_envs: int, num_steps: int, record_video: bool, force: bool, quiet: bool) -> None:
