@@ -20,85 +20,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
-from typing import Callable, List, Optional
+from typing import List, Optional
 
-RecordFn = Callable[[List[str]], str]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # legacy_play beside this file
+from legacy_play import RecordFn, add_common_args, parse, run_record  # noqa: E402
+from legacy_play import record_command as _record_command  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--moe_ckpt_path", type=str, required=True, help="MoE checkpoint")
+    add_common_args(p, out_help="run folder for log.h5 and the derived files [runs/play_moe_ee_task-<time>]")
     p.add_argument("--base_ckpt_path", type=str, required=True, help="base expert checkpoint")
     p.add_argument("--arm_ckpt_path", type=str, required=True, help="arm expert checkpoint")
-    p.add_argument("--visualize", action="store_true")
     p.add_argument("--record_video", action="store_true")
-    p.add_argument(
-        "--device", type=str, default=None, help="torch device [legacy default cuda:0; cpu without CUDA]"
-    )
-    p.add_argument("--trajectory_file_path", type=str, required=True)
-    p.add_argument("--num_envs", type=int, default=1)
-    p.add_argument("--num_steps", type=int, default=1000)
     p.add_argument(
         "--show_weights", action="store_true", help="weight stats (weight_stats.pkl) and live display"
     )
-    p.add_argument(
-        "--out",
-        "--output_dir",
-        dest="out",
-        default=None,
-        help="run folder for log.h5 and the derived files [runs/play_moe_ee_task-<time>]",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite files in --out")
-    args = p.parse_args(argv)
-    if args.visualize:
-        args.num_envs = 1  # as the legacy script did
-    if args.out is None:
-        args.out = os.path.join("runs", "play_moe_ee_task-" + time.strftime("%Y%m%d-%H%M%S"))
-    return args
+    return parse(p, argv, "play_moe_ee_task")
 
 
 def record_command(args: argparse.Namespace) -> List[str]:
-    """The `moetape record` command line for these legacy flags."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "moetape",
-        "record",
-        "--moe_ckpt_path",
-        args.moe_ckpt_path,
-        "--base_ckpt_path",
-        args.base_ckpt_path,
-        "--arm_ckpt_path",
-        args.arm_ckpt_path,
-        "--trajectory_file_path",
-        args.trajectory_file_path,
-        "--num_envs",
-        str(args.num_envs),
-        "--num_steps",
-        str(args.num_steps),
-        "--frames",
-        "substep",
-        "--out",
-        args.out,
-    ]
-    if args.device is not None:
-        cmd += ["--device", args.device]
-    for flag in ("visualize", "show_weights", "record_video", "force"):
-        if getattr(args, flag):
-            cmd.append("--" + flag)
-    return cmd
-
-
-def run_record(cmd: List[str]) -> str:
-    """Run `moetape record`; return the log path it prints last on stdout. Exits with its status on failure."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(proc.returncode)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else os.path.join(cmd[cmd.index("--out") + 1], "log.h5")
+    """The `moetape record` command line for these legacy flags (every physics substep logged)."""
+    experts = ["--base_ckpt_path", args.base_ckpt_path, "--arm_ckpt_path", args.arm_ckpt_path]
+    return _record_command(args, frames="substep", extra=experts, flags=("show_weights", "record_video"))
 
 
 def main(argv: Optional[List[str]] = None, *, record: RecordFn = run_record) -> int:
