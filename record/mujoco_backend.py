@@ -294,7 +294,7 @@ class MujocoBackend:
                 c[self.ix.act] = row
 
     def _substeps(self, n: int, *, contacts: bool, kinematics: bool) -> None:
-        """Run ``n`` physics substeps in every env, then the derived quantities asked for."""
+        """Run ``n`` (may be 0) physics substeps in every env, then the derived quantities asked for."""
         if self._pool is None:
             self._substeps_chunk(self.datas, n, contacts, kinematics)
             return
@@ -305,7 +305,8 @@ class MujocoBackend:
     def _substeps_chunk(self, datas: List[mujoco.MjData], n: int, contacts: bool, kinematics: bool) -> None:
         m, step, rne, kin = self.model, mujoco.mj_step, mujoco.mj_rnePostConstraint, mujoco.mj_kinematics
         for d in datas:
-            step(m, d, n)
+            if n:
+                step(m, d, n)
             if contacts:
                 rne(m, d)  # fills cfrc_ext: net contact force per body
             if kinematics:
@@ -376,13 +377,14 @@ class MujocoBackend:
         self._write_future_targets(frames, n_rows)
         for k in range(n_rows):
             self._write_frame_state(frames, k)
-            last = k == n_rows - 1
-            self._substeps(1, contacts=True, kinematics=last and substep_frames)
-            self._write_frame_derived(frames, k)
-            if not last:
+            self._substeps(1, contacts=True, kinematics=False)
+            self._write_frame_derived(frames, k)  # before any mj_kinematics: poses before the substep
+            if k < n_rows - 1:
                 self.qpos[:] = self._gather("qpos")
                 self.qvel[:] = self._gather("qvel")
-        if not substep_frames:
+        if substep_frames:
+            self._substeps(0, contacts=False, kinematics=True)
+        else:
             self._substeps(DECIMATION - 1, contacts=True, kinematics=True)
         trunk_force = self._gather("cfrc")[:, self.ix.root_body, 3:]
         self._refresh_state()

@@ -213,6 +213,20 @@ def test_frame_shapes_and_substep_row0_equals_policy_row(trajectories):
 
 
 @pytest.mark.parametrize("substep", [True, False])
+def test_every_frame_row_is_one_instant(trajectories, substep):
+    """In every row the trunk's body pose is the root pose: body poses are read before the substep too."""
+    b = MujocoBackend(trajectories, n_envs=3)
+    b.reset()
+    trunk = b.ix.trunk_row
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        r = b.step(rng.uniform(-0.5, 0.5, (3, 18)).astype(np.float32), substep_frames=substep)
+        f = r.frames
+        np.testing.assert_allclose(f["body_pos"][:, :, trunk], f["root_pos"], atol=1e-6)
+        np.testing.assert_allclose(f["body_quat_xyzw"][:, :, trunk], f["root_quat_xyzw"], atol=1e-6)
+
+
+@pytest.mark.parametrize("substep", [True, False])
 def test_future_targets_are_the_trajectory_at_each_row_time(trajectories, substep):
     """Every frame row's future targets are the trajectory at episode_time_s + linspace(0.05, 1, 8), xyzw."""
     b = MujocoBackend(trajectories, n_envs=3)
