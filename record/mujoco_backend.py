@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import mujoco
 import numpy as np
@@ -95,6 +95,7 @@ TERM_NAMES: Tuple[str, ...] = ("task_reaching_pos_err", "task_reaching_ori_err",
 )
 MIN_BASE_HEIGHT_M = 0.12
 MAX_TILT_RAD = np.deg2rad(60.0)
+COS_MAX_TILT = float(np.cos(MAX_TILT_RAD))
 TRUNK_CONTACT_N = 1.0
 
 
@@ -119,6 +120,14 @@ def _load_model(path: str) -> Tuple[mujoco.MjModel, str]:
     return model, text
 
 
+def _as_slice(index: np.ndarray) -> Union[slice, np.ndarray]:
+    """``index`` int (n,) as a slice when it is a run of consecutive numbers (numpy then gives views,
+    not copies), else unchanged."""
+    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return index
+
+
 class _Indices:
     """Model addresses the backend needs, resolved by name once."""
 
@@ -140,6 +149,7 @@ class _Indices:
         self.root_dof = int(m.jnt_dofadr[free[0]])
         self.qpos = np.array([m.jnt_qposadr[j] for j in jids])
         self.dof = np.array([m.jnt_dofadr[j] for j in jids])
+        self.qpos_cols, self.dof_cols = _as_slice(self.qpos), _as_slice(self.dof)
         acts = {
             int(m.actuator_trnid[a, 0]): a
             for a in range(m.nu)
@@ -151,11 +161,11 @@ class _Indices:
                 f"{path}: no joint actuator for {', '.join(map(repr, no_act))}; add <position> actuators"
             )
         self.act = np.array([acts[j] for j in jids])
+        self.act_cols = _as_slice(self.act)
         self.act_is_all = bool(m.nu == 18 and np.array_equal(self.act, np.arange(18)))
         bodies = [b for b in range(1, m.nbody) if m.body_rootid[b] == self.root_body]
         self.bodies = np.array(bodies)
-        contiguous = bodies == list(range(bodies[0], bodies[-1] + 1))
-        self.body_index = slice(bodies[0], bodies[-1] + 1) if contiguous else self.bodies
+        self.body_index = _as_slice(self.bodies)
         self.body_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, int(b)) for b in self.bodies]
         self.trunk_row = int(np.flatnonzero(self.bodies == self.root_body)[0])
         sid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
@@ -247,6 +257,7 @@ class MujocoBackend:
         self.target_pos = np.zeros((E, len(TARGET_TIMES_S), 3))  # at TARGET_TIMES_S after episode time
         self.target_quat = np.zeros((E, len(TARGET_TIMES_S), 4))
         self._traj_index = np.arange(E) % self._traj.n_episodes
+        self._ee_site_rmul = mm.right_mul_matrix(self.ix.ee_site_quat)
         self.reset()  # a valid state even if the caller steps first
 
     # ---- per-env C calls and copies ------------------------------------------------------------
@@ -265,6 +276,14 @@ class MujocoBackend:
             "eequat": [d.xquat[ix.ee_body] for d in ds],
         }
         self._v = {k: [x.reshape(-1) for x in v] for k, v in views.items()}
+        # Frame fields copied straight into their row (cast to float32 on the way) where the selection
+        # is a slice, so a view: the actuated joints' torques, the robot bodies' positions and forces.
+        self._direct: Dict[str, List[np.ndarray]] = {}
+        if isinstance(ix.act_cols, slice):
+            self._direct["torque"] = [d.actuator_force[ix.act_cols] for d in ds]
+        if isinstance(ix.body_index, slice):
+            self._direct["body_pos"] = [d.xpos[ix.body_index] for d in ds]
+            self._direct["contact_force"] = [d.cfrc_ext[ix.body_index, 3:] for d in ds]
         self._v_ctrl = [d.ctrl for d in ds]
         m = self.model
         self._buf = {
@@ -278,9 +297,10 @@ class MujocoBackend:
             "eequat": np.empty((self.n_envs, 4)),
         }
 
-    def _gather(self, name: str) -> np.ndarray:
-        """Copy one MjData field of every env into a float64 (E, ...) buffer (reused, copy it to keep)."""
-        out = self._buf[name]
+    def _gather(self, name: str, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Copy one MjData field of every env into ``out``, a contiguous float64 (E, ...) array; by
+        default a reused buffer (copy it to keep)."""
+        out = self._buf[name] if out is None else out
         np.concatenate(self._v[name], out=out.reshape(-1))  # flat views: far cheaper than np.stack
         return out
 
@@ -314,18 +334,18 @@ class MujocoBackend:
 
     def _refresh_state(self) -> None:
         """Copy qpos, qvel and the EE pose (needs fresh kinematics) of every env into the state cache."""
-        self.qpos[:] = self._gather("qpos")
-        self.qvel[:] = self._gather("qvel")
-        self.ee_pos[:] = self._gather("site")
-        self.ee_quat[:] = mm.quat_mul(self._gather("eequat"), self.ix.ee_site_quat)
+        self._gather("qpos", self.qpos)
+        self._gather("qvel", self.qvel)
+        self._gather("site", self.ee_pos)
+        np.matmul(self._gather("eequat"), self._ee_site_rmul, out=self.ee_quat)  # body quat * site quat
         r = self.ix.root_qpos
         self.base_mat[:] = mm.quat_to_mat(self.qpos[:, r + 3 : r + 7])
 
-    def _refresh_targets(self) -> None:
-        """Look up the targets at the current episode time and at the observation's future times."""
-        t = self.step_in_episode * POLICY_DT_S
-        self.target_pos[:], self.target_quat[:] = self._traj.lookup(
-            self._traj_index, t[:, None] + TARGET_TIMES_S
+    def _refresh_targets(self, envs: np.ndarray) -> None:
+        """Look up the targets of ``envs`` at their episode time and at the observation's future times."""
+        t = self.step_in_episode[envs] * POLICY_DT_S
+        self.target_pos[envs], self.target_quat[envs] = self._traj.lookup(
+            self._traj_index[envs], t[:, None] + TARGET_TIMES_S
         )
 
     # ---- protocol ------------------------------------------------------------------------------
@@ -354,7 +374,7 @@ class MujocoBackend:
         self.step_in_episode[envs] = 0
         self.last_action[envs] = 0.0
         self._refresh_state()
-        self._refresh_targets()
+        self._refresh_targets(envs)
 
     def step(
         self,
@@ -374,14 +394,14 @@ class MujocoBackend:
         self._set_ctrl(self.ix.default_pos + ACTION_SCALE * a.astype(np.float64))
         n_rows = DECIMATION if substep_frames else 1
         frames = frames_out if frames_out is not None else self._new_frames(n_rows)
-        self._write_future_targets(frames, n_rows)
+        next_targets = self._look_up_targets(frames, n_rows)
         for k in range(n_rows):
             self._write_frame_state(frames, k)
             self._substeps(1, contacts=True, kinematics=False)
             self._write_frame_derived(frames, k)  # before any mj_kinematics: poses before the substep
             if k < n_rows - 1:
-                self.qpos[:] = self._gather("qpos")
-                self.qvel[:] = self._gather("qvel")
+                self._gather("qpos", self.qpos)
+                self._gather("qvel", self.qvel)
         if substep_frames:
             self._substeps(0, contacts=False, kinematics=True)
         else:
@@ -389,7 +409,7 @@ class MujocoBackend:
         trunk_force = self._gather("cfrc")[:, self.ix.root_body, 3:]
         self._refresh_state()
         self.step_in_episode += 1
-        self._refresh_targets()
+        self.target_pos[:], self.target_quat[:] = next_targets
         terms, terminated = self._evaluate(a, trunk_force)
         timeout = self.step_in_episode >= self.max_steps
         done = terminated | timeout
@@ -448,47 +468,66 @@ class MujocoBackend:
         frames["root_lin_vel"][k] = qv[:, ix.root_dof : ix.root_dof + 3]
         mat = self.base_mat if k == 0 else mm.quat_to_mat(quat)
         frames["root_ang_vel"][k] = mm.rotate(mat, qv[:, ix.root_dof + 3 : ix.root_dof + 6])
-        frames["dof_pos"][k] = qp[:, ix.qpos]
-        frames["dof_vel"][k] = qv[:, ix.dof]
+        frames["dof_pos"][k] = qp[:, ix.qpos_cols]
+        frames["dof_vel"][k] = qv[:, ix.dof_cols]
         frames["episode_time_s"][k] = self.step_in_episode * POLICY_DT_S + k * SIM_DT_S
 
-    def _write_future_targets(self, frames: Dict[str, np.ndarray], n_rows: int) -> None:
-        """Fill the future targets of rows 0..n_rows-1 (row times known before the substeps): one lookup."""
+    def _look_up_targets(self, frames: Dict[str, np.ndarray], n_rows: int) -> Tuple[np.ndarray, np.ndarray]:
+        """One trajectory lookup per step: fill the future targets of frame rows 0..n_rows-1 and return
+        the targets of the next observation (TARGET_TIMES_S after the next step's episode time),
+        float64 (E, 5, 3) and (E, 5, 4) wxyz. Envs that end this step look theirs up again on reset."""
         E, M = self.n_envs, len(mm.FUTURE_TARGET_OFFSETS_S)
         t = self.step_in_episode * POLICY_DT_S  # (E,)
+        t_next = (self.step_in_episode + 1) * POLICY_DT_S
         offsets = np.arange(n_rows)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S  # (rows, M)
-        tpos, tquat = self._traj.lookup(self._traj_index, t[:, None] + offsets.reshape(1, -1))
-        frames["target_future_pos"][:] = tpos.reshape(E, n_rows, M, 3).swapaxes(0, 1)
-        frames["target_future_quat_xyzw"][:] = mm.wxyz_to_xyzw(tquat.reshape(E, n_rows, M, 4).swapaxes(0, 1))
+        times = np.concatenate(
+            [t[:, None] + offsets.reshape(1, -1), t_next[:, None] + TARGET_TIMES_S], axis=1
+        )
+        pos, quat = self._traj.lookup(self._traj_index, times)
+        n = n_rows * M
+        frames["target_future_pos"][:] = pos[:, :n].reshape(E, n_rows, M, 3).swapaxes(0, 1)
+        frames["target_future_quat_xyzw"][:] = mm.wxyz_to_xyzw(
+            quat[:, :n].reshape(E, n_rows, M, 4).swapaxes(0, 1)
+        )
+        return pos[:, n:], quat[:, n:]
 
     def _write_frame_derived(self, frames: Dict[str, np.ndarray], k: int) -> None:
         """Fill row ``k`` with what MuJoCo derived during the substep that just ran (pre-substep poses)."""
-        b = self.ix.body_index
-        frames["torque"][k] = self._gather("act")[:, self.ix.act]
-        frames["body_pos"][k] = self._gather("xpos")[:, b]
+        b, every = self.ix.body_index, slice(None)
+        for name, field, index in (
+            ("torque", "act", (every, self.ix.act_cols)),
+            ("body_pos", "xpos", (every, b)),
+            ("contact_force", "cfrc", (every, b, slice(3, None))),
+        ):
+            out = frames[name][k]
+            views = self._direct.get(name)
+            if views is not None and out.flags.c_contiguous:  # else reshape would copy
+                np.concatenate(views, out=out.reshape((-1,) + views[0].shape[1:]), casting="same_kind")
+            else:
+                out[...] = self._gather(field)[index]
         frames["body_quat_xyzw"][k] = mm.wxyz_to_xyzw(self._gather("xquat")[:, b])
-        frames["contact_force"][k] = self._gather("cfrc")[:, b, 3:]
 
     # ---- task ----------------------------------------------------------------------------------
 
     def _evaluate(self, a: np.ndarray, trunk_force: np.ndarray) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
         """Tracking errors, reward parts and termination for the post-step state; float32 (E,) each."""
         ix = self.ix
-        pos_err = np.linalg.norm(self.target_pos[:, 0] - self.ee_pos, axis=-1)
+        d = self.target_pos[:, 0] - self.ee_pos
+        pos_err = np.sqrt(np.einsum("ei,ei->e", d, d))
         ori_err = mm.quat_angle(self.ee_quat, self.target_quat[:, 0])
-        grav = -self.base_mat[:, 2, :]  # world -z in the base frame: R^T (0, 0, -1)
-        tilt = np.arccos(np.clip(-grav[:, 2], -1.0, 1.0))
+        up = self.base_mat[:, 2, :]  # world z in the base frame, R^T (0, 0, 1): minus projected gravity
         terminated = (
-            (np.linalg.norm(trunk_force, axis=-1) > TRUNK_CONTACT_N)
+            (np.einsum("ei,ei->e", trunk_force, trunk_force) > TRUNK_CONTACT_N**2)
             | (self.qpos[:, ix.root_qpos + 2] < MIN_BASE_HEIGHT_M)
-            | (tilt > MAX_TILT_RAD)
+            | (up[:, 2] < COS_MAX_TILT)  # tilt = arccos(up_z) > MAX_TILT_RAD
         )
+        da = a - self.last_action
         w = REWARD_WEIGHTS
         parts = {
             "reward_pos": w["reward_pos"] * np.exp(-pos_err / 0.1),
             "reward_ori": w["reward_ori"] * np.exp(-ori_err / 0.5),
-            "reward_upright": w["reward_upright"] * np.sum(grav[:, :2] ** 2, axis=-1),
-            "reward_action_rate": w["reward_action_rate"] * np.sum((a - self.last_action) ** 2, axis=-1),
+            "reward_upright": w["reward_upright"] * np.einsum("ei,ei->e", up[:, :2], up[:, :2]),
+            "reward_action_rate": w["reward_action_rate"] * np.einsum("ei,ei->e", da, da),
             "reward_termination": w["reward_termination"] * terminated,
         }
         terms = {"task_reaching_pos_err": pos_err, "task_reaching_ori_err": ori_err}
@@ -506,15 +545,16 @@ class MujocoBackend:
         obs = np.empty((E, OBS_DIM), np.float32)
         o = obs[:, OBS_TARGETS].reshape(E, len(OBS_TARGET_TIMES_S), 9)
         o[..., :3] = rel_pos * 10.0
-        o[..., 3:6] = rel_rot[..., :, 0] * 1.5  # 6D rotation: column 0, then column 1
-        o[..., 6:9] = rel_rot[..., :, 1] * 1.5
-        obs[:, OBS["dof_pos"]] = self.qpos[:, ix.qpos] - ix.default_pos
-        obs[:, OBS["dof_vel"]] = self.qvel[:, ix.dof] * 0.05
+        o[..., 3:9] = rel_rot[..., :, :2].swapaxes(-1, -2).reshape(E, -1, 6) * 1.5  # 6D: column 0, column 1
+        obs[:, OBS["dof_pos"]] = self.qpos[:, ix.qpos_cols] - ix.default_pos
+        obs[:, OBS["dof_vel"]] = self.qvel[:, ix.dof_cols] * 0.05
         obs[:, OBS["projected_gravity"]] = -self.base_mat[:, 2, :]  # R^T (0, 0, -1)
         obs[:, OBS["base_ang_vel"]] = self.qvel[:, v + 3 : v + 6] * 0.25  # free joint: already body frame
         obs[:, OBS_COMMANDS] = 0.0
         obs[:, OBS["root_pos"]] = self.qpos[:, r : r + 3]
         obs[:, OBS["base_lin_vel"]] = mm.rotate_inv(self.base_mat, self.qvel[:, v : v + 3])
-        obs[:, OBS["yaw"]] = mm.yaw(self.qpos[:, r + 3 : r + 7])[:, None]
+        obs[:, OBS["yaw"].start] = np.arctan2(
+            self.base_mat[:, 1, 0], self.base_mat[:, 0, 0]
+        )  # = mm.yaw(quat)
         obs[:, OBS["last_action"]] = self.last_action
         return obs

@@ -76,15 +76,20 @@ def test_obs_is_float32_finite_with_109_columns(trajectories):
     assert r.reward.dtype == np.float32 and r.done.dtype == bool and r.timeout.dtype == bool
 
 
+@pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("substep", [False, True])
-def test_frames_out_receives_the_same_frames(trajectories, substep):
-    """step(frames_out=...) writes into the given arrays exactly the frames it would return anew."""
+def test_frames_out_receives_the_same_frames(trajectories, substep, strided):
+    """step(frames_out=...) writes into the given arrays exactly the frames it would return anew,
+    also when they are strided views (rows written straight from MjData need contiguous ones)."""
     a, b = MujocoBackend(trajectories, n_envs=2), MujocoBackend(trajectories, n_envs=2)
     a.reset(), b.reset()
     n_rows = 4 if substep else 1
     for s in range(3):
         action = np.full((2, 18), 0.05 * s, np.float32)
-        out = {k: np.full((n_rows, 2) + shape, np.nan, np.float32) for k, (shape, _) in a._fields.items()}
+        out = {
+            k: np.full((n_rows, 2 + 2 * strided) + shape, np.nan, np.float32)[:, :: 1 + strided]
+            for k, (shape, _) in a._fields.items()
+        }
         ra = a.step(action, substep_frames=substep, frames_out=out)
         rb = b.step(action, substep_frames=substep)
         assert ra.frames is out and set(out) == set(rb.frames)
@@ -376,6 +381,11 @@ def test_pose_helpers_agree_with_mujoco():
         q2, prod = poses.rotvec_to_quat(v[::-1]), np.zeros(4)
         mujoco.mju_mulQuat(prod, q, q2)
         np.testing.assert_allclose(poses.quat_mul(q, q2), prod, atol=1e-12)
+        np.testing.assert_allclose(q @ poses.right_mul_matrix(q2), prod, atol=1e-12)
+    qs = poses.rotvec_to_quat(rng.normal(size=(2, 3, 3)))  # any leading shape
+    mats = poses.quat_to_mat(qs)
+    assert mats.shape == (2, 3, 3, 3)
+    np.testing.assert_allclose(mats[1, 2], poses.quat_to_mat(qs[1, 2]), atol=1e-15)
     np.testing.assert_allclose(poses.yaw(poses.rotvec_to_quat(np.array([0, 0, 0.7]))), 0.7)
     np.testing.assert_allclose(poses.rotvec_to_quat(np.zeros(3)), [1, 0, 0, 0])
 
