@@ -441,7 +441,7 @@ class MujocoBackend:
             self._pool = None
         self._chunks = []
         self.datas = []
-        self._v = {}
+        self._v, self._direct = {}, {}
         self._v_ctrl = []
 
     # ---- fields --------------------------------------------------------------------------------

@@ -135,8 +135,10 @@ class TargetTable:
         self.pos = pos  # float64 (N, T, 3)
         self.quat = quat  # float64 (N, T, 4) wxyz
         self.dt_s = float(trajectories.dt_s)
-        self._pos_rows = pos.reshape(-1, 3)
-        self._quat_rows = quat.reshape(-1, 4)
+        # One row per sample, pose = (pos, quat), and each episode's last sample once more: the
+        # right-hand neighbour of any sample is then the next row.
+        poses = np.concatenate([pos, quat], axis=-1)
+        self._rows = np.concatenate([poses, poses[:, -1:]], axis=1).reshape(-1, 7)
 
     @property
     def n_episodes(self) -> int:
@@ -146,17 +148,15 @@ class TargetTable:
         """Target poses of trajectory ``episodes`` int (E,) at ``times_s`` float (E, K).
 
         Returns:
-            pos float64 (E, K, 3) world m, quat float64 (E, K, 4) wxyz.
+            pos float64 (E, K, 3) world m, quat float64 (E, K, 4) wxyz (views of one array).
         """
         n_t = self.pos.shape[1]
         f = np.clip(np.asarray(times_s, np.float64) / self.dt_s, 0.0, n_t - 1)
         i0 = f.astype(np.int64)  # floor, f >= 0
-        w = (f - i0)[..., None]
-        row0 = np.asarray(episodes, np.int64)[:, None] * n_t + i0  # rows of the (N * T) tables
-        row1 = row0 + (i0 < n_t - 1)
-        pos = np.take(self._pos_rows, row0, axis=0)
-        pos += (np.take(self._pos_rows, row1, axis=0) - pos) * w
-        quat = np.take(self._quat_rows, row0, axis=0)
-        quat += (np.take(self._quat_rows, row1, axis=0) - quat) * w
+        w = (f - i0)[..., None]  # 0 at the last sample, whose neighbour row repeats it
+        row0 = np.asarray(episodes, np.int64)[:, None] * (n_t + 1) + i0  # rows of self._rows
+        pose = np.take(self._rows, row0, axis=0)
+        pose += (np.take(self._rows, row0 + 1, axis=0) - pose) * w
+        quat = pose[..., 3:]
         quat /= np.sqrt(np.sum(quat * quat, axis=-1, keepdims=True))
-        return pos, quat
+        return pose[..., :3], quat
