@@ -349,6 +349,29 @@ def test_user_mjcf_with_the_same_joints_runs(trajectories, tmp_path):
     assert np.isfinite(b.step(np.zeros((1, 18), np.float32), substep_frames=True).obs).all()
 
 
+def test_user_mjcf_with_actuators_in_another_order_gives_the_same_frames(trajectories, tmp_path):
+    """Actuators listed in another order than the joints: targets and torques still go by joint name."""
+    xml = Path(BUNDLED_XML).read_text(encoding="utf-8")
+    head, rest = xml.split("<actuator>", 1)
+    body, tail = rest.split("</actuator>", 1)
+    lines = [ln for ln in body.splitlines() if ln.strip()]
+    path = tmp_path / "robot.xml"
+    path.write_text(head + "<actuator>\n" + "\n".join(lines[::-1]) + "\n</actuator>" + tail)
+    mine, ours = (
+        MujocoBackend(trajectories, n_envs=2, robot_xml=str(path)),
+        MujocoBackend(trajectories, n_envs=2),
+    )
+    assert not isinstance(mine.ix.act_cols, slice)
+    np.testing.assert_array_equal(mine.reset(), ours.reset())
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        a = rng.uniform(-0.5, 0.5, (2, 18)).astype(np.float32)
+        rm, ro = mine.step(a, substep_frames=True), ours.step(a, substep_frames=True)
+        for key, value in ro.frames.items():
+            np.testing.assert_allclose(rm.frames[key], value, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(rm.obs, ro.obs, atol=1e-6)
+
+
 def test_torque_is_the_clipped_pd_law(trajectories):
     """Recorded torque = clip(kp (default + 0.25 a - q) - kd qdot) with the §5 gains, at the frame's state."""
     kp = np.array([40.0] * 12 + [100, 100, 100, 20, 20, 5])
