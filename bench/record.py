@@ -8,10 +8,10 @@ runs the rollout without and with the log back to back, in alternating order; th
 when every step is committed. ``overhead`` = the median over rounds of (time with the log / time
 without): these machines' speed drifts by +-10% over seconds, which a pair of adjacent runs mostly
 cancels (``overhead_fastest``, fastest with / fastest without, is printed too). Goal <= 1.03.
-``sim_ratio`` = backend physics substeps/s / bare ``mj_step`` substeps/s (goal >= 0.8, from
-bench/sim_speed.py).
+``sim_ratio`` = backend physics substeps/s / bare ``mj_step`` substeps/s, the median over paired
+10-step rounds (goal >= 0.8, from bench/sim_speed.py).
 
-Usage: python bench/record.py [--envs 64] [--steps 1000] [--rounds 7] [--json]
+Usage: python bench/record.py [--envs 64] [--steps 1000] [--rounds 9] [--json]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def rollout(policy, backend, n_steps, writer=None, substep=True):
     return time.perf_counter() - t
 
 
-def measure_overhead(n_envs=64, n_steps=1000, rounds=7, frames="substep"):
+def measure_overhead(n_envs=64, n_steps=1000, rounds=9, frames="substep"):
     import torch
 
     from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory
@@ -107,7 +107,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--envs", type=int, default=64)
     ap.add_argument("--steps", type=int, default=1000, help="policy steps per run (moetape record's default)")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument(
         "--frames",
         choices=["substep", "policy"],

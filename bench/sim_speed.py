@@ -10,6 +10,7 @@ step); the bare loop calls ``mj_step(m, d, decimation)`` per env from the same s
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from typing import Dict, Optional
@@ -33,17 +34,19 @@ def _circle_trajectories(n_episodes: int = 4, n_samples: int = 1600) -> Trajecto
 
 
 def measure_sim_ratio(
-    n_envs: int = 64, policy_steps: int = 200, *, rounds: int = 4, n_threads: Optional[int] = None
+    n_envs: int = 64, policy_steps: int = 200, *, chunk: int = 10, n_threads: Optional[int] = None
 ) -> Dict[str, float]:
     """Time the backend and a bare mj_step loop on the same model for the same substeps x envs.
 
-    The steps are split into ``rounds`` interleaved backend/bare rounds and the fastest round of
-    each side counts, so a burst of load from another process does not decide the ratio.
-    ``n_threads`` is the backend's (None: its default); the bare loop is always single-threaded.
+    The steps run in short paired rounds of ``chunk`` policy steps, backend then bare, each round's
+    ratio of rates is taken, and their median is ``sim_ratio``: these machines' speed drifts within
+    seconds, and a pair of adjacent 40 ms runs shares the drift. ``n_threads`` is the backend's
+    (None: its default); the bare loop is always single-threaded.
 
     Returns:
-        {"env_steps_per_s", "bare_mj_step_per_s"} in physics substeps per second, their ratio
-        "sim_ratio" (backend / bare), plus "n_envs" and "policy_steps".
+        {"env_steps_per_s", "bare_mj_step_per_s"} in physics substeps per second (medians over the
+        rounds), "sim_ratio" (median of the rounds' backend / bare), plus "n_envs", "policy_steps"
+        and "n_threads".
     """
     backend = MujocoBackend(_circle_trajectories(), n_envs=n_envs, n_threads=n_threads)
     backend_threads = backend.n_threads
@@ -71,22 +74,15 @@ def measure_sim_ratio(
                 step(model, d, DECIMATION)
         return time.perf_counter() - t0
 
-    # Interleaved rounds, best of each: a shared machine's load hits both sides alike.
-    chunk = max(1, policy_steps // rounds)
     run_backend(), run_bare()  # warm-up: first-call allocations, caches
-    best_backend, best_bare = float("inf"), float("inf")
-    for _ in range(rounds):
-        best_backend = min(best_backend, run_backend())
-        best_bare = min(best_bare, run_bare())
+    pairs = [(run_backend(), run_bare()) for _ in range(max(1, policy_steps // chunk))]
     backend.close()
-    backend_s, bare_s = best_backend, best_bare
 
     substeps = float(chunk * DECIMATION * n_envs)
-    env_rate, bare_rate = substeps / backend_s, substeps / bare_s
     return {
-        "env_steps_per_s": env_rate,
-        "bare_mj_step_per_s": bare_rate,
-        "sim_ratio": env_rate / bare_rate,
+        "env_steps_per_s": substeps / statistics.median(b for b, _ in pairs),
+        "bare_mj_step_per_s": substeps / statistics.median(bare for _, bare in pairs),
+        "sim_ratio": statistics.median(bare / b for b, bare in pairs),
         "n_envs": float(n_envs),
         "policy_steps": float(policy_steps),
         "n_threads": float(backend_threads),

@@ -76,6 +76,7 @@ from moetape.record.isaacgym_config import build_env, load_config
 from moetape.record.isaacgym_config import build_env_config as build_env_config
 from moetape.record.isaacgym_config import import_isaacgym as import_isaacgym
 from moetape.record.isaacgym_config import instantiate as instantiate
+from moetape.record.poses import matrix_to_quat_xyzw
 from moetape.record.safe_pickle import PathLike
 from moetape.schema.errors import InputError
 
@@ -495,29 +496,6 @@ def _np(value: Any, dtype: Any) -> np.ndarray:
         value = value.detach().cpu().numpy()
     # Always copy: on a cpu device .numpy() shares memory with the sim buffers that change in place.
     return np.array(value, dtype=dtype, copy=True)
-
-
-def matrix_to_quat_xyzw(matrix: np.ndarray) -> np.ndarray:
-    """Convert rotation matrices float (..., 3, 3) to unit quaternions float64 (..., 4), xyzw, w >= 0."""
-    m = np.asarray(matrix, np.float64)
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    # Shepperd: pick the largest of 4w^2, 4x^2, 4y^2, 4z^2 as the pivot for stability.
-    cand = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    pivot = np.argmax(cand, axis=-1)
-    s = np.sqrt(np.maximum(np.take_along_axis(cand, pivot[..., None], -1)[..., 0], 1e-300)) * 2
-    w = np.where(pivot == 0, s / 4, 0.0)
-    x = np.where(pivot == 1, s / 4, 0.0)
-    y = np.where(pivot == 2, s / 4, 0.0)
-    z = np.where(pivot == 3, s / 4, 0.0)
-    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    s01, s02, s12 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
-    x = np.where(pivot == 0, d21 / s, np.where(pivot == 2, s01 / s, np.where(pivot == 3, s02 / s, x)))
-    y = np.where(pivot == 0, d02 / s, np.where(pivot == 1, s01 / s, np.where(pivot == 3, s12 / s, y)))
-    z = np.where(pivot == 0, d10 / s, np.where(pivot == 1, s02 / s, np.where(pivot == 2, s12 / s, z)))
-    w = np.where(pivot == 1, d21 / s, np.where(pivot == 2, d02 / s, np.where(pivot == 3, d10 / s, w)))
-    q = np.stack([x, y, z, w], -1)
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., 3:4] < 0, -q, q)
 
 
 def _versions() -> Dict[str, str]:

@@ -16,6 +16,7 @@ from moetape.record.trajectory import Trajectories
 __all__ = [
     "FUTURE_TARGET_OFFSETS_S",
     "TargetTable",
+    "matrix_to_quat_xyzw",
     "quat_angle",
     "quat_mul",
     "quat_to_mat",
@@ -90,6 +91,29 @@ def rotate(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
 def rotate_inv(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Rotate world vectors v (E, 3) into the body frame of rotation matrices mat (E, 3, 3)."""
     return np.einsum("eji,ej->ei", mat, v)
+
+
+def matrix_to_quat_xyzw(matrix: np.ndarray) -> np.ndarray:
+    """Convert rotation matrices float (..., 3, 3) to unit quaternions float64 (..., 4), xyzw, w >= 0."""
+    m = np.asarray(matrix, np.float64)
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    # Shepperd: pick the largest of 4w^2, 4x^2, 4y^2, 4z^2 as the pivot for stability.
+    cand = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    pivot = np.argmax(cand, axis=-1)
+    s = np.sqrt(np.maximum(np.take_along_axis(cand, pivot[..., None], -1)[..., 0], 1e-300)) * 2
+    w = np.where(pivot == 0, s / 4, 0.0)
+    x = np.where(pivot == 1, s / 4, 0.0)
+    y = np.where(pivot == 2, s / 4, 0.0)
+    z = np.where(pivot == 3, s / 4, 0.0)
+    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    s01, s02, s12 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
+    x = np.where(pivot == 0, d21 / s, np.where(pivot == 2, s01 / s, np.where(pivot == 3, s02 / s, x)))
+    y = np.where(pivot == 0, d02 / s, np.where(pivot == 1, s01 / s, np.where(pivot == 3, s12 / s, y)))
+    z = np.where(pivot == 0, d10 / s, np.where(pivot == 1, s02 / s, np.where(pivot == 2, s12 / s, z)))
+    w = np.where(pivot == 1, d21 / s, np.where(pivot == 2, d02 / s, np.where(pivot == 3, d10 / s, w)))
+    q = np.stack([x, y, z, w], -1)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[..., 3:4] < 0, -q, q)
 
 
 def quat_angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ from moetape.record.isaacgym_backend import (  # noqa: E402
     IsaacGymBackend,
     build_env_config,
     instantiate,
-    matrix_to_quat_xyzw,
 )
+from moetape.record.poses import matrix_to_quat_xyzw  # noqa: E402
 from moetape.schema.errors import InputError  # noqa: E402
 
 E, J, B, A, OBS = 3, 18, 5, 18, 109
