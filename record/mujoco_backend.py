@@ -168,6 +168,11 @@ class MujocoBackend:
         self.target_quat = np.zeros((E, len(TARGET_TIMES_S), 4))
         self._traj_index = np.arange(E) % self._traj.n_episodes
         self._ee_site_rmul = mm.right_mul_matrix(self.ix.ee_site_quat)
+        # Per frame-row count: the future targets' times after the step's episode time, (1, rows * M).
+        self._row_offsets = {
+            n: (np.arange(n)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S).reshape(1, -1)
+            for n in (1, DECIMATION)
+        }
         self.reset()  # a valid state even if the caller steps first
 
     # ---- per-env C calls and copies ------------------------------------------------------------
@@ -389,9 +394,8 @@ class MujocoBackend:
         E, M = self.n_envs, len(mm.FUTURE_TARGET_OFFSETS_S)
         t = self.step_in_episode * POLICY_DT_S  # (E,)
         t_next = (self.step_in_episode + 1) * POLICY_DT_S
-        offsets = np.arange(n_rows)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S  # (rows, M)
         times = np.concatenate(
-            [t[:, None] + offsets.reshape(1, -1), t_next[:, None] + TARGET_TIMES_S], axis=1
+            [t[:, None] + self._row_offsets[n_rows], t_next[:, None] + TARGET_TIMES_S], axis=1
         )
         pos, quat = self._traj.lookup(self._traj_index, times)
         n = n_rows * M

@@ -76,8 +76,8 @@ _QUAT_TO_MAT = _quat_to_mat_table()
 def quat_to_mat(q: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) of unit wxyz quaternions (..., 4).
 
-    Every entry is a quadratic form of q, so all of them are one product with a constant table:
-    two numpy calls instead of some thirty, which matters in the per-step loop.
+    Every entry is a quadratic form of q, so all of them are one product of q's outer product with
+    a constant table: a few numpy calls instead of some thirty, which matters in the per-step loop.
     """
     outer = (q[..., :, None] * q[..., None, :]).reshape(-1, 16)
     return (outer @ _QUAT_TO_MAT).reshape(q.shape[:-1] + (3, 3))
@@ -156,17 +156,16 @@ class TargetTable:
         flip = np.sum(quat[:, 1:] * quat[:, :-1], axis=-1) < 0  # (N, T-1)
         sign = np.where(np.cumsum(flip, axis=1) % 2 == 1, -1.0, 1.0)
         quat[:, 1:] *= sign[..., None]
-        self.pos = pos  # float64 (N, T, 3)
-        self.quat = quat  # float64 (N, T, 4) wxyz
         self.dt_s = float(trajectories.dt_s)
-        # One row per sample, pose = (pos, quat), and each episode's last sample once more: the
-        # right-hand neighbour of any sample is then the next row.
+        self._n_episodes, self._n_samples = pos.shape[:2]
+        # float64 (N * (T + 1), 7): one row per sample, pose = (pos, wxyz quat), and each episode's
+        # last sample once more, so that the right-hand neighbour of any sample is the next row.
         poses = np.concatenate([pos, quat], axis=-1)
         self._rows = np.concatenate([poses, poses[:, -1:]], axis=1).reshape(-1, 7)
 
     @property
     def n_episodes(self) -> int:
-        return int(self.pos.shape[0])
+        return int(self._n_episodes)
 
     def lookup(self, episodes: np.ndarray, times_s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Target poses of trajectory ``episodes`` int (E,) at ``times_s`` float (E, K).
@@ -174,7 +173,7 @@ class TargetTable:
         Returns:
             pos float64 (E, K, 3) world m, quat float64 (E, K, 4) wxyz (views of one array).
         """
-        n_t = self.pos.shape[1]
+        n_t = self._n_samples
         f = np.clip(np.asarray(times_s, np.float64) / self.dt_s, 0.0, n_t - 1)
         i0 = f.astype(np.int64)  # floor, f >= 0
         w = (f - i0)[..., None]  # 0 at the last sample, whose neighbour row repeats it
