@@ -13,8 +13,8 @@ C calls and copies out of cached MjData views; everything else is numpy over all
 
 Timing (see moetape.record.backend): after ``mj_step`` MuJoCo's derived fields (body poses, contacts,
 actuator forces) still describe the state *before* that substep, so a frame row is read right after
-its substep: qpos/qvel are copied before it, the rest after it. ``mj_kinematics`` then refreshes the
-poses for the observation.
+its substep: qpos/qvel are copied before it, the rest after it. The poses for the observation are then
+computed by ``mj_step1``, the first half of the next substep (see ``MujocoBackend._finish``).
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ class MujocoBackend:
             n_threads = min(4, (os.cpu_count() or 1) // 2, n_envs // 16)  # leave cores to policy/writer
         self.n_threads = max(1, min(int(n_threads), int(n_envs)))  # physics threads in use
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._split = self.model.opt.integrator != mujoco.mjtIntegrator.mjINT_RK4
+        self._prepared = False  # every env's mj_step1 ran on its current state (see _finish)
         self._traj = mm.TargetTable(trajectories)
         self.datas = [mujoco.MjData(self.model) for _ in range(E)]
         self.info = BackendInfo(
@@ -189,6 +191,7 @@ class MujocoBackend:
             "cfrc": [d.cfrc_ext for d in ds],
             "site": [d.site_xpos[ix.ee_site] for d in ds],
             "eequat": [d.xquat[ix.ee_body] for d in ds],
+            "trunk_force": [d.cfrc_ext[ix.root_body, 3:] for d in ds],
         }
         self._v = {k: [x.reshape(-1) for x in v] for k, v in views.items()}
         # Frame fields copied straight into their row (cast to float32 on the way) where the selection
@@ -199,6 +202,7 @@ class MujocoBackend:
         if isinstance(ix.body_index, slice):
             self._direct["body_pos"] = [d.xpos[ix.body_index] for d in ds]
             self._direct["contact_force"] = [d.cfrc_ext[ix.body_index, 3:] for d in ds]
+            self._v["body_quat"] = [d.xquat[ix.body_index].reshape(-1) for d in ds]
         self._v_ctrl = [d.ctrl for d in ds]
         m = self.model
         self._buf = {
@@ -210,6 +214,8 @@ class MujocoBackend:
             "cfrc": np.empty((self.n_envs, m.nbody, 6)),
             "site": np.empty((self.n_envs, 3)),
             "eequat": np.empty((self.n_envs, 4)),
+            "trunk_force": np.empty((self.n_envs, 3)),
+            "body_quat": np.empty((self.n_envs, len(ix.bodies), 4)),
         }
 
     def _gather(self, name: str, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -228,24 +234,42 @@ class MujocoBackend:
             for c, row in zip(self._v_ctrl, targets):
                 c[self.ix.act] = row
 
-    def _substeps(self, n: int, *, contacts: bool, kinematics: bool) -> None:
-        """Run ``n`` (may be 0) physics substeps in every env, then the derived quantities asked for."""
+    def _substeps(self, n: int, *, contacts: bool, finish: bool) -> None:
+        """Run ``n`` (may be 0) physics substeps in every env, then the contact forces if asked, then,
+        if ``finish``, the new state's position and velocity stages (see :meth:`_finish`)."""
         if self._pool is None:
-            self._substeps_chunk(self.datas, n, contacts, kinematics)
-            return
-        futures = [self._pool.submit(self._substeps_chunk, c, n, contacts, kinematics) for c in self._chunks]
-        for f in futures:
-            f.result()
+            self._substeps_chunk(self.datas, n, contacts, finish)
+        else:
+            futures = [self._pool.submit(self._substeps_chunk, c, n, contacts, finish) for c in self._chunks]
+            for f in futures:
+                f.result()
+        if n or finish:
+            self._prepared = finish and self._split
 
-    def _substeps_chunk(self, datas: List[mujoco.MjData], n: int, contacts: bool, kinematics: bool) -> None:
-        m, step, rne, kin = self.model, mujoco.mj_step, mujoco.mj_rnePostConstraint, mujoco.mj_kinematics
+    def _substeps_chunk(self, datas: List[mujoco.MjData], n: int, contacts: bool, finish: bool) -> None:
+        m, step, rne = self.model, mujoco.mj_step, mujoco.mj_rnePostConstraint
+        half = n and self._prepared  # mj_step1 already ran on this state: its substep needs mj_step2
         for d in datas:
-            if n:
+            if half:
+                mujoco.mj_step2(m, d)
+                if n > 1:
+                    step(m, d, n - 1)
+            elif n:
                 step(m, d, n)
             if contacts:
                 rne(m, d)  # fills cfrc_ext: net contact force per body
-            if kinematics:
-                kin(m, d)
+            if finish:
+                self._finish(d)
+
+    def _finish(self, d: mujoco.MjData) -> None:
+        """Compute the state's poses (for the observation). With MuJoCo's split step, ``mj_step1``:
+        kinematics, collisions and velocities, the first half of the next substep, which then runs
+        ``mj_step2`` only (same results as ``mj_step``, with the kinematics not computed twice).
+        RK4 has no split step (``mj_step2`` would integrate with Euler): plain ``mj_kinematics``."""
+        if self._split:
+            mujoco.mj_step1(self.model, d)
+        else:
+            mujoco.mj_kinematics(self.model, d)
 
     def _refresh_state(self) -> None:
         """Copy qpos, qvel and the EE pose (needs fresh kinematics) of every env into the state cache."""
@@ -271,6 +295,7 @@ class MujocoBackend:
         self.episode[:] = 0
         self._traj_index = np.arange(E) % self._traj.n_episodes
         self._reset_envs(np.arange(E))
+        self._prepared = self._split
         return self._observe()
 
     def _reset_envs(self, envs: np.ndarray) -> None:
@@ -285,7 +310,7 @@ class MujocoBackend:
             d.qpos[ix.root_qpos : ix.root_qpos + 7] = [SPAWN_XY[0], SPAWN_XY[1], ix.spawn_z, 1, 0, 0, 0]
             d.qpos[ix.qpos] = q
             d.ctrl[ix.act] = ix.default_pos
-            mujoco.mj_kinematics(m, d)
+            self._finish(d)
         self.step_in_episode[envs] = 0
         self.last_action[envs] = 0.0
         self._refresh_state()
@@ -312,16 +337,16 @@ class MujocoBackend:
         next_targets = self._look_up_targets(frames, n_rows)
         for k in range(n_rows):
             self._write_frame_state(frames, k)
-            self._substeps(1, contacts=True, kinematics=False)
-            self._write_frame_derived(frames, k)  # before any mj_kinematics: poses before the substep
+            self._substeps(1, contacts=True, finish=False)
+            self._write_frame_derived(frames, k)  # before _finish: poses before the substep
             if k < n_rows - 1:
                 self._gather("qpos", self.qpos)
                 self._gather("qvel", self.qvel)
         if substep_frames:
-            self._substeps(0, contacts=False, kinematics=True)
+            self._substeps(0, contacts=False, finish=True)
         else:
-            self._substeps(DECIMATION - 1, contacts=True, kinematics=True)
-        trunk_force = self._gather("cfrc")[:, self.ix.root_body, 3:]
+            self._substeps(DECIMATION - 1, contacts=True, finish=True)
+        trunk_force = self._gather("trunk_force")
         self._refresh_state()
         self.step_in_episode += 1
         self.target_pos[:], self.target_quat[:] = next_targets
@@ -379,7 +404,7 @@ class MujocoBackend:
         r = ix.root_qpos
         quat = qp[:, r + 3 : r + 7]
         frames["root_pos"][k] = qp[:, r : r + 3]
-        frames["root_quat_xyzw"][k] = mm.wxyz_to_xyzw(quat)
+        mm.wxyz_to_xyzw(quat, out=frames["root_quat_xyzw"][k])
         frames["root_lin_vel"][k] = qv[:, ix.root_dof : ix.root_dof + 3]
         mat = self.base_mat if k == 0 else mm.quat_to_mat(quat)
         frames["root_ang_vel"][k] = mm.rotate(mat, qv[:, ix.root_dof + 3 : ix.root_dof + 6])
@@ -400,8 +425,8 @@ class MujocoBackend:
         pos, quat = self._traj.lookup(self._traj_index, times)
         n = n_rows * M
         frames["target_future_pos"][:] = pos[:, :n].reshape(E, n_rows, M, 3).swapaxes(0, 1)
-        frames["target_future_quat_xyzw"][:] = mm.wxyz_to_xyzw(
-            quat[:, :n].reshape(E, n_rows, M, 4).swapaxes(0, 1)
+        mm.wxyz_to_xyzw(
+            quat[:, :n].reshape(E, n_rows, M, 4).swapaxes(0, 1), out=frames["target_future_quat_xyzw"]
         )
         return pos[:, n:], quat[:, n:]
 
@@ -419,7 +444,8 @@ class MujocoBackend:
                 np.concatenate(views, out=out.reshape((-1,) + views[0].shape[1:]), casting="same_kind")
             else:
                 out[...] = self._gather(field)[index]
-        frames["body_quat_xyzw"][k] = mm.wxyz_to_xyzw(self._gather("xquat")[:, b])
+        quat = self._gather("body_quat") if "body_quat" in self._v else self._gather("xquat")[:, b]
+        mm.wxyz_to_xyzw(quat, out=frames["body_quat_xyzw"][k])
 
     # ---- task ----------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ matrices are (..., 3, 3) and map body-frame vectors to the world frame.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -29,9 +29,14 @@ __all__ = [
 ]
 
 
-def wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
-    """Reorder quaternions (..., 4) from wxyz to xyzw."""
-    return q[..., [1, 2, 3, 0]]
+def wxyz_to_xyzw(q: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Reorder quaternions (..., 4) from wxyz to xyzw, into ``out`` (same shape, cast on the way) if
+    given. Two slice copies: cheaper than a fancy index, which matters in the per-step loop."""
+    if out is None:
+        out = np.empty(q.shape, q.dtype)
+    out[..., :3] = q[..., 1:]
+    out[..., 3] = q[..., 0]
+    return out
 
 
 def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -118,7 +123,7 @@ def matrix_to_quat_xyzw(matrix: np.ndarray) -> np.ndarray:
 
 def quat_angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angle (rad, in [0, pi]) of the rotation between unit wxyz quaternions a and b (..., 4)."""
-    dot = np.abs(np.sum(a * b, axis=-1))
+    dot = np.abs(np.einsum("...i,...i->...", a, b))
     return 2.0 * np.arccos(np.clip(dot, 0.0, 1.0))
 
 
@@ -181,5 +186,5 @@ class TargetTable:
         pose = np.take(self._rows, row0, axis=0)
         pose += (np.take(self._rows, row0 + 1, axis=0) - pose) * w
         quat = pose[..., 3:]
-        quat /= np.sqrt(np.sum(quat * quat, axis=-1, keepdims=True))
+        quat /= np.sqrt(np.einsum("...i,...i->...", quat, quat))[..., None]
         return pose[..., :3], quat
