@@ -70,6 +70,7 @@ OBS_DIM = OBS_LAYOUT[-1][1].stop
 OBS: Dict[str, slice] = dict(OBS_LAYOUT)
 OBS_TARGETS = slice(OBS["ee_target_0.02s_pos"].start, OBS["ee_target_1.00s_rot6d"].stop)
 OBS_COMMANDS = slice(OBS["base_lin_vel_cmd"].start, OBS["yaw_rate_cmd"].stop)
+_TARGET_OBS_SCALES = np.array([[10.0], [1.5], [1.5]])  # per target column: position (m), 6D rotation
 
 REWARD_WEIGHTS: Dict[str, float] = {
     "reward_pos": 1.0,  # * exp(-pos_err / 0.1 m)
@@ -161,8 +162,8 @@ class MujocoBackend:
         self.episode = np.zeros(E, np.int32)
         self.step_in_episode = np.zeros(E, np.int32)
         self.last_action = np.zeros((E, 18), np.float32)
-        self.qpos = np.zeros((E, self.model.nq))
-        self.qvel = np.zeros((E, self.model.nv))
+        self._state = np.zeros((E, self.model.nq + self.model.nv))  # gathered in one copy
+        self.qpos, self.qvel = self._state[:, : self.model.nq], self._state[:, self.model.nq :]
         self.ee_pos = np.zeros((E, 3))
         self.ee_quat = np.zeros((E, 4))  # wxyz
         self.base_mat = np.zeros((E, 3, 3))
@@ -183,14 +184,12 @@ class MujocoBackend:
         """Keep numpy views into every MjData: they stay valid for the data's lifetime."""
         ix, ds = self.ix, self.datas
         views = {
-            "qpos": [d.qpos for d in ds],
-            "qvel": [d.qvel for d in ds],
+            "state": [v for d in ds for v in (d.qpos, d.qvel)],  # (E, nq + nv): self.qpos, self.qvel
+            "ee": [v for d in ds for v in (d.site_xpos[ix.ee_site], d.xquat[ix.ee_body])],  # (E, 3 + 4)
             "xpos": [d.xpos for d in ds],
             "xquat": [d.xquat for d in ds],
             "act": [d.actuator_force for d in ds],
             "cfrc": [d.cfrc_ext for d in ds],
-            "site": [d.site_xpos[ix.ee_site] for d in ds],
-            "eequat": [d.xquat[ix.ee_body] for d in ds],
             "trunk_force": [d.cfrc_ext[ix.root_body, 3:] for d in ds],
         }
         self._v = {k: [x.reshape(-1) for x in v] for k, v in views.items()}
@@ -206,14 +205,11 @@ class MujocoBackend:
         self._v_ctrl = [d.ctrl for d in ds]
         m = self.model
         self._buf = {
-            "qpos": np.empty((self.n_envs, m.nq)),
-            "qvel": np.empty((self.n_envs, m.nv)),
+            "ee": np.empty((self.n_envs, 7)),
             "xpos": np.empty((self.n_envs, m.nbody, 3)),
             "xquat": np.empty((self.n_envs, m.nbody, 4)),
             "act": np.empty((self.n_envs, m.nu)),
             "cfrc": np.empty((self.n_envs, m.nbody, 6)),
-            "site": np.empty((self.n_envs, 3)),
-            "eequat": np.empty((self.n_envs, 4)),
             "trunk_force": np.empty((self.n_envs, 3)),
             "body_quat": np.empty((self.n_envs, len(ix.bodies), 4)),
         }
@@ -273,10 +269,10 @@ class MujocoBackend:
 
     def _refresh_state(self) -> None:
         """Copy qpos, qvel and the EE pose (needs fresh kinematics) of every env into the state cache."""
-        self._gather("qpos", self.qpos)
-        self._gather("qvel", self.qvel)
-        self._gather("site", self.ee_pos)
-        np.matmul(self._gather("eequat"), self._ee_site_rmul, out=self.ee_quat)  # body quat * site quat
+        self._gather("state", self._state)
+        ee = self._gather("ee")
+        self.ee_pos[:] = ee[:, :3]
+        np.matmul(ee[:, 3:], self._ee_site_rmul, out=self.ee_quat)  # body quat * site quat
         r = self.ix.root_qpos
         self.base_mat[:] = mm.quat_to_mat(self.qpos[:, r + 3 : r + 7])
 
@@ -340,8 +336,7 @@ class MujocoBackend:
             self._substeps(1, contacts=True, finish=False)
             self._write_frame_derived(frames, k)  # before _finish: poses before the substep
             if k < n_rows - 1:
-                self._gather("qpos", self.qpos)
-                self._gather("qvel", self.qvel)
+                self._gather("state", self._state)
         if substep_frames:
             self._substeps(0, contacts=False, finish=True)
         else:
@@ -479,13 +474,15 @@ class MujocoBackend:
         """Build the 109-dim observation float32 (E, 109) from the state cache, as in OBS_LAYOUT."""
         ix, E = self.ix, self.n_envs
         r, v = ix.root_qpos, ix.root_dof
-        r_ee = mm.quat_to_mat(self.ee_quat)  # (E, 3, 3)
-        rel_pos = np.matmul(self.target_pos[:, 1:] - self.ee_pos[:, None], r_ee)  # rows R_ee^T (p_t - p_ee)
-        rel_rot = np.matmul(r_ee.transpose(0, 2, 1)[:, None], mm.quat_to_mat(self.target_quat[:, 1:]))
+        # Per target, the columns (p_t - p_ee, R_t[:, 0], R_t[:, 1]); R_ee^T times them is the target
+        # position in the EE frame and the 6D rotation (first two columns of R_ee^T R_t) in one product.
+        cols = np.empty((E, len(OBS_TARGET_TIMES_S), 3, 3))
+        cols[..., 0] = self.target_pos[:, 1:] - self.ee_pos[:, None]
+        cols[..., 1:] = mm.quat_to_mat(self.target_quat[:, 1:])[..., :2]
+        rel = np.matmul(mm.quat_to_mat(self.ee_quat).transpose(0, 2, 1)[:, None], cols)
         obs = np.empty((E, OBS_DIM), np.float32)
-        o = obs[:, OBS_TARGETS].reshape(E, len(OBS_TARGET_TIMES_S), 9)
-        o[..., :3] = rel_pos * 10.0
-        o[..., 3:9] = rel_rot[..., :, :2].swapaxes(-1, -2).reshape(E, -1, 6) * 1.5  # 6D: column 0, column 1
+        o = obs[:, OBS_TARGETS].reshape(cols.shape)  # [target][column][row]: pos, 6D column 0, column 1
+        np.multiply(rel.swapaxes(-1, -2), _TARGET_OBS_SCALES, out=o, casting="same_kind")
         obs[:, OBS["dof_pos"]] = self.qpos[:, ix.qpos_cols] - ix.default_pos
         obs[:, OBS["dof_vel"]] = self.qvel[:, ix.dof_cols] * 0.05
         obs[:, OBS["projected_gravity"]] = -self.base_mat[:, 2, :]  # R^T (0, 0, -1)

@@ -179,7 +179,8 @@ class TargetTable:
             pos float64 (E, K, 3) world m, quat float64 (E, K, 4) wxyz (views of one array).
         """
         n_t = self._n_samples
-        f = np.clip(np.asarray(times_s, np.float64) / self.dt_s, 0.0, n_t - 1)
+        f = np.asarray(times_s, np.float64) / self.dt_s
+        np.minimum(np.maximum(f, 0.0, out=f), n_t - 1, out=f)  # np.clip: same, but slower on small arrays
         i0 = f.astype(np.int64)  # floor, f >= 0
         w = (f - i0)[..., None]  # 0 at the last sample, whose neighbour row repeats it
         row0 = np.asarray(episodes, np.int64)[:, None] * (n_t + 1) + i0  # rows of self._rows
