@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 import click
 
-from moetape.replay.export import ROWS_MODES
+from moetape.replay.legacy_map import ROWS_MODES
 from moetape.replay.progress import ProgressBar
 
 log_argument = click.argument("log", type=click.Path(dir_okay=False))

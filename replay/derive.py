@@ -148,7 +148,7 @@ def derive(
     """Write the legacy files, the optional projections and derived.json into ``out_dir``.
 
     Args:
-        rows: rows of logs.zarr / logs.pkl ("auto", "substep", "policy", "video"; see export.py).
+        rows: rows of logs.zarr / logs.pkl ("auto", "substep", "policy", "video"; see legacy_map.py).
         weights: fill the weight stats (legacy --show_weights); False leaves them empty.
         video: render video.mp4 when the renderer is available.
         progress: called as progress(stage, done, total), stage "export" (steps) or "video" (frames).

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from moetape.cli import cli
-from moetape.replay import export, legacy_pickle, legacy_zarr
+from moetape.replay import export, legacy_map, legacy_pickle, legacy_zarr
 from moetape.replay.derive import derive, sha256_file, sha256_tree
 from moetape.schema import layout
 from moetape.schema.reader import Log, open_log
@@ -158,7 +158,7 @@ def test_zarr_layout_and_values(slash_log, tmp_path):
     n, s, e = 36, 9, 3
     with open_log(slash_log) as lg:
         lid = lg.log_id
-        want = {k: lg.read(f) for k, f in export.FRAME_COPIES.items()}
+        want = {k: lg.read(f) for k, f in legacy_map.FRAME_COPIES.items()}
         steps = lg.read("frames/step")
         action, obs = lg.read("action"), lg.read("obs")
         tpos, tquat = (
@@ -245,7 +245,7 @@ def test_pkl_matches_zarr(slash_log, tmp_path):
     g = zarr.open_group(str(tmp_path / "logs.zarr"), mode="r")
     assert list(p) == ["config", "state_logs", "action_logs", "episode_logs", "task_logs", "weight_stats"]
     assert p["config"] == {"seed": 3, "env": {"n": 1}}
-    assert list(p["state_logs"]) == list(export.STATE_KEYS)
+    assert list(p["state_logs"]) == list(legacy_map.STATE_KEYS)
     assert list(p["action_logs"]) == ["torque", "action", "obs"]
     assert list(p["episode_logs"]) == SLASH_TERMS + ["reward_total", "time_outs"]
     assert list(p["task_logs"]) == ["target_positions", "target_quats_wxyz"]
