@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -384,9 +385,7 @@ def test_physics_is_plain_mj_step(trajectories, tmp_path, integrator, substep):
     b = MujocoBackend(trajectories, n_envs=2, robot_xml=str(path))
     b.reset()
     m = b.model
-    bare = [mujoco.MjData(m) for _ in b.datas]
-    for src, dst in zip(b.datas, bare):
-        mujoco.mj_copyData(dst, m, src)
+    bare = [copy.copy(d) for d in b.datas]
     rng = np.random.default_rng(9)
     for _ in range(8):
         a = rng.uniform(-0.5, 0.5, (2, 18)).astype(np.float32)
