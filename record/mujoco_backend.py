@@ -84,6 +84,8 @@ REWARD_WEIGHTS: Dict[str, float] = {
 TERM_NAMES: Tuple[str, ...] = ("task_reaching_pos_err", "task_reaching_ori_err", "reward_total") + tuple(
     REWARD_WEIGHTS
 )
+_NEG_ERROR_SCALES = np.array([[-0.1], [-0.5]])  # reward_pos, reward_ori: w * exp(-error / scale)
+_ERROR_REWARD_WEIGHTS = np.array([[REWARD_WEIGHTS["reward_pos"]], [REWARD_WEIGHTS["reward_ori"]]])
 MIN_BASE_HEIGHT_M = 0.12
 MAX_TILT_RAD = np.deg2rad(60.0)
 COS_MAX_TILT = float(np.cos(MAX_TILT_RAD))
@@ -382,16 +384,19 @@ class MujocoBackend:
     # ---- fields --------------------------------------------------------------------------------
 
     def _pre_fields(self) -> Dict[str, np.ndarray]:
-        """PRE_FIELDS at the instant of the current observation."""
+        """PRE_FIELDS at the instant of the current observation (new arrays, of PRE_FIELDS' dtypes)."""
+        E = self.n_envs
         out = {
             "ee_pos": self.ee_pos,
-            "ee_quat_xyzw": mm.wxyz_to_xyzw(self.ee_quat),
+            "ee_quat_xyzw": mm.wxyz_to_xyzw(self.ee_quat, out=np.empty((E, 4), np.float32)),
             "target_pos": self.target_pos[:, 0],
-            "target_quat_xyzw": mm.wxyz_to_xyzw(self.target_quat[:, 0]),
+            "target_quat_xyzw": mm.wxyz_to_xyzw(self.target_quat[:, 0], out=np.empty((E, 4), np.float32)),
             "episode": self.episode,
             "step_in_episode": self.step_in_episode,
         }
-        return {k: np.array(out[k], dtype=PRE_FIELDS[k][1]) for k in PRE_FIELDS}
+        return {
+            k: out[k] if k.endswith("_xyzw") else np.array(out[k], dtype=PRE_FIELDS[k][1]) for k in PRE_FIELDS
+        }
 
     def _write_frame_state(self, frames: Dict[str, np.ndarray], k: int) -> None:
         """Fill row ``k`` with the pre-substep root/joint state and targets (from the state cache)."""
@@ -445,11 +450,16 @@ class MujocoBackend:
     # ---- task ----------------------------------------------------------------------------------
 
     def _evaluate(self, a: np.ndarray, trunk_force: np.ndarray) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
-        """Tracking errors, reward parts and termination for the post-step state; float32 (E,) each."""
-        ix = self.ix
+        """Tracking errors, reward parts and termination for the post-step state; float32 (E,) each.
+
+        The terms are rows of one (len(TERM_NAMES), E) array, cast to float32 in one go.
+        """
+        ix, w = self.ix, REWARD_WEIGHTS
+        terms = np.empty((len(TERM_NAMES), self.n_envs))
+        errors, parts = terms[0:2], terms[3:]  # TERM_NAMES: the 2 errors, reward_total, the parts
         d = self.target_pos[:, 0] - self.ee_pos
-        pos_err = np.sqrt(np.einsum("ei,ei->e", d, d))
-        ori_err = mm.quat_angle(self.ee_quat, self.target_quat[:, 0])
+        np.sqrt(np.einsum("ei,ei->e", d, d), out=errors[0])
+        errors[1] = mm.quat_angle(self.ee_quat, self.target_quat[:, 0])
         up = self.base_mat[:, 2, :]  # world z in the base frame, R^T (0, 0, 1): minus projected gravity
         terminated = (
             (np.einsum("ei,ei->e", trunk_force, trunk_force) > TRUNK_CONTACT_N**2)
@@ -457,18 +467,12 @@ class MujocoBackend:
             | (up[:, 2] < COS_MAX_TILT)  # tilt = arccos(up_z) > MAX_TILT_RAD
         )
         da = a - self.last_action
-        w = REWARD_WEIGHTS
-        parts = {
-            "reward_pos": w["reward_pos"] * np.exp(-pos_err / 0.1),
-            "reward_ori": w["reward_ori"] * np.exp(-ori_err / 0.5),
-            "reward_upright": w["reward_upright"] * np.einsum("ei,ei->e", up[:, :2], up[:, :2]),
-            "reward_action_rate": w["reward_action_rate"] * np.einsum("ei,ei->e", da, da),
-            "reward_termination": w["reward_termination"] * terminated,
-        }
-        terms = {"task_reaching_pos_err": pos_err, "task_reaching_ori_err": ori_err}
-        terms["reward_total"] = sum(parts.values())
-        terms.update(parts)
-        return {k: np.asarray(terms[k], np.float32) for k in TERM_NAMES}, terminated
+        np.multiply(np.exp(errors / _NEG_ERROR_SCALES), _ERROR_REWARD_WEIGHTS, out=parts[0:2])
+        parts[2] = w["reward_upright"] * np.einsum("ei,ei->e", up[:, :2], up[:, :2])
+        parts[3] = w["reward_action_rate"] * np.einsum("ei,ei->e", da, da)
+        parts[4] = w["reward_termination"] * terminated
+        np.sum(parts, axis=0, out=terms[2])
+        return dict(zip(TERM_NAMES, terms.astype(np.float32))), terminated
 
     def _observe(self) -> np.ndarray:
         """Build the 109-dim observation float32 (E, 109) from the state cache, as in OBS_LAYOUT."""
