@@ -2,7 +2,8 @@
 
 Both rates count physics substeps per second summed over envs (policy steps x decimation x envs).
 The backend runs with zero actions and ``substep_frames=False`` (obs, terms, one frame row per
-step); the bare loop calls ``mj_step(m, d, decimation)`` per env from the same standing start.
+step); the bare loop calls ``mj_step(m, d, decimation)`` per env, each round from the states the
+backend's round started from (the same physics on both sides).
 
     python bench/sim_speed.py [N_THREADS]   # prints {"env_steps_per_s": ..., "sim_ratio": ..., ...}
 """
@@ -13,7 +14,7 @@ import json
 import statistics
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import mujoco
 import numpy as np
@@ -38,9 +39,9 @@ def measure_sim_ratio(
 ) -> Dict[str, float]:
     """Time the backend and a bare mj_step loop on the same model for the same substeps x envs.
 
-    The steps run in short paired rounds of ``chunk`` policy steps, backend then bare, each round's
-    ratio of rates is taken, and their median is ``sim_ratio``: these machines' speed drifts within
-    seconds, and a pair of adjacent 40 ms runs shares the drift. ``n_threads`` is the backend's
+    The steps run in short paired rounds of ``chunk`` policy steps, backend then bare from the same
+    start states, each round's ratio of rates is taken, and their median is ``sim_ratio``: these
+    machines' speed drifts within seconds, and a pair of adjacent 40 ms runs shares the drift. ``n_threads`` is the backend's
     (None: its default); the bare loop is always single-threaded.
 
     Returns:
@@ -52,14 +53,20 @@ def measure_sim_ratio(
     backend_threads = backend.n_threads
     backend.reset()
     model = backend.model
-    start = [mujoco.MjData(model) for _ in range(n_envs)]
-    for src, dst in zip(backend.datas, start):  # same standing start for the bare loop
-        dst.qpos[:] = src.qpos
-        dst.qvel[:] = src.qvel
-        dst.ctrl[:] = src.ctrl
+    bare = [mujoco.MjData(model) for _ in range(n_envs)]
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION  # qpos, qvel, act, warm start, ctrl, ...: all mj_step reads
+    snapshot = np.empty(mujoco.mj_stateSize(model, spec))
     zeros = np.zeros((n_envs, backend.info.action_dim), np.float32)
 
     step = mujoco.mj_step
+
+    def sync_bare() -> None:
+        """Put the bare loop's envs in the backend's current states, so that both sides step the same
+        physics. Left to themselves, the bare loop's robots would stand still for longer than an
+        episode (the backend resets every 7 s) and settle into cheaper contact solves."""
+        for src, dst in zip(backend.datas, bare):
+            mujoco.mj_getState(model, src, snapshot, spec)
+            mujoco.mj_setState(model, dst, snapshot, spec)
 
     def run_backend() -> float:
         t0 = time.perf_counter()
@@ -70,12 +77,16 @@ def measure_sim_ratio(
     def run_bare() -> float:
         t0 = time.perf_counter()
         for _ in range(chunk):
-            for d in start:
+            for d in bare:
                 step(model, d, DECIMATION)
         return time.perf_counter() - t0
 
-    run_backend(), run_bare()  # warm-up: first-call allocations, caches
-    pairs = [(run_backend(), run_bare()) for _ in range(max(1, policy_steps // chunk))]
+    def paired_round() -> Tuple[float, float]:
+        sync_bare()  # from the states the backend's round starts from
+        return run_backend(), run_bare()
+
+    paired_round()  # warm-up: first-call allocations, caches
+    pairs = [paired_round() for _ in range(max(1, policy_steps // chunk))]
     backend.close()
 
     substeps = float(chunk * DECIMATION * n_envs)
