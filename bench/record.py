@@ -9,7 +9,7 @@ when every step is committed. ``overhead`` = the median over rounds of (time wit
 without): these machines' speed drifts by +-10% over seconds, which a pair of adjacent runs mostly
 cancels (``overhead_fastest``, fastest with / fastest without, is printed too). Goal <= 1.03.
 ``sim_ratio`` = backend physics substeps/s / bare ``mj_step`` substeps/s, the median over paired
-10-step rounds (goal >= 0.8, from bench/sim_speed.py).
+10-step rounds, both sides stepping from the same states (goal >= 0.8, from bench/sim_speed.py).
 
 Usage: python bench/record.py [--envs 64] [--steps 1000] [--rounds 9] [--json]
 """

@@ -41,8 +41,8 @@ def measure_sim_ratio(
 
     The steps run in short paired rounds of ``chunk`` policy steps, backend then bare from the same
     start states, each round's ratio of rates is taken, and their median is ``sim_ratio``: these
-    machines' speed drifts within seconds, and a pair of adjacent 40 ms runs shares the drift. ``n_threads`` is the backend's
-    (None: its default); the bare loop is always single-threaded.
+    machines' speed drifts within seconds, and a pair of adjacent 40 ms runs shares the drift.
+    ``n_threads`` is the backend's (None: its default); the bare loop is always single-threaded.
 
     Returns:
         {"env_steps_per_s", "bare_mj_step_per_s"} in physics substeps per second (medians over the

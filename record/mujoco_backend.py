@@ -84,6 +84,7 @@ REWARD_WEIGHTS: Dict[str, float] = {
 TERM_NAMES: Tuple[str, ...] = ("task_reaching_pos_err", "task_reaching_ori_err", "reward_total") + tuple(
     REWARD_WEIGHTS
 )
+"""Per-env terms of every step; _evaluate fills them as rows of one array in this order."""
 _NEG_ERROR_SCALES = np.array([[-0.1], [-0.5]])  # reward_pos, reward_ori: w * exp(-error / scale)
 _ERROR_REWARD_WEIGHTS = np.array([[REWARD_WEIGHTS["reward_pos"]], [REWARD_WEIGHTS["reward_ori"]]])
 MIN_BASE_HEIGHT_M = 0.12

@@ -399,6 +399,38 @@ def test_physics_is_plain_mj_step(trajectories, tmp_path, integrator, substep):
     b.close()
 
 
+def test_terms_are_the_documented_errors_and_rewards(trajectories):
+    """Each term, by name, against its formula (REWARD_WEIGHTS' comments), from the next step's pre
+    fields (the same instant as a step's terms: after it) and the step's observation."""
+    b = MujocoBackend(trajectories, n_envs=3)
+    b.reset()
+    actions = np.random.default_rng(11).uniform(-0.3, 0.3, (8, 3, 18)).astype(np.float32)
+    results = [b.step(a, substep_frames=False) for a in actions]
+    b.close()
+    for i, r in enumerate(results[:-1]):
+        assert not r.done.any()
+        after = results[i + 1].pre
+        pos_err = np.linalg.norm(after["target_pos"] - after["ee_pos"], axis=-1)
+        dot = np.abs(np.sum(after["target_quat_xyzw"] * after["ee_quat_xyzw"], axis=-1))
+        ori_err = 2 * np.arccos(np.clip(dot, 0, 1))
+        previous_action = actions[i - 1] if i else np.zeros((3, 18), np.float32)
+        want = {
+            "task_reaching_pos_err": pos_err,
+            "task_reaching_ori_err": ori_err,
+            "reward_pos": np.exp(-pos_err / 0.1),
+            "reward_ori": 0.5 * np.exp(-ori_err / 0.5),
+            "reward_upright": -np.sum(r.obs[:, OBS["projected_gravity"]][:, :2] ** 2, axis=-1),
+            "reward_action_rate": -0.01 * np.sum((actions[i] - previous_action) ** 2, axis=-1),
+            "reward_termination": np.zeros(3),
+        }
+        want["reward_total"] = sum(v for k, v in want.items() if k.startswith("reward_"))
+        assert set(r.terms) == set(TERM_NAMES) == set(want)
+        for key, value in want.items():
+            assert r.terms[key].dtype == np.float32
+            np.testing.assert_allclose(r.terms[key], value, rtol=1e-4, atol=2e-4, err_msg=key)
+        np.testing.assert_array_equal(r.reward, r.terms["reward_total"])
+
+
 def test_torque_is_the_clipped_pd_law(trajectories):
     """Recorded torque = clip(kp (default + 0.25 a - q) - kd qdot) with the §5 gains, at the frame's state."""
     kp = np.array([40.0] * 12 + [100, 100, 100, 20, 20, 5])
