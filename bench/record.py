@@ -9,7 +9,9 @@ when every step is committed. ``overhead`` = the median over rounds of (time wit
 without): these machines' speed drifts by +-10% over seconds, which a pair of adjacent runs mostly
 cancels (``overhead_fastest``, fastest with / fastest without, is printed too). Goal <= 1.03.
 ``sim_ratio`` = backend physics substeps/s / bare ``mj_step`` substeps/s, the median over paired
-10-step rounds, both sides stepping from the same states (goal >= 0.8, from bench/sim_speed.py).
+10-step rounds, both sides stepping from the same states, with one frame row per step (goal >= 0.8,
+from bench/sim_speed.py); ``sim_ratio_by_frames`` adds the same with --frames substep's four rows
+(over a fifth of the steps).
 
 Usage: python bench/record.py [--envs 64] [--steps 1000] [--rounds 9] [--json]
 """
@@ -123,11 +125,16 @@ def main():
     res = dict(runs[modes[0]])
     res["overhead_by_frames"] = {m: r["overhead"] for m, r in runs.items()}
     sim = measure_sim_ratio(args.envs, args.steps)
+    sim_substep = measure_sim_ratio(args.envs, args.steps // 5, substep_frames=True)
     res.update(
         {
             "sim_ratio": round(sim["sim_ratio"], 3),
             "env_steps_per_s": sim["env_steps_per_s"],
             "bare_mj_step_per_s": sim["bare_mj_step_per_s"],
+            "sim_ratio_by_frames": {
+                "policy": round(sim["sim_ratio"], 3),
+                "substep": round(sim_substep["sim_ratio"], 3),
+            },
         }
     )
     for mode, r in runs.items():
@@ -146,8 +153,12 @@ def main():
             file=sys.stderr,
         )
     print(
-        "sim: {:.0f} substeps/s vs bare mj_step {:.0f}/s, sim_ratio {:.3f} (goal >= 0.8)".format(
-            res["env_steps_per_s"], res["bare_mj_step_per_s"], res["sim_ratio"]
+        "sim: {:.0f} substeps/s vs bare mj_step {:.0f}/s, sim_ratio {:.3f} (goal >= 0.8); "
+        "with substep frames {:.3f}".format(
+            res["env_steps_per_s"],
+            res["bare_mj_step_per_s"],
+            res["sim_ratio"],
+            res["sim_ratio_by_frames"]["substep"],
         ),
         file=sys.stderr,
     )

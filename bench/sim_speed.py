@@ -2,7 +2,8 @@
 
 Both rates count physics substeps per second summed over envs (policy steps x decimation x envs).
 The backend runs with zero actions and ``substep_frames=False`` (obs, terms, one frame row per
-step); the bare loop calls ``mj_step(m, d, decimation)`` per env, each round from the states the
+step; ``sim_ratio``'s goal is for this mode, the stepping itself) or, to show the cost of the default
+``--frames substep``, four frame rows per step; the bare loop calls ``mj_step(m, d, decimation)`` per env, each round from the states the
 backend's round started from (the same physics on both sides).
 
     python bench/sim_speed.py [N_THREADS]   # prints {"env_steps_per_s": ..., "sim_ratio": ..., ...}
@@ -35,7 +36,12 @@ def _circle_trajectories(n_episodes: int = 4, n_samples: int = 1600) -> Trajecto
 
 
 def measure_sim_ratio(
-    n_envs: int = 64, policy_steps: int = 200, *, chunk: int = 10, n_threads: Optional[int] = None
+    n_envs: int = 64,
+    policy_steps: int = 200,
+    *,
+    chunk: int = 10,
+    n_threads: Optional[int] = None,
+    substep_frames: bool = False,
 ) -> Dict[str, float]:
     """Time the backend and a bare mj_step loop on the same model for the same substeps x envs.
 
@@ -71,7 +77,7 @@ def measure_sim_ratio(
     def run_backend() -> float:
         t0 = time.perf_counter()
         for _ in range(chunk):
-            backend.step(zeros, substep_frames=False)
+            backend.step(zeros, substep_frames=substep_frames)
         return time.perf_counter() - t0
 
     def run_bare() -> float:
