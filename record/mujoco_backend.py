@@ -179,6 +179,9 @@ class MujocoBackend:
             n: (np.arange(n)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S).reshape(1, -1)
             for n in (1, DECIMATION)
         }
+        self._row_times = {n: np.arange(n)[:, None] * SIM_DT_S for n in (1, DECIMATION)}  # (rows, 1)
+        self._row_states = np.empty((DECIMATION,) + self._state.shape)  # substep rows' states
+        self._row_body_quats = np.empty((DECIMATION, E, len(self.ix.bodies), 4))  # wxyz, per row
         self.reset()  # a valid state even if the caller steps first
 
     # ---- per-env C calls and copies ------------------------------------------------------------
@@ -214,7 +217,6 @@ class MujocoBackend:
             "act": np.empty((self.n_envs, m.nu)),
             "cfrc": np.empty((self.n_envs, m.nbody, 6)),
             "trunk_force": np.empty((self.n_envs, 3)),
-            "body_quat": np.empty((self.n_envs, len(ix.bodies), 4)),
         }
 
     def _gather(self, name: str, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -334,12 +336,15 @@ class MujocoBackend:
         n_rows = DECIMATION if substep_frames else 1
         frames = frames_out if frames_out is not None else self._new_frames(n_rows)
         next_targets = self._look_up_targets(frames, n_rows)
+        states = self._state[None] if n_rows == 1 else self._row_states[:n_rows]  # (rows, E, nq + nv)
         for k in range(n_rows):
-            self._write_frame_state(frames, k)
+            if k:  # the state before row k's substep (row 0's: the cache)
+                self._gather("state", states[k])
+            elif n_rows > 1:
+                np.copyto(states[0], self._state)
             self._substeps(1, contacts=True, finish=False)
             self._write_frame_derived(frames, k)  # before _finish: poses before the substep
-            if k < n_rows - 1:
-                self._gather("state", self._state)
+        self._write_frame_rows(frames, states)
         if substep_frames:
             self._substeps(0, contacts=False, finish=True)
         else:
@@ -399,19 +404,22 @@ class MujocoBackend:
             k: out[k] if k.endswith("_xyzw") else np.array(out[k], dtype=PRE_FIELDS[k][1]) for k in PRE_FIELDS
         }
 
-    def _write_frame_state(self, frames: Dict[str, np.ndarray], k: int) -> None:
-        """Fill row ``k`` with the pre-substep root/joint state and targets (from the state cache)."""
-        ix, qp, qv = self.ix, self.qpos, self.qvel
-        r = ix.root_qpos
-        quat = qp[:, r + 3 : r + 7]
-        frames["root_pos"][k] = qp[:, r : r + 3]
-        mm.wxyz_to_xyzw(quat, out=frames["root_quat_xyzw"][k])
-        frames["root_lin_vel"][k] = qv[:, ix.root_dof : ix.root_dof + 3]
-        mat = self.base_mat if k == 0 else mm.quat_to_mat(quat)
-        frames["root_ang_vel"][k] = mm.rotate(mat, qv[:, ix.root_dof + 3 : ix.root_dof + 6])
-        frames["dof_pos"][k] = qp[:, ix.qpos_cols]
-        frames["dof_vel"][k] = qv[:, ix.dof_cols]
-        frames["episode_time_s"][k] = self.step_in_episode * POLICY_DT_S + k * SIM_DT_S
+    def _write_frame_rows(self, frames: Dict[str, np.ndarray], states: np.ndarray) -> None:
+        """Fill what every row needs from the state before its substep, ``states`` float64 (rows, E,
+        nq + nv), and the body quaternions kept by _write_frame_derived: all rows at once."""
+        n_rows, ix, nq = len(states), self.ix, self.model.nq
+        mm.wxyz_to_xyzw(self._row_body_quats[:n_rows], out=frames["body_quat_xyzw"])
+        qp, qv = states[..., :nq], states[..., nq:]
+        r, v = ix.root_qpos, ix.root_dof
+        quat = qp[..., r + 3 : r + 7]
+        frames["root_pos"][:] = qp[..., r : r + 3]
+        mm.wxyz_to_xyzw(quat, out=frames["root_quat_xyzw"])
+        frames["root_lin_vel"][:] = qv[..., v : v + 3]
+        mat = self.base_mat[None] if n_rows == 1 else mm.quat_to_mat(quat)  # one row: the cache's
+        frames["root_ang_vel"][:] = mm.rotate(mat, qv[..., v + 3 : v + 6])
+        frames["dof_pos"][:] = qp[..., ix.qpos_cols]
+        frames["dof_vel"][:] = qv[..., ix.dof_cols]
+        frames["episode_time_s"][:] = self.step_in_episode * POLICY_DT_S + self._row_times[n_rows]
 
     def _look_up_targets(self, frames: Dict[str, np.ndarray], n_rows: int) -> Tuple[np.ndarray, np.ndarray]:
         """One trajectory lookup per step: fill the future targets of frame rows 0..n_rows-1 and return
@@ -432,7 +440,8 @@ class MujocoBackend:
         return pos[:, n:], quat[:, n:]
 
     def _write_frame_derived(self, frames: Dict[str, np.ndarray], k: int) -> None:
-        """Fill row ``k`` with what MuJoCo derived during the substep that just ran (pre-substep poses)."""
+        """Fill row ``k`` with what MuJoCo derived during the substep that just ran (pre-substep poses);
+        the body quaternions are kept for _write_frame_rows, which reorders every row's at once."""
         b, every = self.ix.body_index, slice(None)
         for name, field, index in (
             ("torque", "act", (every, self.ix.act_cols)),
@@ -445,8 +454,10 @@ class MujocoBackend:
                 np.concatenate(views, out=out.reshape((-1,) + views[0].shape[1:]), casting="same_kind")
             else:
                 out[...] = self._gather(field)[index]
-        quat = self._gather("body_quat") if "body_quat" in self._v else self._gather("xquat")[:, b]
-        mm.wxyz_to_xyzw(quat, out=frames["body_quat_xyzw"][k])
+        if "body_quat" in self._v:
+            self._gather("body_quat", self._row_body_quats[k])
+        else:
+            self._row_body_quats[k] = self._gather("xquat")[:, b]
 
     # ---- task ----------------------------------------------------------------------------------
 

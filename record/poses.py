@@ -89,8 +89,8 @@ def quat_to_mat(q: np.ndarray) -> np.ndarray:
 
 
 def rotate(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Rotate body-frame vectors v (E, 3) to the world frame with rotation matrices mat (E, 3, 3)."""
-    return np.einsum("eij,ej->ei", mat, v)
+    """Rotate body-frame vectors v (..., 3) to the world frame with rotation matrices mat (..., 3, 3)."""
+    return np.einsum("...ij,...j->...i", mat, v)
 
 
 def rotate_inv(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
