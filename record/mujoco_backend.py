@@ -336,19 +336,7 @@ class MujocoBackend:
         n_rows = DECIMATION if substep_frames else 1
         frames = frames_out if frames_out is not None else self._new_frames(n_rows)
         next_targets = self._look_up_targets(frames, n_rows)
-        states = self._state[None] if n_rows == 1 else self._row_states[:n_rows]  # (rows, E, nq + nv)
-        for k in range(n_rows):
-            if k:  # the state before row k's substep (row 0's: the cache)
-                self._gather("state", states[k])
-            elif n_rows > 1:
-                np.copyto(states[0], self._state)
-            self._substeps(1, contacts=True, finish=False)
-            self._write_frame_derived(frames, k)  # before _finish: poses before the substep
-        self._write_frame_rows(frames, states)
-        if substep_frames:
-            self._substeps(0, contacts=False, finish=True)
-        else:
-            self._substeps(DECIMATION - 1, contacts=True, finish=True)
+        self._physics_step(frames, n_rows)
         trunk_force = self._gather("trunk_force")
         self._refresh_state()
         self.step_in_episode += 1
@@ -371,6 +359,23 @@ class MujocoBackend:
             pre=pre,
             frames=frames,
         )
+
+    def _physics_step(self, frames: Dict[str, np.ndarray], n_rows: int) -> None:
+        """Run the policy step's substeps, filling frame rows 0..n_rows-1 (one per substep from the
+        first), and leave fresh poses and the last substep's contact forces for the observation."""
+        states = self._state[None] if n_rows == 1 else self._row_states[:n_rows]  # (rows, E, nq + nv)
+        for k in range(n_rows):
+            if k:  # the state before row k's substep (row 0's: the cache)
+                self._gather("state", states[k])
+            elif n_rows > 1:
+                np.copyto(states[0], self._state)
+            self._substeps(1, contacts=True, finish=False)
+            self._write_frame_derived(frames, k)  # before _finish: poses before the substep
+        self._write_frame_rows(frames, states)
+        if n_rows == DECIMATION:
+            self._substeps(0, contacts=False, finish=True)
+        else:
+            self._substeps(DECIMATION - n_rows, contacts=True, finish=True)
 
     def _new_frames(self, n_rows: int) -> Dict[str, np.ndarray]:
         return {
