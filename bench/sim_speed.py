@@ -20,7 +20,8 @@ from typing import Dict, Optional, Tuple
 import mujoco
 import numpy as np
 
-from moetape.record.mujoco_backend import DECIMATION, MujocoBackend
+from moetape.record.mujoco_backend import MujocoBackend
+from moetape.record.mujoco_task import DECIMATION
 from moetape.record.trajectory import Trajectories
 
 

@@ -2,7 +2,9 @@
 
 The task reproduces the MoE env of DESIGN.md §5: 200 Hz physics, decimation 4 (50 Hz policy), PD
 targets ``default + 0.25 * action`` (C-side PD actuators, ctrl = target, torque-limited by
-``forcerange``, so ``mj_step(m, d, n)`` runs n substeps in one call), 7 s episodes, and the 109-dim observation laid out in :data:`OBS_LAYOUT`.
+``forcerange``, so ``mj_step(m, d, n)`` runs n substeps in one call), 7 s episodes, and the 109-dim
+observation laid out in ``OBS_LAYOUT``; those constants, the rewards and the termination thresholds
+are defined in moetape.record.mujoco_task.
 
 An episode ends by termination (trunk contact force > 1 N, base below 0.12 m or tilted > 60 deg) or
 at the time limit; ``done`` is either, ``timeout`` is the time limit reached (legacy ``time_outs``, set
@@ -30,67 +32,29 @@ import numpy as np
 from moetape.record import poses as mm
 from moetape.record.backend import PRE_FIELDS, BackendInfo, StepResult, frame_fields
 from moetape.record.mujoco_model import BUNDLED_XML, JOINT_NAMES, ModelIndices, load_model
+from moetape.record.mujoco_task import (  # the task's definition
+    ACTION_SCALE,
+    COS_MAX_TILT,
+    DECIMATION,
+    ERROR_REWARD_WEIGHTS,
+    MIN_BASE_HEIGHT_M,
+    NEG_ERROR_SCALES,
+    OBS,
+    OBS_COMMANDS,
+    OBS_DIM,
+    OBS_TARGET_TIMES_S,
+    OBS_TARGETS,
+    POLICY_DT_S,
+    REWARD_WEIGHTS,
+    SIM_DT_S,
+    SPAWN_XY,
+    TARGET_OBS_SCALES,
+    TARGET_TIMES_S,
+    TERM_NAMES,
+    TRUNK_CONTACT_N,
+)
 from moetape.record.trajectory import Trajectories
 from moetape.schema.errors import InputError
-
-SIM_DT_S = 0.005
-DECIMATION = 4
-POLICY_DT_S = SIM_DT_S * DECIMATION
-ACTION_SCALE = 0.25
-SPAWN_XY = (-0.5, 0.0)
-OBS_TARGET_TIMES_S = (0.02, 0.04, 0.06, 1.0)
-"""Future times (s after the current episode time) of the 4 EE targets in the observation."""
-TARGET_TIMES_S = np.array((0.0,) + OBS_TARGET_TIMES_S)
-"""Times of the cached targets: now (pre fields, errors) then the observation's 4."""
-
-
-def _build_obs_layout() -> Tuple[Tuple[str, slice], ...]:
-    sizes = [("dof_pos", 18), ("dof_vel", 18), ("projected_gravity", 3), ("base_ang_vel", 3)]
-    for t in OBS_TARGET_TIMES_S:
-        sizes += [(f"ee_target_{t:.2f}s_pos", 3), (f"ee_target_{t:.2f}s_rot6d", 6)]
-    sizes += [("base_lin_vel_cmd", 3), ("yaw_rate_cmd", 3), ("root_pos", 3), ("base_lin_vel", 3)]
-    sizes += [("yaw", 1), ("last_action", 18)]
-    layout, start = [], 0
-    for name, n in sizes:
-        layout.append((name, slice(start, start + n)))
-        start += n
-    return tuple(layout)
-
-
-OBS_LAYOUT: Tuple[Tuple[str, slice], ...] = _build_obs_layout()
-"""The 109-dim observation, term by term (name, slice), DESIGN.md §5:
-
-dof_pos 0:18 (q - default, rad) · dof_vel 18:36 (rad/s * 0.05) · projected_gravity 36:39 (base frame) ·
-base_ang_vel 39:42 (base frame, rad/s * 0.25) · 4 x [ee_target_{t}s_pos (target in the current EE
-frame, m * 10), ee_target_{t}s_rot6d (first two columns of R_ee^T R_target, column-wise, * 1.5)] for
-t = 0.02, 0.04, 0.06, 1.0 s, 42:78 · base_lin_vel_cmd 78:81 and yaw_rate_cmd 81:84 (zeros) ·
-root_pos 84:87 (world, m) · base_lin_vel 87:90 (base frame, m/s) · yaw 90:91 (rad) · last_action 91:109.
-"""
-OBS_DIM = OBS_LAYOUT[-1][1].stop
-OBS: Dict[str, slice] = dict(OBS_LAYOUT)
-OBS_TARGETS = slice(OBS["ee_target_0.02s_pos"].start, OBS["ee_target_1.00s_rot6d"].stop)
-OBS_COMMANDS = slice(OBS["base_lin_vel_cmd"].start, OBS["yaw_rate_cmd"].stop)
-_TARGET_OBS_SCALES = np.array([[10.0], [1.5], [1.5]])  # per target column: position (m), 6D rotation
-
-REWARD_WEIGHTS: Dict[str, float] = {
-    "reward_pos": 1.0,  # * exp(-pos_err / 0.1 m)
-    "reward_ori": 0.5,  # * exp(-ori_err / 0.5 rad)
-    "reward_upright": -1.0,  # * |projected gravity xy|^2
-    "reward_action_rate": -0.01,  # * sum((a - a_prev)^2)
-    "reward_termination": -10.0,  # * terminated (trunk contact, base too low or tilted), not the time limit
-}
-"""Reward parts (per policy step, not scaled by dt); ``reward_total`` is their sum."""
-
-TERM_NAMES: Tuple[str, ...] = ("task_reaching_pos_err", "task_reaching_ori_err", "reward_total") + tuple(
-    REWARD_WEIGHTS
-)
-"""Per-env terms of every step; _evaluate fills them as rows of one array in this order."""
-_NEG_ERROR_SCALES = np.array([[-0.1], [-0.5]])  # reward_pos, reward_ori: w * exp(-error / scale)
-_ERROR_REWARD_WEIGHTS = np.array([[REWARD_WEIGHTS["reward_pos"]], [REWARD_WEIGHTS["reward_ori"]]])
-MIN_BASE_HEIGHT_M = 0.12
-MAX_TILT_RAD = np.deg2rad(60.0)
-COS_MAX_TILT = float(np.cos(MAX_TILT_RAD))
-TRUNK_CONTACT_N = 1.0
 
 
 class MujocoBackend:
@@ -484,7 +448,7 @@ class MujocoBackend:
             | (up[:, 2] < COS_MAX_TILT)  # tilt = arccos(up_z) > MAX_TILT_RAD
         )
         da = a - self.last_action
-        np.multiply(np.exp(errors / _NEG_ERROR_SCALES), _ERROR_REWARD_WEIGHTS, out=parts[0:2])
+        np.multiply(np.exp(errors / NEG_ERROR_SCALES), ERROR_REWARD_WEIGHTS, out=parts[0:2])
         parts[2] = w["reward_upright"] * np.einsum("ei,ei->e", up[:, :2], up[:, :2])
         parts[3] = w["reward_action_rate"] * np.einsum("ei,ei->e", da, da)
         parts[4] = w["reward_termination"] * terminated
@@ -503,7 +467,7 @@ class MujocoBackend:
         rel = np.matmul(mm.quat_to_mat(self.ee_quat).transpose(0, 2, 1)[:, None], cols)
         obs = np.empty((E, OBS_DIM), np.float32)
         o = obs[:, OBS_TARGETS].reshape(cols.shape)  # [target][column][row]: pos, 6D column 0, column 1
-        np.multiply(rel.swapaxes(-1, -2), _TARGET_OBS_SCALES, out=o, casting="same_kind")
+        np.multiply(rel.swapaxes(-1, -2), TARGET_OBS_SCALES, out=o, casting="same_kind")
         obs[:, OBS["dof_pos"]] = self.qpos[:, ix.qpos_cols] - ix.default_pos
         obs[:, OBS["dof_vel"]] = self.qvel[:, ix.dof_cols] * 0.05
         obs[:, OBS["projected_gravity"]] = -self.base_mat[:, 2, :]  # R^T (0, 0, -1)

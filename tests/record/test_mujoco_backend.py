@@ -12,15 +12,8 @@ mujoco = pytest.importorskip("mujoco")
 
 from moetape.record import poses  # noqa: E402
 from moetape.record.backend import PRE_FIELDS, frame_fields  # noqa: E402
-from moetape.record.mujoco_backend import (  # noqa: E402
-    BUNDLED_XML,
-    JOINT_NAMES,
-    OBS,
-    OBS_DIM,
-    OBS_LAYOUT,
-    TERM_NAMES,
-    MujocoBackend,
-)
+from moetape.record.mujoco_backend import BUNDLED_XML, JOINT_NAMES, MujocoBackend  # noqa: E402
+from moetape.record.mujoco_task import OBS, OBS_DIM, OBS_LAYOUT, TERM_NAMES  # noqa: E402
 from moetape.record.trajectory import Trajectories  # noqa: E402
 from moetape.schema.errors import InputError  # noqa: E402
 
