@@ -336,10 +336,8 @@ class MujocoBackend:
             self._substeps(1, contacts=True, finish=False)
             self._write_frame_derived(frames, k)  # before _finish: poses before the substep
         self._write_frame_rows(frames, states)
-        if n_rows == DECIMATION:
-            self._substeps(0, contacts=False, finish=True)
-        else:
-            self._substeps(DECIMATION - n_rows, contacts=True, finish=True)
+        rest = DECIMATION - n_rows  # with none left, the last row's substep gave the contact forces
+        self._substeps(rest, contacts=rest > 0, finish=True)
 
     def _new_frames(self, n_rows: int) -> Dict[str, np.ndarray]:
         return {
@@ -360,18 +358,15 @@ class MujocoBackend:
 
     def _pre_fields(self) -> Dict[str, np.ndarray]:
         """PRE_FIELDS at the instant of the current observation (new arrays, of PRE_FIELDS' dtypes)."""
-        E = self.n_envs
         out = {
             "ee_pos": self.ee_pos,
-            "ee_quat_xyzw": mm.wxyz_to_xyzw(self.ee_quat, out=np.empty((E, 4), np.float32)),
+            "ee_quat_xyzw": mm.wxyz_to_xyzw(self.ee_quat),
             "target_pos": self.target_pos[:, 0],
-            "target_quat_xyzw": mm.wxyz_to_xyzw(self.target_quat[:, 0], out=np.empty((E, 4), np.float32)),
+            "target_quat_xyzw": mm.wxyz_to_xyzw(self.target_quat[:, 0]),
             "episode": self.episode,
             "step_in_episode": self.step_in_episode,
         }
-        return {
-            k: out[k] if k.endswith("_xyzw") else np.array(out[k], dtype=PRE_FIELDS[k][1]) for k in PRE_FIELDS
-        }
+        return {k: np.array(out[k], dtype=PRE_FIELDS[k][1]) for k in PRE_FIELDS}
 
     def _write_frame_rows(self, frames: Dict[str, np.ndarray], states: np.ndarray) -> None:
         """Fill what every row needs from the state before its substep, ``states`` float64 (rows, E,
