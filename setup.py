@@ -46,7 +46,7 @@ setup(
         "imageio-ffmpeg>=0.4.7",
     ],
     extras_require={
-        "record": ["torch>=1.10", "mujoco>=3.0"],
+        "record": ["torch>=1.10", "mujoco>=3.0", "numba>=0.56"],
         "dev": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "mypy>=1.5", "import-linter>=2.0", "vermin>=1.6"],
     },
     entry_points={"console_scripts": ["moetape=moetape.cli:cli"]},

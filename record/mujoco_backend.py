@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import mujoco
 import numpy as np
 
+from moetape.record import kernels
 from moetape.record import poses as mm
 from moetape.record.backend import PRE_FIELDS, BackendInfo, StepResult, frame_fields
 from moetape.record.mujoco_model import BUNDLED_XML, JOINT_NAMES, ModelIndices, load_model
@@ -36,13 +37,11 @@ from moetape.record.mujoco_task import (  # the task's definition
     ACTION_SCALE,
     COS_MAX_TILT,
     DECIMATION,
-    ERROR_REWARD_WEIGHTS,
     MIN_BASE_HEIGHT_M,
     NEG_ERROR_SCALES,
     OBS,
     OBS_COMMANDS,
     OBS_DIM,
-    OBS_TARGET_TIMES_S,
     OBS_TARGETS,
     POLICY_DT_S,
     REWARD_WEIGHTS,
@@ -53,8 +52,30 @@ from moetape.record.mujoco_task import (  # the task's definition
     TERM_NAMES,
     TRUNK_CONTACT_N,
 )
+from moetape.record.targets import TargetTable
 from moetape.record.trajectory import Trajectories
 from moetape.schema.errors import InputError
+
+# The task's constants as the compiled kernels take them (moetape.record.kernels).
+_OBS_STARTS = np.array(
+    [OBS[n].start for n in ("dof_pos", "dof_vel", "projected_gravity", "base_ang_vel")]
+    + [OBS_TARGETS.start, OBS_COMMANDS.start]
+    + [OBS[n].start for n in ("root_pos", "base_lin_vel", "yaw", "last_action")]
+)
+_OBS_SCALES = np.array([0.05, 0.25, TARGET_OBS_SCALES[0, 0], TARGET_OBS_SCALES[1, 0]])  # see kernels.observe
+_LIMITS = np.array([TRUNK_CONTACT_N, MIN_BASE_HEIGHT_M, COS_MAX_TILT])
+_WEIGHTS = np.array([REWARD_WEIGHTS[name] for name in TERM_NAMES[3:]])
+_NEG_ERROR_SCALES = NEG_ERROR_SCALES[:, 0]
+_ROW_STATE_FIELDS = (  # the frame fields kernels.frame_rows fills, in its argument order
+    "root_pos",
+    "root_quat_xyzw",
+    "root_lin_vel",
+    "root_ang_vel",
+    "dof_pos",
+    "dof_vel",
+    "episode_time_s",
+    "body_quat_xyzw",
+)
 
 
 class MujocoBackend:
@@ -102,7 +123,7 @@ class MujocoBackend:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._split = self.model.opt.integrator != mujoco.mjtIntegrator.mjINT_RK4
         self._prepared = False  # every env's mj_step1 ran on its current state (see _finish)
-        self._traj = mm.TargetTable(trajectories)
+        self._traj = TargetTable(trajectories)
         self.datas = [mujoco.MjData(self.model) for _ in range(E)]
         self.info = BackendInfo(
             name="mujoco",
@@ -138,12 +159,17 @@ class MujocoBackend:
         self.target_quat = np.zeros((E, len(TARGET_TIMES_S), 4))
         self._traj_index = np.arange(E) % self._traj.n_episodes
         self._ee_site_rmul = mm.right_mul_matrix(self.ix.ee_site_quat)
-        # Per frame-row count: the future targets' times after the step's episode time, (1, rows * M).
-        self._row_offsets = {
-            n: (np.arange(n)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S).reshape(1, -1)
+        # Per frame-row count: the times looked up each step, after the step's episode time: each row's
+        # future targets (row r at r substeps), then the next observation's targets (one step later).
+        self._lookup_offsets = {
+            n: np.concatenate(
+                [
+                    (np.arange(n)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S).ravel(),
+                    POLICY_DT_S + TARGET_TIMES_S,
+                ]
+            )
             for n in (1, DECIMATION)
         }
-        self._row_times = {n: np.arange(n)[:, None] * SIM_DT_S for n in (1, DECIMATION)}  # (rows, 1)
         self._row_states = np.empty((DECIMATION,) + self._state.shape)  # substep rows' states
         self._row_body_quats = np.empty((DECIMATION, E, len(self.ix.bodies), 4))  # wxyz, per row
         self.reset()  # a valid state even if the caller steps first
@@ -240,10 +266,9 @@ class MujocoBackend:
         """Copy qpos, qvel and the EE pose (needs fresh kinematics) of every env into the state cache."""
         self._gather("state", self._state)
         ee = self._gather("ee")
-        self.ee_pos[:] = ee[:, :3]
-        np.matmul(ee[:, 3:], self._ee_site_rmul, out=self.ee_quat)  # body quat * site quat
-        r = self.ix.root_qpos
-        self.base_mat[:] = mm.quat_to_mat(self.qpos[:, r + 3 : r + 7])
+        kernels.refresh_poses(
+            self._state, ee, self._ee_site_rmul, self.ix.root_qpos, self.ee_pos, self.ee_quat, self.base_mat
+        )
 
     def _refresh_targets(self, envs: np.ndarray) -> None:
         """Look up the targets of ``envs`` at their episode time and at the observation's future times."""
@@ -371,35 +396,29 @@ class MujocoBackend:
     def _write_frame_rows(self, frames: Dict[str, np.ndarray], states: np.ndarray) -> None:
         """Fill what every row needs from the state before its substep, ``states`` float64 (rows, E,
         nq + nv), and the body quaternions kept by _write_frame_derived: all rows at once."""
-        n_rows, ix, nq = len(states), self.ix, self.model.nq
-        mm.wxyz_to_xyzw(self._row_body_quats[:n_rows], out=frames["body_quat_xyzw"])
-        qp, qv = states[..., :nq], states[..., nq:]
-        r, v = ix.root_qpos, ix.root_dof
-        quat = qp[..., r + 3 : r + 7]
-        frames["root_pos"][:] = qp[..., r : r + 3]
-        mm.wxyz_to_xyzw(quat, out=frames["root_quat_xyzw"])
-        frames["root_lin_vel"][:] = qv[..., v : v + 3]
-        mat = self.base_mat[None] if n_rows == 1 else mm.quat_to_mat(quat)  # one row: the cache's
-        frames["root_ang_vel"][:] = mm.rotate(mat, qv[..., v + 3 : v + 6])
-        frames["dof_pos"][:] = qp[..., ix.qpos_cols]
-        frames["dof_vel"][:] = qv[..., ix.dof_cols]
-        frames["episode_time_s"][:] = self.step_in_episode * POLICY_DT_S + self._row_times[n_rows]
+        ix, n_rows = self.ix, len(states)
+        kernels.frame_rows(
+            states,
+            self._row_body_quats[:n_rows],
+            self.model.nq,
+            ix.root_qpos,
+            ix.root_dof,
+            ix.qpos,
+            ix.dof,
+            self.step_in_episode * POLICY_DT_S,
+            SIM_DT_S,
+            *(frames[name] for name in _ROW_STATE_FIELDS),
+        )
 
     def _look_up_targets(self, frames: Dict[str, np.ndarray], n_rows: int) -> Tuple[np.ndarray, np.ndarray]:
         """One trajectory lookup per step: fill the future targets of frame rows 0..n_rows-1 and return
         the targets of the next observation (TARGET_TIMES_S after the next step's episode time),
         float64 (E, 5, 3) and (E, 5, 4) wxyz. Envs that end this step look theirs up again on reset."""
-        E, M = self.n_envs, len(mm.FUTURE_TARGET_OFFSETS_S)
         t = self.step_in_episode * POLICY_DT_S  # (E,)
-        t_next = (self.step_in_episode + 1) * POLICY_DT_S
-        times = np.concatenate(
-            [t[:, None] + self._row_offsets[n_rows], t_next[:, None] + TARGET_TIMES_S], axis=1
-        )
-        pos, quat = self._traj.lookup(self._traj_index, times)
-        n = n_rows * M
-        frames["target_future_pos"][:] = pos[:, :n].reshape(E, n_rows, M, 3).swapaxes(0, 1)
-        mm.wxyz_to_xyzw(
-            quat[:, :n].reshape(E, n_rows, M, 4).swapaxes(0, 1), out=frames["target_future_quat_xyzw"]
+        pos, quat = self._traj.lookup(self._traj_index, t[:, None] + self._lookup_offsets[n_rows])
+        n = n_rows * len(mm.FUTURE_TARGET_OFFSETS_S)
+        kernels.frame_targets(
+            pos[:, :n], quat[:, :n], frames["target_future_pos"], frames["target_future_quat_xyzw"]
         )
         return pos[:, n:], quat[:, n:]
 
@@ -426,52 +445,49 @@ class MujocoBackend:
     # ---- task ----------------------------------------------------------------------------------
 
     def _evaluate(self, a: np.ndarray, trunk_force: np.ndarray) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
-        """Tracking errors, reward parts and termination for the post-step state; float32 (E,) each.
-
-        The terms are rows of one (len(TERM_NAMES), E) array, cast to float32 in one go.
-        """
-        ix, w = self.ix, REWARD_WEIGHTS
-        terms = np.empty((len(TERM_NAMES), self.n_envs))
-        errors, parts = terms[0:2], terms[3:]  # TERM_NAMES: the 2 errors, reward_total, the parts
-        d = self.target_pos[:, 0] - self.ee_pos
-        np.sqrt(np.einsum("ei,ei->e", d, d), out=errors[0])
-        errors[1] = mm.quat_angle(self.ee_quat, self.target_quat[:, 0])
-        up = self.base_mat[:, 2, :]  # world z in the base frame, R^T (0, 0, 1): minus projected gravity
-        terminated = (
-            (np.einsum("ei,ei->e", trunk_force, trunk_force) > TRUNK_CONTACT_N**2)
-            | (self.qpos[:, ix.root_qpos + 2] < MIN_BASE_HEIGHT_M)
-            | (up[:, 2] < COS_MAX_TILT)  # tilt = arccos(up_z) > MAX_TILT_RAD
+        """Tracking errors, reward parts and termination for the post-step state; float32 (E,) each
+        (rows of one (len(TERM_NAMES), E) array), and the termination bool (E,)."""
+        terms = np.empty((len(TERM_NAMES), self.n_envs), np.float32)
+        terminated = np.empty(self.n_envs, np.bool_)
+        kernels.evaluate(
+            self.qpos,
+            self.ee_pos,
+            self.ee_quat,
+            self.base_mat,
+            self.target_pos,
+            self.target_quat,
+            trunk_force,
+            a,
+            self.last_action,
+            self.ix.root_qpos,
+            _LIMITS,
+            _WEIGHTS,
+            _NEG_ERROR_SCALES,
+            terms,
+            terminated,
         )
-        da = a - self.last_action
-        np.multiply(np.exp(errors / NEG_ERROR_SCALES), ERROR_REWARD_WEIGHTS, out=parts[0:2])
-        parts[2] = w["reward_upright"] * np.einsum("ei,ei->e", up[:, :2], up[:, :2])
-        parts[3] = w["reward_action_rate"] * np.einsum("ei,ei->e", da, da)
-        parts[4] = w["reward_termination"] * terminated
-        np.sum(parts, axis=0, out=terms[2])
-        return dict(zip(TERM_NAMES, terms.astype(np.float32))), terminated
+        return dict(zip(TERM_NAMES, terms)), terminated
 
     def _observe(self) -> np.ndarray:
         """Build the 109-dim observation float32 (E, 109) from the state cache, as in OBS_LAYOUT."""
-        ix, E = self.ix, self.n_envs
-        r, v = ix.root_qpos, ix.root_dof
-        # Per target, the columns (p_t - p_ee, R_t[:, 0], R_t[:, 1]); R_ee^T times them is the target
-        # position in the EE frame and the 6D rotation (first two columns of R_ee^T R_t) in one product.
-        cols = np.empty((E, len(OBS_TARGET_TIMES_S), 3, 3))
-        cols[..., 0] = self.target_pos[:, 1:] - self.ee_pos[:, None]
-        cols[..., 1:] = mm.quat_to_mat(self.target_quat[:, 1:])[..., :2]
-        rel = np.matmul(mm.quat_to_mat(self.ee_quat).transpose(0, 2, 1)[:, None], cols)
-        obs = np.empty((E, OBS_DIM), np.float32)
-        o = obs[:, OBS_TARGETS].reshape(cols.shape)  # [target][column][row]: pos, 6D column 0, column 1
-        np.multiply(rel.swapaxes(-1, -2), TARGET_OBS_SCALES, out=o, casting="same_kind")
-        obs[:, OBS["dof_pos"]] = self.qpos[:, ix.qpos_cols] - ix.default_pos
-        obs[:, OBS["dof_vel"]] = self.qvel[:, ix.dof_cols] * 0.05
-        obs[:, OBS["projected_gravity"]] = -self.base_mat[:, 2, :]  # R^T (0, 0, -1)
-        obs[:, OBS["base_ang_vel"]] = self.qvel[:, v + 3 : v + 6] * 0.25  # free joint: already body frame
-        obs[:, OBS_COMMANDS] = 0.0
-        obs[:, OBS["root_pos"]] = self.qpos[:, r : r + 3]
-        obs[:, OBS["base_lin_vel"]] = mm.rotate_inv(self.base_mat, self.qvel[:, v : v + 3])
-        obs[:, OBS["yaw"].start] = np.arctan2(
-            self.base_mat[:, 1, 0], self.base_mat[:, 0, 0]
-        )  # = mm.yaw(quat)
-        obs[:, OBS["last_action"]] = self.last_action
+        obs = np.empty((self.n_envs, OBS_DIM), np.float32)
+        ix = self.ix
+        kernels.observe(
+            self.qpos,
+            self.qvel,
+            self.ee_pos,
+            self.ee_quat,
+            self.base_mat,
+            self.target_pos,
+            self.target_quat,
+            self.last_action,
+            ix.default_pos,
+            ix.qpos,
+            ix.dof,
+            ix.root_qpos,
+            ix.root_dof,
+            _OBS_STARTS,
+            _OBS_SCALES,
+            obs,
+        )
         return obs

@@ -10,10 +10,11 @@ import pytest
 
 mujoco = pytest.importorskip("mujoco")
 
-from moetape.record import poses  # noqa: E402
+from moetape.record import kernels, poses  # noqa: E402
 from moetape.record.backend import PRE_FIELDS, frame_fields  # noqa: E402
 from moetape.record.mujoco_backend import BUNDLED_XML, JOINT_NAMES, MujocoBackend  # noqa: E402
 from moetape.record.mujoco_task import OBS, OBS_DIM, OBS_LAYOUT, TERM_NAMES  # noqa: E402
+from moetape.record.targets import TargetTable  # noqa: E402
 from moetape.record.trajectory import Trajectories  # noqa: E402
 from moetape.schema.errors import InputError  # noqa: E402
 
@@ -132,11 +133,43 @@ def test_obs_target_terms_match_mujoco_ee_frame(trajectories):
         t_now = int(b.step_in_episode[e]) * 0.02
         for k, dt in enumerate((0.02, 0.04, 0.06, 1.0)):
             tpos, tquat = b._traj.lookup(b._traj_index[e : e + 1], np.array([[t_now + dt]]))
-            r_t = poses.quat_to_mat(tquat[0, 0])
+            r_t = np.zeros(9)
+            mujoco.mju_quat2Mat(r_t, tquat[0, 0])
+            r_t = r_t.reshape(3, 3)
             block = r.obs[e, 42 + 9 * k : 51 + 9 * k]
             np.testing.assert_allclose(block[:3], r_ee.T @ (tpos[0, 0] - p_ee) * 10, atol=1e-4)
             rel = r_ee.T @ r_t
             np.testing.assert_allclose(block[3:], np.concatenate([rel[:, 0], rel[:, 1]]) * 1.5, atol=1e-4)
+
+
+def test_obs_base_terms_match_mujoco(trajectories):
+    """After a yawed, moving start: gravity, velocities, root position and yaw are MuJoCo's own."""
+    b = MujocoBackend(trajectories, n_envs=3)
+    b.reset()
+    rng = np.random.default_rng(2)
+    for e, d in enumerate(b.datas):  # turn each robot and give it a velocity, then let it move
+        yaw = 0.6 * (e + 1)
+        d.qpos[3:7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        d.qvel[:6] = rng.normal(size=6)
+        mujoco.mj_forward(b.model, d)
+    b._refresh_state()
+    for _ in range(3):
+        r = b.step(rng.normal(scale=0.2, size=(3, 18)).astype(np.float32), substep_frames=False)
+    for e, d in enumerate(b.datas):
+        quat, inv = d.qpos[3:7], np.zeros(4)
+        mujoco.mju_negQuat(inv, quat)
+        gravity, lin_vel = np.zeros(3), np.zeros(3)
+        mujoco.mju_rotVecQuat(gravity, np.array([0.0, 0.0, -1.0]), inv)
+        mujoco.mju_rotVecQuat(lin_vel, d.qvel[:3], inv)
+        w, x, y, z = quat
+        obs = r.obs[e]
+        np.testing.assert_allclose(obs[OBS["projected_gravity"]], gravity, atol=1e-6)
+        np.testing.assert_allclose(obs[OBS["base_lin_vel"]], lin_vel, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(obs[OBS["base_ang_vel"]], d.qvel[3:6] * 0.25, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(obs[OBS["dof_vel"]], d.qvel[6:24] * 0.05, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(obs[OBS["root_pos"]], d.qpos[:3], atol=1e-6)
+        yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+        np.testing.assert_allclose(obs[OBS["yaw"]], [yaw], atol=1e-5)
 
 
 def test_quaternions_are_xyzw(trajectories):
@@ -443,7 +476,7 @@ def test_torque_is_the_clipped_pd_law(trajectories):
 
 
 def test_pose_helpers_agree_with_mujoco():
-    """Rotation vectors, quaternion products, matrices and yaw agree with MuJoCo's own functions."""
+    """Rotation vectors, quaternion products and matrices agree with MuJoCo's own functions."""
     rng = np.random.default_rng(4)
     for v in rng.normal(size=(5, 3)):
         q = poses.rotvec_to_quat(v)
@@ -452,16 +485,13 @@ def test_pose_helpers_agree_with_mujoco():
         np.testing.assert_allclose(q, ref, atol=1e-12)
         mat = np.zeros(9)
         mujoco.mju_quat2Mat(mat, q)
-        np.testing.assert_allclose(poses.quat_to_mat(q), mat.reshape(3, 3), atol=1e-12)
+        mine = np.empty((3, 3))
+        kernels._quat_to_mat(q[0], q[1], q[2], q[3], mine)
+        np.testing.assert_allclose(mine, mat.reshape(3, 3), atol=1e-12)
         q2, prod = poses.rotvec_to_quat(v[::-1]), np.zeros(4)
         mujoco.mju_mulQuat(prod, q, q2)
         np.testing.assert_allclose(poses.quat_mul(q, q2), prod, atol=1e-12)
         np.testing.assert_allclose(q @ poses.right_mul_matrix(q2), prod, atol=1e-12)
-    qs = poses.rotvec_to_quat(rng.normal(size=(2, 3, 3)))  # any leading shape
-    mats = poses.quat_to_mat(qs)
-    assert mats.shape == (2, 3, 3, 3)
-    np.testing.assert_allclose(mats[1, 2], poses.quat_to_mat(qs[1, 2]), atol=1e-15)
-    np.testing.assert_allclose(poses.yaw(poses.rotvec_to_quat(np.array([0, 0, 0.7]))), 0.7)
     np.testing.assert_allclose(poses.rotvec_to_quat(np.zeros(3)), [1, 0, 0, 0])
 
 
@@ -470,7 +500,7 @@ def test_target_lookup_interpolates_and_holds_the_ends():
     pos = np.zeros((1, 3, 3), np.float32)
     pos[0, :, 0] = [0.0, 1.0, 2.0]
     pos[0, :, 2] = [0.5, 0.6, 0.7]
-    table = poses.TargetTable(Trajectories(pos, np.zeros((1, 3, 3), np.float32)))
+    table = TargetTable(Trajectories(pos, np.zeros((1, 3, 3), np.float32)))
     p, q = table.lookup(np.array([0]), np.array([[0.0, 0.0025, 0.0075, 5.0]]))
     np.testing.assert_allclose(p[0, :, 0], [-1.0, -0.5, 0.5, 1.0])
     np.testing.assert_allclose(p[0, :, 2], [0.5, 0.55, 0.65, 0.7], atol=1e-6)
