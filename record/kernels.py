@@ -15,8 +15,47 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@intrinsic
+def _float64_pointer(typingctx, address):  # type: ignore[no-untyped-def]
+    """The float64 pointer at ``address``, an int64 from ``ndarray.ctypes.data``."""
+    sig = types.CPointer(types.float64)(types.int64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@_jit
+def gather(addresses: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> None:
+    """Copy into row e of ``out`` (E, sum(sizes)) float64, end to end, ``sizes[f]`` float64 from each
+    ``addresses[e, f]`` (int64 (E, F)): a few fields of every env's MjData in one call. The caller
+    keeps the arrays at those addresses alive (see moetape.record.mujoco_backend._EnvFields)."""
+    for e in range(addresses.shape[0]):
+        col = 0
+        for f in range(addresses.shape[1]):
+            src = _float64_pointer(addresses[e, f])
+            for i in range(sizes[f]):
+                out[e, col + i] = src[i]
+            col += sizes[f]
+
+
+@_jit
+def set_ctrl(
+    action: np.ndarray, default_pos: np.ndarray, scale: float, addresses: np.ndarray, columns: np.ndarray
+) -> None:
+    """PD targets ``default_pos + scale * action`` (E, n) into ``ctrl[columns]`` of every env, whose
+    ctrl array is at ``addresses[e]`` (int64 (E,); the caller keeps those arrays alive)."""
+    for e in range(action.shape[0]):
+        ctrl = _float64_pointer(addresses[e])
+        for j in range(len(columns)):
+            ctrl[columns[j]] = default_pos[j] + scale * float(action[e, j])
 
 
 @_jit
@@ -114,12 +153,15 @@ def refresh_poses(
 @_jit
 def frame_rows(
     states: np.ndarray,
-    body_quats: np.ndarray,
+    derived: np.ndarray,
     nq: int,
+    nu: int,
     root_qpos: int,
     root_dof: int,
     qpos_cols: np.ndarray,
     dof_cols: np.ndarray,
+    actuators: np.ndarray,
+    body_rows: np.ndarray,
     episode_time_s: np.ndarray,
     sim_dt_s: float,
     out_root_pos: np.ndarray,
@@ -128,17 +170,27 @@ def frame_rows(
     out_root_ang_vel: np.ndarray,
     out_dof_pos: np.ndarray,
     out_dof_vel: np.ndarray,
-    out_episode_time_s: np.ndarray,
+    out_torque: np.ndarray,
+    out_body_pos: np.ndarray,
     out_body_quat_xyzw: np.ndarray,
+    out_contact_force: np.ndarray,
+    out_episode_time_s: np.ndarray,
 ) -> None:
-    """Fill the frame rows' state fields from ``states`` (R, E, nq + nv), the state before each row's
-    substep, and ``body_quats`` (R, E, B, 4) wxyz. Row r is at ``episode_time_s[e] + r * sim_dt_s``.
-    The free joint's angular velocity is in the body frame: rotated to the world frame."""
+    """Fill R frame rows (the ``out_`` arrays, (R, E, ...)) of E envs.
+
+    ``states`` (R, E, nq + nv): the state before each row's substep. ``derived`` (R, E, W): what
+    MuJoCo derived during it, per env end to end: actuator_force (nu), then xpos (n, 3), xquat
+    (n, 4) and cfrc_ext (n, 6) of a span of n bodies, of which ``body_rows`` are the robot's.
+    ``actuators``: the actuator of each joint. Row r is at ``episode_time_s[e] + r * sim_dt_s``.
+    The free joint's angular velocity is in the body frame: rotated to the world frame.
+    """
     mat = np.empty((3, 3))
     r, v = root_qpos, nq + root_dof
+    n_span = (derived.shape[2] - nu) // 13
+    at_pos, at_quat, at_force = nu, nu + 3 * n_span, nu + 7 * n_span
     for k in range(states.shape[0]):
         for e in range(states.shape[1]):
-            s = states[k, e]
+            s, d = states[k, e], derived[k, e]
             for c in range(3):
                 out_root_pos[k, e, c] = s[r + c]
                 out_root_quat_xyzw[k, e, c] = s[r + 4 + c]
@@ -150,11 +202,15 @@ def frame_rows(
             for j in range(len(qpos_cols)):
                 out_dof_pos[k, e, j] = s[qpos_cols[j]]
                 out_dof_vel[k, e, j] = s[nq + dof_cols[j]]
-            out_episode_time_s[k, e] = episode_time_s[e] + k * sim_dt_s
-            for b in range(body_quats.shape[2]):
+                out_torque[k, e, j] = d[actuators[j]]
+            for b in range(len(body_rows)):
+                row = body_rows[b]
                 for c in range(3):
-                    out_body_quat_xyzw[k, e, b, c] = body_quats[k, e, b, c + 1]
-                out_body_quat_xyzw[k, e, b, 3] = body_quats[k, e, b, 0]
+                    out_body_pos[k, e, b, c] = d[at_pos + 3 * row + c]
+                    out_body_quat_xyzw[k, e, b, c] = d[at_quat + 4 * row + 1 + c]
+                    out_contact_force[k, e, b, c] = d[at_force + 6 * row + 3 + c]  # force after torque
+                out_body_quat_xyzw[k, e, b, 3] = d[at_quat + 4 * row]
+            out_episode_time_s[k, e] = episode_time_s[e] + k * sim_dt_s
 
 
 @_jit

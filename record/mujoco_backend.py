@@ -66,16 +66,47 @@ _OBS_SCALES = np.array([0.05, 0.25, TARGET_OBS_SCALES[0, 0], TARGET_OBS_SCALES[1
 _LIMITS = np.array([TRUNK_CONTACT_N, MIN_BASE_HEIGHT_M, COS_MAX_TILT])
 _WEIGHTS = np.array([REWARD_WEIGHTS[name] for name in TERM_NAMES[3:]])
 _NEG_ERROR_SCALES = NEG_ERROR_SCALES[:, 0]
-_ROW_STATE_FIELDS = (  # the frame fields kernels.frame_rows fills, in its argument order
+_ROW_FIELDS = (  # the frame fields kernels.frame_rows fills, in its argument order
     "root_pos",
     "root_quat_xyzw",
     "root_lin_vel",
     "root_ang_vel",
     "dof_pos",
     "dof_vel",
-    "episode_time_s",
+    "torque",
+    "body_pos",
     "body_quat_xyzw",
+    "contact_force",
+    "episode_time_s",
 )
+
+
+class _EnvFields:
+    """Some float64 MjData fields of every env, by address, for kernels.gather: one compiled call
+    copies them all into a (E, width) array, far cheaper than numpy copies from E views.
+
+    Holds the field arrays (numpy views of each MjData, which keep it alive) so that the addresses
+    stay valid until :meth:`release`, which leaves no env to read or write.
+    """
+
+    def __init__(self, per_env: List[Tuple[np.ndarray, ...]]) -> None:
+        for fields in per_env:
+            for a in fields:
+                if a.dtype != np.float64 or not a.flags.c_contiguous:
+                    raise ValueError(f"MjData field: {a.dtype}, contiguous {a.flags.c_contiguous}")
+        self._arrays = per_env
+        self.addresses = np.array([[a.ctypes.data for a in fields] for fields in per_env], np.int64)
+        self.sizes = np.array([a.size for a in per_env[0]], np.int64)
+        self.width = int(self.sizes.sum())
+
+    def __call__(self, out: np.ndarray) -> np.ndarray:
+        """Copy the fields of every env into ``out`` float64 (E, width), end to end per env."""
+        kernels.gather(self.addresses, self.sizes, out)
+        return out
+
+    def release(self) -> None:
+        self.addresses = self.addresses[:0]
+        self._arrays = []
 
 
 class MujocoBackend:
@@ -171,59 +202,31 @@ class MujocoBackend:
             for n in (1, DECIMATION)
         }
         self._row_states = np.empty((DECIMATION,) + self._state.shape)  # substep rows' states
-        self._row_body_quats = np.empty((DECIMATION, E, len(self.ix.bodies), 4))  # wxyz, per row
         self.reset()  # a valid state even if the caller steps first
 
     # ---- per-env C calls and copies ------------------------------------------------------------
 
     def _cache_views(self) -> None:
-        """Keep numpy views into every MjData: they stay valid for the data's lifetime."""
+        """Address the MjData fields read or written every step (valid for the data's lifetime).
+
+        Read per env (each gathered for all envs in one compiled call): the state (qpos, qvel); the
+        EE pose (site position, EE body quaternion) and the trunk's contact force; for a frame row, the
+        actuator forces and the robot bodies' positions, quaternions and spatial forces (rows
+        ``_body_rows`` of the span from the first robot body to the last).
+        """
         ix, ds = self.ix, self.datas
-        views = {
-            "state": [v for d in ds for v in (d.qpos, d.qvel)],  # (E, nq + nv): self.qpos, self.qvel
-            "ee": [v for d in ds for v in (d.site_xpos[ix.ee_site], d.xquat[ix.ee_body])],  # (E, 3 + 4)
-            "xpos": [d.xpos for d in ds],
-            "xquat": [d.xquat for d in ds],
-            "act": [d.actuator_force for d in ds],
-            "cfrc": [d.cfrc_ext for d in ds],
-            "trunk_force": [d.cfrc_ext[ix.root_body, 3:] for d in ds],
-        }
-        self._v = {k: [x.reshape(-1) for x in v] for k, v in views.items()}
-        # Frame fields copied straight into their row (cast to float32 on the way) where the selection
-        # is a slice, so a view: the actuated joints' torques, the robot bodies' positions and forces.
-        self._direct: Dict[str, List[np.ndarray]] = {}
-        if isinstance(ix.act_cols, slice):
-            self._direct["torque"] = [d.actuator_force[ix.act_cols] for d in ds]
-        if isinstance(ix.body_index, slice):
-            self._direct["body_pos"] = [d.xpos[ix.body_index] for d in ds]
-            self._direct["contact_force"] = [d.cfrc_ext[ix.body_index, 3:] for d in ds]
-            self._v["body_quat"] = [d.xquat[ix.body_index].reshape(-1) for d in ds]
-        self._v_ctrl = [d.ctrl for d in ds]
-        m = self.model
-        self._buf = {
-            "ee": np.empty((self.n_envs, 7)),
-            "xpos": np.empty((self.n_envs, m.nbody, 3)),
-            "xquat": np.empty((self.n_envs, m.nbody, 4)),
-            "act": np.empty((self.n_envs, m.nu)),
-            "cfrc": np.empty((self.n_envs, m.nbody, 6)),
-            "trunk_force": np.empty((self.n_envs, 3)),
-        }
-
-    def _gather(self, name: str, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Copy one MjData field of every env into ``out``, a contiguous float64 (E, ...) array; by
-        default a reused buffer (copy it to keep)."""
-        out = self._buf[name] if out is None else out
-        np.concatenate(self._v[name], out=out.reshape(-1))  # flat views: far cheaper than np.stack
-        return out
-
-    def _set_ctrl(self, targets: np.ndarray) -> None:
-        """Write PD targets float64 (E, 18) into every env's ctrl."""
-        if self.ix.act_is_all:
-            for c, row in zip(self._v_ctrl, targets):
-                c[:] = row
-        else:
-            for c, row in zip(self._v_ctrl, targets):
-                c[self.ix.act] = row
+        lo, hi = int(ix.bodies.min()), int(ix.bodies.max()) + 1
+        self._body_rows = ix.bodies - lo
+        self._read_state = _EnvFields([(d.qpos, d.qvel) for d in ds])
+        self._read_pose = _EnvFields(
+            [(d.site_xpos[ix.ee_site], d.xquat[ix.ee_body], d.cfrc_ext[ix.root_body, 3:]) for d in ds]
+        )
+        self._read_derived = _EnvFields(
+            [(d.actuator_force, d.xpos[lo:hi], d.xquat[lo:hi], d.cfrc_ext[lo:hi]) for d in ds]
+        )
+        self._pose = np.empty((self.n_envs, self._read_pose.width))  # ee (7), trunk force (3)
+        self._derived = np.empty((DECIMATION, self.n_envs, self._read_derived.width))  # per frame row
+        self._ctrl = _EnvFields([(d.ctrl,) for d in ds])
 
     def _substeps(self, n: int, *, contacts: bool, finish: bool) -> None:
         """Run ``n`` (may be 0) physics substeps in every env, then the contact forces if asked, then,
@@ -263,11 +266,18 @@ class MujocoBackend:
             mujoco.mj_kinematics(self.model, d)
 
     def _refresh_state(self) -> None:
-        """Copy qpos, qvel and the EE pose (needs fresh kinematics) of every env into the state cache."""
-        self._gather("state", self._state)
-        ee = self._gather("ee")
+        """Copy qpos, qvel and the EE pose (needs fresh kinematics) of every env into the state cache,
+        and the trunk's contact force into ``_pose[:, 7:]``."""
+        self._read_state(self._state)
+        self._read_pose(self._pose)
         kernels.refresh_poses(
-            self._state, ee, self._ee_site_rmul, self.ix.root_qpos, self.ee_pos, self.ee_quat, self.base_mat
+            self._state,
+            self._pose,
+            self._ee_site_rmul,
+            self.ix.root_qpos,
+            self.ee_pos,
+            self.ee_quat,
+            self.base_mat,
         )
 
     def _refresh_targets(self, envs: np.ndarray) -> None:
@@ -317,17 +327,19 @@ class MujocoBackend:
 
         ``frames_out``: arrays to write the frame rows into (LogWriter.frame_rows()), else new ones.
         """
+        if not self.datas:
+            raise RuntimeError("MujocoBackend.step() after close()")
         a = np.asarray(action, np.float32)
         if a.shape != (self.n_envs, 18):
             raise ValueError(f"action: shape {a.shape}, expected ({self.n_envs}, 18)")
         pre = self._pre_fields()
-        self._set_ctrl(self.ix.default_pos + ACTION_SCALE * a.astype(np.float64))
+        kernels.set_ctrl(a, self.ix.default_pos, ACTION_SCALE, self._ctrl.addresses[:, 0], self.ix.act)
         n_rows = DECIMATION if substep_frames else 1
         frames = frames_out if frames_out is not None else self._new_frames(n_rows)
         next_targets = self._look_up_targets(frames, n_rows)
         self._physics_step(frames, n_rows)
-        trunk_force = self._gather("trunk_force")
         self._refresh_state()
+        trunk_force = self._pose[:, 7:]
         self.step_in_episode += 1
         self.target_pos[:], self.target_quat[:] = next_targets
         terms, terminated = self._evaluate(a, trunk_force)
@@ -355,11 +367,11 @@ class MujocoBackend:
         states = self._state[None] if n_rows == 1 else self._row_states[:n_rows]  # (rows, E, nq + nv)
         for k in range(n_rows):
             if k:  # the state before row k's substep (row 0's: the cache)
-                self._gather("state", states[k])
+                self._read_state(states[k])
             elif n_rows > 1:
                 np.copyto(states[0], self._state)
             self._substeps(1, contacts=True, finish=False)
-            self._write_frame_derived(frames, k)  # before _finish: poses before the substep
+            self._read_derived(self._derived[k])  # before _finish: poses before the substep
         self._write_frame_rows(frames, states)
         rest = DECIMATION - n_rows  # with none left, the last row's substep gave the contact forces
         self._substeps(rest, contacts=rest > 0, finish=True)
@@ -375,9 +387,9 @@ class MujocoBackend:
             self._pool.shutdown()
             self._pool = None
         self._chunks = []
+        for fields in (self._read_state, self._read_pose, self._read_derived, self._ctrl):
+            fields.release()
         self.datas = []
-        self._v, self._direct = {}, {}
-        self._v_ctrl = []
 
     # ---- fields --------------------------------------------------------------------------------
 
@@ -394,20 +406,23 @@ class MujocoBackend:
         return {k: np.array(out[k], dtype=PRE_FIELDS[k][1]) for k in PRE_FIELDS}
 
     def _write_frame_rows(self, frames: Dict[str, np.ndarray], states: np.ndarray) -> None:
-        """Fill what every row needs from the state before its substep, ``states`` float64 (rows, E,
-        nq + nv), and the body quaternions kept by _write_frame_derived: all rows at once."""
-        ix, n_rows = self.ix, len(states)
+        """Fill every row from the state before its substep, ``states`` float64 (rows, E, nq + nv), and
+        what MuJoCo derived during that substep (``_derived``: poses before it, its forces)."""
+        ix, m, n_rows = self.ix, self.model, len(states)
         kernels.frame_rows(
             states,
-            self._row_body_quats[:n_rows],
-            self.model.nq,
+            self._derived[:n_rows],
+            m.nq,
+            m.nu,
             ix.root_qpos,
             ix.root_dof,
             ix.qpos,
             ix.dof,
+            ix.act,
+            self._body_rows,
             self.step_in_episode * POLICY_DT_S,
             SIM_DT_S,
-            *(frames[name] for name in _ROW_STATE_FIELDS),
+            *(frames[name] for name in _ROW_FIELDS),
         )
 
     def _look_up_targets(self, frames: Dict[str, np.ndarray], n_rows: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -421,26 +436,6 @@ class MujocoBackend:
             pos[:, :n], quat[:, :n], frames["target_future_pos"], frames["target_future_quat_xyzw"]
         )
         return pos[:, n:], quat[:, n:]
-
-    def _write_frame_derived(self, frames: Dict[str, np.ndarray], k: int) -> None:
-        """Fill row ``k`` with what MuJoCo derived during the substep that just ran (pre-substep poses);
-        the body quaternions are kept for _write_frame_rows, which reorders every row's at once."""
-        b, every = self.ix.body_index, slice(None)
-        for name, field, index in (
-            ("torque", "act", (every, self.ix.act_cols)),
-            ("body_pos", "xpos", (every, b)),
-            ("contact_force", "cfrc", (every, b, slice(3, None))),
-        ):
-            out = frames[name][k]
-            views = self._direct.get(name)
-            if views is not None and out.flags.c_contiguous:  # else reshape would copy
-                np.concatenate(views, out=out.reshape((-1,) + views[0].shape[1:]), casting="same_kind")
-            else:
-                out[...] = self._gather(field)[index]
-        if "body_quat" in self._v:
-            self._gather("body_quat", self._row_body_quats[k])
-        else:
-            self._row_body_quats[k] = self._gather("xquat")[:, b]
 
     # ---- task ----------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ joints, actuators, bodies and end-effector site that the backend reads and write
 from __future__ import annotations
 
 import re
-from typing import Tuple, Union
+from typing import Tuple
 
 import mujoco
 import numpy as np
@@ -45,14 +45,6 @@ def load_model(path: str) -> Tuple[mujoco.MjModel, str]:
     return model, text
 
 
-def as_slice(index: np.ndarray) -> Union[slice, np.ndarray]:
-    """``index`` int (n,) as a slice when it is a run of consecutive numbers (numpy then gives views,
-    not copies), else unchanged."""
-    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
-        return slice(int(index[0]), int(index[0]) + len(index))
-    return index
-
-
 class ModelIndices:
     """Model addresses the backend needs, resolved by name once."""
 
@@ -74,7 +66,6 @@ class ModelIndices:
         self.root_dof = int(m.jnt_dofadr[free[0]])
         self.qpos = np.array([m.jnt_qposadr[j] for j in jids])
         self.dof = np.array([m.jnt_dofadr[j] for j in jids])
-        self.qpos_cols, self.dof_cols = as_slice(self.qpos), as_slice(self.dof)
         acts = {
             int(m.actuator_trnid[a, 0]): a
             for a in range(m.nu)
@@ -86,11 +77,8 @@ class ModelIndices:
                 f"{path}: no joint actuator for {', '.join(map(repr, no_act))}; add <position> actuators"
             )
         self.act = np.array([acts[j] for j in jids])
-        self.act_cols = as_slice(self.act)
-        self.act_is_all = bool(m.nu == 18 and np.array_equal(self.act, np.arange(18)))
         bodies = [b for b in range(1, m.nbody) if m.body_rootid[b] == self.root_body]
         self.bodies = np.array(bodies)
-        self.body_index = as_slice(self.bodies)
         self.body_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, int(b)) for b in self.bodies]
         self.trunk_row = int(np.flatnonzero(self.bodies == self.root_body)[0])
         sid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
