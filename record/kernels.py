@@ -1,17 +1,20 @@
-"""The MuJoCo backend's per-step maths, compiled with numba: one loop over the envs per job.
+"""The MuJoCo backend's per-step work, compiled with numba: each job one loop over the envs.
 
-Each job ran as some twenty numpy calls on (E, 3)-sized arrays, where the cost is the calls, not the
-arithmetic (about 0.6 ms a step at 64 envs, 15% of the physics). Here each is one call. The formulas
-are those of moetape.record.poses and DESIGN.md §5; tests check both agree.
+At tens of envs each job (a target lookup, the frame rows, the observation, the terms) is small: as
+numpy calls on (E, 3)-sized arrays its cost is the calls, not the arithmetic, and copying a field out
+of E MjData objects is E copies. Here each job is one call, and MjData fields are read and written
+by address (``gather``, ``set_ctrl``). The task's formulas are DESIGN.md §5's (constants in
+moetape.record.mujoco_task); tests check the results against MuJoCo's own functions.
 
 Every constant comes in as an argument: numba's on-disk cache (``cache=True``, so only the first run
-compiles) is keyed on this file, not on the modules that define the task's constants. Quaternions
-are wxyz (MuJoCo's order) unless a name says xyzw; rotation matrices map body to world.
+compiles, a few seconds) is keyed on this file, not on the modules that define the task's constants.
+Quaternions are wxyz (MuJoCo's order) unless a name says xyzw; rotation matrices map body to world.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -22,11 +25,11 @@ _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @intrinsic
-def _float64_pointer(typingctx, address):  # type: ignore[no-untyped-def]
+def _float64_pointer(typingctx: Any, address: Any) -> Any:
     """The float64 pointer at ``address``, an int64 from ``ndarray.ctypes.data``."""
     sig = types.CPointer(types.float64)(types.int64)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
 
     return sig, codegen
@@ -51,9 +54,9 @@ def set_ctrl(
     action: np.ndarray, default_pos: np.ndarray, scale: float, addresses: np.ndarray, columns: np.ndarray
 ) -> None:
     """PD targets ``default_pos + scale * action`` (E, n) into ``ctrl[columns]`` of every env, whose
-    ctrl array is at ``addresses[e]`` (int64 (E,); the caller keeps those arrays alive)."""
+    ctrl array is at ``addresses[e, 0]`` (int64 (E, 1); the caller keeps those arrays alive)."""
     for e in range(action.shape[0]):
-        ctrl = _float64_pointer(addresses[e])
+        ctrl = _float64_pointer(addresses[e, 0])
         for j in range(len(columns)):
             ctrl[columns[j]] = default_pos[j] + scale * float(action[e, j])
 

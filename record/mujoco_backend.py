@@ -10,8 +10,9 @@ An episode ends by termination (trunk contact force > 1 N, base below 0.12 m or 
 at the time limit; ``done`` is either, ``timeout`` is the time limit reached (legacy ``time_outs``, set
 even when a termination happens on the same step). Ended envs reset at once to the default pose.
 Env ``i`` plays trajectory episode ``(i + k * E) mod N`` on its ``k``-th episode, xy-centred on the
-world origin; the robot spawns at (-0.5, 0, h) facing +x. Per-env Python work is kept to a few
-C calls and copies out of cached MjData views; everything else is numpy over all envs at once.
+world origin; the robot spawns at (-0.5, 0, h) facing +x. Per env and step, Python makes only the
+physics calls; every env's MjData fields are read and written by address, and the task's maths done,
+by compiled loops over all envs (moetape.record.kernels, numba).
 
 Timing (see moetape.record.backend): after ``mj_step`` MuJoCo's derived fields (body poses, contacts,
 actuator forces) still describe the state *before* that substep, so a frame row is read right after
@@ -333,7 +334,7 @@ class MujocoBackend:
         if a.shape != (self.n_envs, 18):
             raise ValueError(f"action: shape {a.shape}, expected ({self.n_envs}, 18)")
         pre = self._pre_fields()
-        kernels.set_ctrl(a, self.ix.default_pos, ACTION_SCALE, self._ctrl.addresses[:, 0], self.ix.act)
+        kernels.set_ctrl(a, self.ix.default_pos, ACTION_SCALE, self._ctrl.addresses, self.ix.act)
         n_rows = DECIMATION if substep_frames else 1
         frames = frames_out if frames_out is not None else self._new_frames(n_rows)
         next_targets = self._look_up_targets(frames, n_rows)
