@@ -86,8 +86,8 @@ class _EnvFields:
     """Some float64 MjData fields of every env, by address, for kernels.gather: one compiled call
     copies them all into a (E, width) array, far cheaper than numpy copies from E views.
 
-    Holds the field arrays (numpy views of each MjData, which keep it alive) so that the addresses
-    stay valid until :meth:`release`, which leaves no env to read or write.
+    The addresses are valid while the MjData objects live: the backend holds them (``datas``) until
+    close(), which first calls :meth:`release`, leaving no env to read or write.
     """
 
     def __init__(self, per_env: List[Tuple[np.ndarray, ...]]) -> None:
@@ -95,7 +95,6 @@ class _EnvFields:
             for a in fields:
                 if a.dtype != np.float64 or not a.flags.c_contiguous:
                     raise ValueError(f"MjData field: {a.dtype}, contiguous {a.flags.c_contiguous}")
-        self._arrays = per_env
         self.addresses = np.array([[a.ctypes.data for a in fields] for fields in per_env], np.int64)
         self.sizes = np.array([a.size for a in per_env[0]], np.int64)
         self.width = int(self.sizes.sum())
@@ -107,7 +106,6 @@ class _EnvFields:
 
     def release(self) -> None:
         self.addresses = self.addresses[:0]
-        self._arrays = []
 
 
 class MujocoBackend:
