@@ -154,6 +154,7 @@ class MujocoBackend:
         self._split = self.model.opt.integrator != mujoco.mjtIntegrator.mjINT_RK4
         self._prepared = False  # every env's mj_step1 ran on its current state (see _finish)
         self._traj = TargetTable(trajectories)
+        # Fixed for the backend's life: _cache_views keeps the addresses of their fields.
         self.datas = [mujoco.MjData(self.model) for _ in range(E)]
         self.info = BackendInfo(
             name="mujoco",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -41,17 +41,14 @@ class TargetTable:
     def n_episodes(self) -> int:
         return int(self._n_episodes)
 
-    def lookup(
-        self, episodes: np.ndarray, times_s: np.ndarray, out: Optional[Tuple[np.ndarray, np.ndarray]] = None
-    ) -> Tuple[np.ndarray, np.ndarray]:
+    def lookup(self, episodes: np.ndarray, times_s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Target poses of trajectory ``episodes`` int (E,) at ``times_s`` float (E, K).
 
         Returns:
-            pos (E, K, 3) world m and quat (E, K, 4) wxyz: ``out`` if given (float32 or float64
-            arrays), else new float64 ones.
+            pos float64 (E, K, 3) world m, quat float64 (E, K, 4) wxyz.
         """
         times = np.asarray(times_s, np.float64)
-        pos, quat = out if out is not None else (np.empty(times.shape + (3,)), np.empty(times.shape + (4,)))
+        pos, quat = np.empty(times.shape + (3,)), np.empty(times.shape + (4,))
         kernels.interpolate_poses(
             self._rows, self._n_samples, self.dt_s, np.asarray(episodes, np.int64), times, pos, quat
         )
