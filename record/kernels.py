@@ -238,7 +238,7 @@ def evaluate(
 
     ``limits``: (trunk contact force N, minimum base height m, cos of the maximum tilt).
     ``weights``: the 5 reward parts' weights (pos, ori, upright, action rate, termination);
-    ``neg_error_scales``: the 2 tracking rewards' -scales (reward = w * exp(error / -scale)).
+    ``neg_error_scales``: the 2 tracking rewards' scales, negated: reward = weight * exp(error / it).
     ``terms`` (8, E): rows pos error (m), ori error (rad), total reward, then the 5 parts
     (mujoco_task.TERM_NAMES' order). ``terminated`` bool (E,).
     """
