@@ -2,9 +2,10 @@
 
 Both rates count physics substeps per second summed over envs (policy steps x decimation x envs).
 The backend runs with zero actions and ``substep_frames=False`` (obs, terms, one frame row per
-step; ``sim_ratio``'s goal is for this mode, the stepping itself) or, to show the cost of the default
-``--frames substep``, four frame rows per step; the bare loop calls ``mj_step(m, d, decimation)`` per env, each round from the states the
-backend's round started from (the same physics on both sides).
+step; ``sim_ratio``'s goal is for this mode, the stepping itself) or, to show the cost of the
+default ``--frames substep``, four frame rows per step. The bare loop calls ``mj_step(m, d,
+decimation)`` per env, each round from the states the backend's round started from (the same
+physics on both sides).
 
     python bench/sim_speed.py [N_THREADS]   # prints {"env_steps_per_s": ..., "sim_ratio": ..., ...}
 """

@@ -32,7 +32,7 @@ import numpy as np
 
 from moetape.record import kernels
 from moetape.record import poses as mm
-from moetape.record.backend import PRE_FIELDS, BackendInfo, StepResult, frame_fields
+from moetape.record.backend import FUTURE_TARGET_OFFSETS_S, PRE_FIELDS, BackendInfo, StepResult, frame_fields
 from moetape.record.mujoco_model import BUNDLED_XML, JOINT_NAMES, ModelIndices, load_model
 from moetape.record.mujoco_task import (  # the task's definition
     ACTION_SCALE,
@@ -43,12 +43,12 @@ from moetape.record.mujoco_task import (  # the task's definition
     OBS,
     OBS_COMMANDS,
     OBS_DIM,
+    OBS_SCALES,
     OBS_TARGETS,
     POLICY_DT_S,
     REWARD_WEIGHTS,
     SIM_DT_S,
     SPAWN_XY,
-    TARGET_OBS_SCALES,
     TARGET_TIMES_S,
     TERM_NAMES,
     TRUNK_CONTACT_N,
@@ -63,10 +63,9 @@ _OBS_STARTS = np.array(
     + [OBS_TARGETS.start, OBS_COMMANDS.start]
     + [OBS[n].start for n in ("root_pos", "base_lin_vel", "yaw", "last_action")]
 )
-_OBS_SCALES = np.array([0.05, 0.25, TARGET_OBS_SCALES[0, 0], TARGET_OBS_SCALES[1, 0]])  # see kernels.observe
+_OBS_SCALES = np.array([OBS_SCALES[k] for k in ("dof_vel", "base_ang_vel", "target_pos", "target_rot6d")])
 _LIMITS = np.array([TRUNK_CONTACT_N, MIN_BASE_HEIGHT_M, COS_MAX_TILT])
 _WEIGHTS = np.array([REWARD_WEIGHTS[name] for name in TERM_NAMES[3:]])
-_NEG_ERROR_SCALES = NEG_ERROR_SCALES[:, 0]
 _ROW_FIELDS = (  # the frame fields kernels.frame_rows fills, in its argument order
     "root_pos",
     "root_quat_xyzw",
@@ -195,7 +194,7 @@ class MujocoBackend:
         self._lookup_offsets = {
             n: np.concatenate(
                 [
-                    (np.arange(n)[:, None] * SIM_DT_S + mm.FUTURE_TARGET_OFFSETS_S).ravel(),
+                    (np.arange(n)[:, None] * SIM_DT_S + FUTURE_TARGET_OFFSETS_S).ravel(),
                     POLICY_DT_S + TARGET_TIMES_S,
                 ]
             )
@@ -431,7 +430,7 @@ class MujocoBackend:
         float64 (E, 5, 3) and (E, 5, 4) wxyz. Envs that end this step look theirs up again on reset."""
         t = self.step_in_episode * POLICY_DT_S  # (E,)
         pos, quat = self._traj.lookup(self._traj_index, t[:, None] + self._lookup_offsets[n_rows])
-        n = n_rows * len(mm.FUTURE_TARGET_OFFSETS_S)
+        n = n_rows * len(FUTURE_TARGET_OFFSETS_S)
         kernels.frame_targets(
             pos[:, :n], quat[:, :n], frames["target_future_pos"], frames["target_future_quat_xyzw"]
         )
@@ -457,7 +456,7 @@ class MujocoBackend:
             self.ix.root_qpos,
             _LIMITS,
             _WEIGHTS,
-            _NEG_ERROR_SCALES,
+            NEG_ERROR_SCALES,
             terms,
             terminated,
         )

@@ -45,7 +45,13 @@ OBS_DIM = OBS_LAYOUT[-1][1].stop
 OBS: Dict[str, slice] = dict(OBS_LAYOUT)
 OBS_TARGETS = slice(OBS["ee_target_0.02s_pos"].start, OBS["ee_target_1.00s_rot6d"].stop)
 OBS_COMMANDS = slice(OBS["base_lin_vel_cmd"].start, OBS["yaw_rate_cmd"].stop)
-TARGET_OBS_SCALES = np.array([[10.0], [1.5], [1.5]])  # per target column: position (m), 6D rotation
+OBS_SCALES: Dict[str, float] = {
+    "dof_vel": 0.05,
+    "base_ang_vel": 0.25,
+    "target_pos": 10.0,
+    "target_rot6d": 1.5,
+}
+"""The observation terms scaled from SI units (rad/s, m, rotation matrix entries), see OBS_LAYOUT."""
 
 REWARD_WEIGHTS: Dict[str, float] = {
     "reward_pos": 1.0,  # * exp(-pos_err / 0.1 m)
@@ -60,8 +66,7 @@ TERM_NAMES: Tuple[str, ...] = ("task_reaching_pos_err", "task_reaching_ori_err",
     REWARD_WEIGHTS
 )
 """Per-env terms of every step (MujocoBackend._evaluate fills them as rows of one array, in this order)."""
-NEG_ERROR_SCALES = np.array([[-0.1], [-0.5]])  # reward_pos, reward_ori: w * exp(-error / scale)
-ERROR_REWARD_WEIGHTS = np.array([[REWARD_WEIGHTS["reward_pos"]], [REWARD_WEIGHTS["reward_ori"]]])
+NEG_ERROR_SCALES = np.array([-0.1, -0.5])  # reward_pos, reward_ori: w * exp(error / neg_scale)
 MIN_BASE_HEIGHT_M = 0.12
 MAX_TILT_RAD = np.deg2rad(60.0)
 COS_MAX_TILT = float(np.cos(MAX_TILT_RAD))

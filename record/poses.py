@@ -10,10 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from moetape.record.backend import FUTURE_TARGET_OFFSETS_S
-
 __all__ = [
-    "FUTURE_TARGET_OFFSETS_S",
     "matrix_to_quat_xyzw",
     "quat_mul",
     "right_mul_matrix",
