@@ -233,10 +233,15 @@ def expert_names(k: int) -> List[str]:
 
 def read_checkpoint(path: str, device: str = "cpu") -> Any:
     """Return ``torch.load(path, weights_only=True)``, translating every failure into InputError."""
+    if os.path.isdir(path):
+        raise InputError(
+            f"{path}: is a folder; expected an rsl_rl checkpoint file (.pt). Pass the model_*.pt file inside it"
+        )
     if not os.path.isfile(path):
         raise InputError(
             f"{path}: no such file; expected an rsl_rl checkpoint (.pt), got nothing. Check the path"
         )
+    _check_checkpoint_head(path)
     if "weights_only" not in inspect.signature(torch.load).parameters:
         raise InputError(
             f"{path}: cannot load a checkpoint safely with this torch; expected torch >= 1.13 "
@@ -259,16 +264,45 @@ def read_checkpoint(path: str, device: str = "cpu") -> Any:
         raise InputError(_not_torch(path, e)) from e
 
 
+# torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, a pickle that starts with
+# this magic number (its LONG1 opcode and bytes, after the protocol header)
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:]
+
+
+def _check_checkpoint_head(path: str) -> None:
+    """Refuse, by their first bytes, files that torch.save cannot have written (a plain pickle, text)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e}). Check the file's permissions") from e
+    if head.startswith(_ZIP_MAGIC) or _LEGACY_TORCH_MAGIC in head:
+        return
+    if head[:1] == b"\x80":
+        raise InputError(
+            f"{path}: a plain Python pickle, not a torch checkpoint; expected a file written by torch.save "
+            f"(a zip archive). A trajectory .pkl? Check that --moe_ckpt_path and --trajectory_file_path "
+            f"are not swapped"
+        )
+    if not head:
+        raise InputError(f"{path}: empty file; expected an rsl_rl checkpoint written by torch.save")
+    raise InputError(
+        f"{path}: not a torch checkpoint; expected a file written by torch.save (a zip archive), got a file "
+        f"starting with {head[:8]!r}. Check the path"
+    )
+
+
 def _not_torch(path: str, e: BaseException) -> str:
-    why = " ".join(str(e).split())[:120] or type(e).__name__
-    return f"{path}: not a torch checkpoint; expected a file written by torch.save, got an unreadable file ({why}). Check the path"
+    why = " ".join(str(e).split())[:160] or type(e).__name__
+    if len(why) < len(" ".join(str(e).split())):
+        why = why.rsplit(" ", 1)[0] + " ..."
+    return f"{path}: not a readable torch checkpoint; expected a file written by torch.save, got an error from torch.load: {why}. Check the path"
 
 
 def _blocked_global(e: BaseException) -> str:
-    for line in str(e).splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return " ".join(line.split())[:160]
-    return type(e).__name__
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return f"the global {found.group(1)}" if found else type(e).__name__
 
 
 def _model_state_dict(path: str, device: str) -> StateDict:

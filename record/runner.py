@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shlex
 import signal
 import socket
@@ -133,17 +134,25 @@ class RunResult:
     summary: Dict[str, Any] = field(default_factory=dict)
 
 
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:[0-9]+)$")
+
+
 def resolve_device(requested: Optional[str], *, notice: Callable[[str], None]) -> str:
     """Return the torch device to use: the legacy default cuda:0 falls back to cpu with a notice.
 
     Raises:
-        InputError: an explicitly requested CUDA device is not available.
+        InputError: not a device name (cpu, cuda, cuda:N), or an explicitly requested CUDA device is
+            not available.
     """
+    device = requested or "cuda:0"
+    if not DEVICE_PATTERN.match(device):
+        raise InputError(
+            f"--device {device}: not a device name; expected cpu, cuda or cuda:N (N = 0, 1, ...). Pass --device cpu"
+        )
+    if device == "cpu":
+        return device
     import torch
 
-    device = requested or "cuda:0"
-    if not device.startswith("cuda"):
-        return device
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     if torch.cuda.is_available() and index < torch.cuda.device_count():
         return device
@@ -154,6 +163,33 @@ def resolve_device(requested: Optional[str], *, notice: Callable[[str], None]) -
         f"--device {device}: no such CUDA device here ({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); expected cpu or an available "
         "cuda:N. Pass --device cpu"
     )
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Name every missing input file at once (and any folder given where a file is expected).
+
+    Raises:
+        InputError: one line listing each problem with the option that named it.
+    """
+    inputs = [
+        ("--moe_ckpt_path", cfg.moe_ckpt_path),
+        ("--trajectory_file_path", cfg.trajectory_file_path),
+        ("--base_ckpt_path", cfg.base_ckpt_path),
+        ("--arm_ckpt_path", cfg.arm_ckpt_path),
+        ("--robot", cfg.robot),
+    ]
+    problems = []
+    for option, path in inputs:
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            problems.append(f"{path} ({option}) is a folder, expected a file")
+        elif not os.path.exists(path):
+            problems.append(f"{path} ({option}): no such file")
+    if len(problems) == 1:
+        raise InputError(problems[0] + ". Check the path")
+    if problems:
+        raise InputError(f"{len(problems)} input problems: " + "; ".join(problems) + ". Check the paths")
 
 
 def prepare_out(out: str, *, force: bool) -> str:
@@ -250,6 +286,7 @@ def record(
         raise InputError("--frames {}: expected one of {}".format(cfg.frames, ", ".join(FRAMES_CHOICES)))
     if cfg.num_envs < 1 or cfg.num_steps < 1:
         raise InputError(f"--num_envs and --num_steps must be >= 1, got {cfg.num_envs} and {cfg.num_steps}")
+    check_inputs(cfg)
     device = cfg.device
     trajectories = load_trajectories(cfg.trajectory_file_path)
     policy = load_policy(
