@@ -160,7 +160,15 @@ def _frames_help() -> str:
     type=click.Path(),
     help="New run folder for log.h5 [runs/<checkpoint name>-<time>].",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="MuJoCo: picks the trajectory episode each env plays on each of its episodes (drawn at every "
+    "reset, uniformly, as the legacy sequence sampler; played from its first sample) and any reset "
+    "noise; the same seed gives the same log. Isaac Gym: the env config's seed and torch/numpy's.",
+)
 @click.option(
     "--flush-seconds",
     "--flush_seconds",

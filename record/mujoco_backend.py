@@ -9,7 +9,9 @@ are defined in moetape.record.mujoco_task.
 An episode ends by termination (trunk contact force > 1 N, base below 0.12 m or tilted > 60 deg) or
 at the time limit; ``done`` is either, ``timeout`` is the time limit reached (legacy ``time_outs``, set
 even when a termination happens on the same step). Ended envs reset at once to the default pose.
-Env ``i`` plays trajectory episode ``(i + k * E) mod N`` on its ``k``-th episode, xy-centred on the
+On every reset each env draws the trajectory episode it plays, uniformly from the N, and plays it
+from its first sample, as the legacy sequence sampler does; the draw of env ``i``'s ``k``-th episode
+is seeded by (seed, i, k) (moetape.record.targets.episode_trajectory). Targets are xy-centred on the
 world origin; the robot spawns at (-0.5, 0, h) facing +x. Per env and step, Python makes only the
 physics calls; every env's MjData fields are read and written by address, and the task's maths done,
 by compiled loops over all envs (moetape.record.kernels, numba).
@@ -53,7 +55,7 @@ from moetape.record.mujoco_task import (  # the task's definition
     TERM_NAMES,
     TRUNK_CONTACT_N,
 )
-from moetape.record.targets import TargetTable
+from moetape.record.targets import TargetTable, episode_rng
 from moetape.record.trajectory import Trajectories
 from moetape.schema.errors import InputError
 
@@ -117,7 +119,9 @@ class MujocoBackend:
             actuator each whose ctrl is the PD target (``<position kp kv>`` or ``<general>`` affine), a
             free joint on the trunk and an ``end_effector`` site; optional keyframe "default" (default
             pose, spawn height). Default: the bundled model. Its timestep is set to 0.005 s.
-        seed: seeds the reset noise (only used when ``init_noise_rad > 0``).
+        seed: the run's seed: with (env, episode) it seeds which trajectory episode each env plays on
+            each episode and, when ``init_noise_rad > 0``, that episode's reset noise
+            (moetape.record.targets.episode_rng).
         episode_length_s: time limit of an episode.
         init_noise_rad: uniform noise added to the default joint positions at every reset.
         n_threads: physics threads; envs are split into this many fixed chunks and stepped in
@@ -144,7 +148,7 @@ class MujocoBackend:
         self.ix = ModelIndices(self.model, path)
         self.n_envs = E = int(n_envs)
         self.max_steps = int(round(episode_length_s / POLICY_DT_S))
-        self._rng = np.random.default_rng(seed)
+        self.seed = int(seed)
         self._noise = float(init_noise_rad)
         if n_threads is None:
             n_threads = min(4, (os.cpu_count() or 1) // 2, n_envs // 16)  # leave cores to policy/writer
@@ -187,7 +191,7 @@ class MujocoBackend:
         self.base_mat = np.zeros((E, 3, 3))
         self.target_pos = np.zeros((E, len(TARGET_TIMES_S), 3))  # at TARGET_TIMES_S after episode time
         self.target_quat = np.zeros((E, len(TARGET_TIMES_S), 4))
-        self._traj_index = np.arange(E) % self._traj.n_episodes
+        self._traj_index = np.zeros(E, np.int64)  # trajectory episode each env plays (drawn on reset)
         self._ee_site_rmul = mm.right_mul_matrix(self.ix.ee_site_quat)
         # Per frame-row count: the times looked up each step, after the step's episode time: each row's
         # future targets (row r at r substeps), then the next observation's targets (one step later).
@@ -292,20 +296,27 @@ class MujocoBackend:
         """Reset every env to the default pose and return the observation, float32 (E, 109)."""
         E = self.n_envs
         self.episode[:] = 0
-        self._traj_index = np.arange(E) % self._traj.n_episodes
         self._reset_envs(np.arange(E))
         self._prepared = self._split
         return self._observe()
 
+    @property
+    def trajectory_index(self) -> np.ndarray:
+        """int64 (E,): the trajectory episode each env plays in its current episode (a copy)."""
+        return self._traj_index.copy()
+
     def _reset_envs(self, envs: np.ndarray) -> None:
-        """Put ``envs`` int (n,) at the spawn pose with zero velocity and step_in_episode 0."""
+        """Start the current episode of ``envs`` int (n,): draw its trajectory episode (and reset noise),
+        put the robot at the spawn pose with zero velocity, step_in_episode 0."""
         ix, m = self.ix, self.model
         for i in envs:
+            rng = episode_rng(self.seed, i, self.episode[i])
+            self._traj_index[i] = rng.integers(self._traj.n_episodes)  # = episode_trajectory(...)
             d = self.datas[i]
             mujoco.mj_resetData(m, d)
             q = self.ix.default_pos
             if self._noise > 0:
-                q = q + self._rng.uniform(-self._noise, self._noise, 18)
+                q = q + rng.uniform(-self._noise, self._noise, 18)
             d.qpos[ix.root_qpos : ix.root_qpos + 7] = [SPAWN_XY[0], SPAWN_XY[1], ix.spawn_z, 1, 0, 0, 0]
             d.qpos[ix.qpos] = q
             d.ctrl[ix.act] = ix.default_pos
@@ -348,7 +359,6 @@ class MujocoBackend:
         if done.any():
             ended = np.flatnonzero(done)
             self.episode[ended] += 1
-            self._traj_index[ended] = (ended + self.episode[ended] * self.n_envs) % self._traj.n_episodes
             self._reset_envs(ended)
         return StepResult(
             obs=self._observe(),

@@ -1,4 +1,14 @@
-"""The MuJoCo backend's EE target table: every trajectory episode's poses, looked up in time."""
+"""The MuJoCo backend's EE target table (every trajectory episode's poses, looked up in time) and
+the seeded rule that picks the trajectory episode each env plays.
+
+The rule, as the legacy reaching task's sequence sampler (umi-on-legs ``PicklePoseSequenceLoader``,
+called from ``ReachingLinkTask.reset_idx``): on every reset each env draws one trajectory episode
+uniformly at random, with replacement, from the N in the file, and plays it from its first sample
+(the episode time restarts at 0). Here the draw comes from a numpy Generator seeded by the run's seed,
+the env and its episode counter (:func:`episode_rng`), so env ``i``'s ``k``-th episode plays
+``episode_trajectory(seed, i, k, N)`` whatever the other envs do: the choice is reproducible from a
+log alone (seed in provenance_json, ``steps/episode``, N from ``trajectory/ee_pos``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,22 @@ import numpy as np
 from moetape.record import kernels
 from moetape.record.poses import rotvec_to_quat
 from moetape.record.trajectory import Trajectories
+
+_STREAM = 0x6D6F6574  # keeps these draws apart from any other use of the same seed
+
+
+def episode_rng(seed: int, env: int, episode: int) -> np.random.Generator:
+    """The Generator of env ``env``'s ``episode``-th episode in a run seeded ``seed`` (any int; negative
+    seeds wrap to 64 bits). It draws the trajectory episode first (:func:`episode_trajectory`), then
+    the reset noise where that is on."""
+    entropy = [_STREAM, int(seed) % (1 << 64), int(env), int(episode)]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def episode_trajectory(seed: int, env: int, episode: int, n_trajectories: int) -> int:
+    """The trajectory episode, 0..n_trajectories-1, that env ``env`` plays on its ``episode``-th
+    episode (0-based, the log's ``steps/episode``) in a run seeded ``seed``; uniform, drawn per reset."""
+    return int(episode_rng(seed, env, episode).integers(n_trajectories))
 
 
 class TargetTable:

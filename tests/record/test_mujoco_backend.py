@@ -14,7 +14,7 @@ from moetape.record import kernels, poses  # noqa: E402
 from moetape.record.backend import PRE_FIELDS, frame_fields  # noqa: E402
 from moetape.record.mujoco_backend import BUNDLED_XML, JOINT_NAMES, MujocoBackend  # noqa: E402
 from moetape.record.mujoco_task import OBS, OBS_DIM, OBS_LAYOUT, TERM_NAMES  # noqa: E402
-from moetape.record.targets import TargetTable  # noqa: E402
+from moetape.record.targets import TargetTable, episode_trajectory  # noqa: E402
 from moetape.record.trajectory import Trajectories  # noqa: E402
 from moetape.schema.errors import InputError  # noqa: E402
 
@@ -306,24 +306,26 @@ def test_trunk_on_the_ground_terminates_without_timeout(trajectories):
     assert b.episode.tolist() == [0, 1] and b.step_in_episode.tolist() == [1, 0]
 
 
-def test_envs_play_trajectory_episodes_in_turn_xy_centred(trajectories):
-    """Env i plays episode (i + k E) mod N on its k-th episode, with the episode's mean xy moved to the origin."""
-    b = MujocoBackend(trajectories, n_envs=2)
+def test_envs_play_drawn_trajectory_episodes_xy_centred(trajectories):
+    """Each episode plays the trajectory episode drawn for (seed, env, episode) from its first sample,
+    with the trajectory episode's mean xy moved to the origin; a timeout draws the next one."""
+    b = MujocoBackend(trajectories, n_envs=2, seed=5)
     b.reset()
+    drawn = [episode_trajectory(5, e, 0, trajectories.n_episodes) for e in range(2)]
+    assert b.trajectory_index.tolist() == drawn
     r = b.step(np.zeros((2, 18), np.float32), substep_frames=False)
     mean_xy = trajectories.ee_pos[:, :, :2].mean(axis=1)
     for e in range(2):
-        expected = trajectories.ee_pos[e, 0].astype(np.float64)
-        expected[:2] -= mean_xy[e]
+        expected = trajectories.ee_pos[drawn[e], 0].astype(np.float64)
+        expected[:2] -= mean_xy[drawn[e]]
         np.testing.assert_allclose(r.pre["target_pos"][e], expected, atol=1e-5)
-    b.episode[:] = 1
-    b._traj_index[:] = (np.arange(2) + 2) % trajectories.n_episodes  # what a reset does on episode 1
-    assert b._traj_index.tolist() == [2, 0]
-    for _ in range(STEPS_PER_EPISODE):
+    for _ in range(STEPS_PER_EPISODE - 1):
         r = b.step(np.zeros((2, 18), np.float32), substep_frames=False)
-    assert b._traj_index.tolist() == [(0 + 2 * 2) % 3, (1 + 2 * 2) % 3]
-    z = b._traj.lookup(b._traj_index, np.zeros((2, 1)))[0][:, 0, 2]
-    np.testing.assert_allclose(z, [0.5 + 0.02, 0.5 + 0.04], atol=1e-6)
+    assert r.timeout.all() and b.episode.tolist() == [1, 1]
+    drawn = [episode_trajectory(5, e, 1, trajectories.n_episodes) for e in range(2)]
+    assert b.trajectory_index.tolist() == drawn
+    z = b._traj.lookup(b.trajectory_index, np.zeros((2, 1)))[0][:, 0, 2]
+    np.testing.assert_allclose(z, 0.5 + 0.02 * np.array(drawn), atol=1e-6)
 
 
 def test_deterministic_given_the_seed(trajectories):
