@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import click
 
@@ -85,41 +86,63 @@ def info(log: str, as_json: bool) -> None:
         _print_info(d)
 
 
+QUICK_SKIPS = [
+    "fletcher32 checksums of the data chunks",
+    "gate rows summing to 1 and the stored entropy",
+    "step and episode continuity",
+]
+
+
+def _without_verify_hint(message: str) -> str:
+    """Drop the sentences of an error that send the user to `moetape verify` (verify is running)."""
+    parts = re.split(r"(?<=[.;])\s+", message)
+    kept = [p for p in parts if "moetape verify" not in p]
+    return " ".join(kept).rstrip(" ;") or message
+
+
 @click.command()
 @log_argument
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--quick", is_flag=True, help="Check structure and counters only; skip reading every row.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Check structure and counters only; skip reading the rows (no checksums, sums or continuity).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
     """Check a log's structure, dtypes, counters, checksums and continuity; exit 1 on any problem.
+
+    A damaged data chunk is reported with the steps and dataset it holds. A log that cannot be
+    opened at all (truncated, not a log) is one problem; with --json it is still one JSON document.
 
     \b
     Example:
       moetape verify runs/demo/log.h5
     """
+    from moetape.schema.errors import LogError
     from moetape.schema.reader import open_log
 
-    with open_log(log) as lg:
-        n_steps, status = lg.n_steps, lg.run_status
-    show = not (quiet or as_json or quick)
-    with ProgressBar("verifying", max(1, n_steps), quiet=not show) as bar:
-        notes: list = []
-        problems = validate(log, check_data=not quick, progress=bar, notes=notes)
+    skipped = QUICK_SKIPS if quick else []
+    try:
+        with open_log(log) as lg:
+            n_steps, status = lg.n_steps, lg.run_status
+        show = not (quiet or as_json or quick)
+        notes: List[str] = []
+        with ProgressBar("verifying", max(1, n_steps), quiet=not show) as bar:
+            problems = validate(log, check_data=not quick, progress=bar, notes=notes)
+    except LogError as e:
+        message = _without_verify_hint(str(e))
+        if not as_json:
+            raise click.ClickException(message) from None
+        where, _, what = message.partition(": ")
+        doc = _verify_doc(log, False, None, None, [{"where": where, "what": what or message}], skipped)
+        click.echo(json.dumps(doc))
+        sys.exit(1)
     for note in notes:
         click.echo("note: " + note, err=True)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "path": log,
-                    "format_version": FORMAT_VERSION,
-                    "ok": not problems,
-                    "n_steps": n_steps,
-                    "run_status": status,
-                    "problems": [{"where": p.where, "what": p.what} for p in problems],
-                }
-            )
-        )
+        found = [{"where": p.where, "what": p.what} for p in problems]
+        click.echo(json.dumps(_verify_doc(log, not problems, n_steps, status, found, skipped)))
     elif problems:
         click.echo(
             "{}: {} problem{}:".format(log, len(problems), "" if len(problems) == 1 else "s"), err=True
@@ -128,19 +151,49 @@ def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
             click.echo(f"  {p}", err=True)
     else:
         note = "" if status == "clean" else f" (run status '{status}': the run did not end cleanly)"
-        click.echo(f"{log}: ok, {n_steps} steps checked{note}")
+        if quick:
+            click.echo(
+                f"{log}: ok (quick: structure and counters of {n_steps} steps; not checked: "
+                f"{'; '.join(QUICK_SKIPS)}. Run without --quick to read every row){note}"
+            )
+        else:
+            click.echo(f"{log}: ok, {n_steps} steps checked{note}")
     if problems:
         sys.exit(1)
 
 
+def _verify_doc(
+    log: str,
+    ok: bool,
+    n_steps: Optional[int],
+    status: Optional[str],
+    problems: List[Dict[str, str]],
+    skipped: List[str],
+) -> Dict[str, Any]:
+    """Return verify's --json document."""
+    return {
+        "path": log,
+        "format_version": FORMAT_VERSION,
+        "ok": ok,
+        "quick": bool(skipped),
+        "not_checked": skipped,
+        "n_steps": n_steps,
+        "run_status": status,
+        "problems": problems,
+    }
+
+
 @click.command()
 @click.argument("old", type=click.Path(dir_okay=False))
-@click.argument("new", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path())
 @click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing.")
-@click.option("--force", is_flag=True, help="Overwrite NEW if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite NEW if it exists (a file only, never a folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def upgrade(old: str, new: str, dry_run: bool, force: bool, as_json: bool) -> None:
     """Write OLD as a new log NEW at the current format version; OLD is never touched.
+
+    A log already at the current version is not copied (exit 0). NEW naming a folder writes
+    OLD's file name inside it.
 
     \b
     Example:
@@ -151,12 +204,20 @@ def upgrade(old: str, new: str, dry_run: bool, force: bool, as_json: bool) -> No
     plan = do_upgrade(old, new, dry_run=dry_run, force=force)
     if as_json:
         click.echo(json.dumps(dict(plan, format_version=FORMAT_VERSION)))
+    elif plan["current"]:
+        click.echo(
+            "{source}: already at format_version {from_version}, the current one; nothing to upgrade, "
+            "{output} not written.".format(**plan),
+            err=True,
+        )
     elif dry_run:
         click.echo(
             "would write {output}: format_version {from_version} -> {to_version}, {n_steps} steps x "
-            "{n_envs} envs (run status {run_status}); {source} stays as it is".format(**plan)
+            "{n_envs} envs (run status {run_status}); {source} stays as it is".format(**plan),
+            err=True,
         )
     else:
         click.echo(
-            "wrote {output}: format_version {from_version} -> {to_version}, {n_steps} steps".format(**plan)
+            "wrote {output}: format_version {from_version} -> {to_version}, {n_steps} steps".format(**plan),
+            err=True,
         )

@@ -125,7 +125,7 @@ class Log:
             if info.byte_offset is not None and info.byte_offset + info.size > size:
                 raise LogReadError(
                     f"{self.path}: file is truncated: {fp} needs {info.byte_offset + info.size} bytes but the file has {size}. Restore a complete "
-                    "copy; `moetape verify` lists what is readable."
+                    "copy: the rows past the end of the file are lost."
                 )
 
     def _field_paths(self) -> Dict[str, str]:

@@ -12,9 +12,10 @@ import numpy as np
 
 from moetape.schema import layout
 from moetape.schema.errors import LogError, LogReadError
-from moetape.schema.reader import Log, open_log
+from moetape.schema.reader import STREAM_BYTES, Log, open_log
 
 GATE_SUM_TOL = 1e-3
+MAX_PROBLEMS = 50
 ENTROPY_TOL = 1e-3
 
 
@@ -125,26 +126,81 @@ def _check_structure(log: Log) -> List[Problem]:
 
 
 def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> List[Problem]:
-    """Read every committed row: checksums, gate rows sum to 1, entropy, step continuity."""
+    """Read every committed row: checksums, gate rows sum to 1, entropy, step continuity.
+
+    A range that fails to read is narrowed down to the HDF5 chunks that fail (one problem per
+    dataset chunk), and checking goes on with the next range, so every damaged chunk is listed.
+    """
     problems: List[Problem] = []
     fields = log.fields()
     fps = log.frames_per_step
     prev: Optional[dict] = None
-    done_checks = 0
-    try:
-        for chunk in log.iter_chunks(fields):
-            d = chunk.data
-            problems += _check_chunk(chunk.start, d, prev, fps)
+    per = max(1, STREAM_BYTES // log.step_bytes(fields))
+    start = 0
+    while start < log.n_steps:
+        stop = min(log.n_steps, start + per)
+        try:
+            d = {name: log.read(name, start, stop) for name in fields}
+        except LogReadError:
+            problems += _locate_bad_chunks(log, fields, start, stop)
+            prev = None  # continuity cannot be checked across an unreadable range
+        else:
+            problems += _check_chunk(start, d, prev, fps)
             prev = {k: d[k][-1] for k in ("episode", "step_in_episode", "done") if len(d[k])}
-            done_checks = chunk.stop
-            if progress is not None:
-                progress(chunk.stop)
-            if len(problems) > 50:
-                problems.append(Problem(log.path, "more than 50 problems; stopped checking"))
-                break
-    except LogReadError as e:
-        problems.append(Problem(log.path, f"checksum or read failure after step {done_checks}: {e}"))
+        if progress is not None:
+            progress(stop)
+        if len(problems) > MAX_PROBLEMS:
+            problems.append(Problem(log.path, f"more than {MAX_PROBLEMS} problems; stopped checking"))
+            break
+        start = stop
     return problems
+
+
+def _locate_bad_chunks(log: Log, fields: List[str], start: int, stop: int) -> List[Problem]:
+    """Return one problem per HDF5 chunk of ``fields`` in steps [start, stop) that cannot be read."""
+    problems: List[Problem] = []
+    fps = log.frames_per_step
+    for name in fields:
+        ds = log.dataset(name)
+        path = ds.name.lstrip("/")
+        per_row = fps if layout.stream_of(path) else 1
+        rows = ds.chunks[0] if ds.chunks else max(1, stop - start)
+        first = (start * per_row // rows) * rows
+        for r0 in range(first, stop * per_row, rows):
+            s0, s1 = max(start, r0 // per_row), min(stop, -(-(r0 + rows) // per_row))
+            try:
+                log.read(name, s0, s1)
+            except LogReadError as e:
+                problems.append(Problem(path, _bad_chunk_text(log, ds, r0, rows, s0, s1, e)))
+    if not problems:  # the range failed as a whole but no single dataset does: report the range
+        problems.append(
+            Problem(
+                log.path, f"checksum or read failure in steps {start}-{stop - 1}; each dataset reads alone"
+            )
+        )
+    return problems
+
+
+def _bad_chunk_text(log: Log, ds: Any, r0: int, rows: int, s0: int, s1: int, e: LogError) -> str:
+    """Say which steps of a dataset are lost and what can still be done, without pointing at verify."""
+    where = ""
+    try:
+        info = ds.id.get_chunk_info_by_coord((r0,) + (0,) * (ds.ndim - 1))
+        if info.byte_offset is not None:
+            where = f", {info.size} bytes at file offset {info.byte_offset}"
+    except (OSError, ValueError, RuntimeError):
+        pass
+    text = str(e)
+    cause = text.split("cannot read data (", 1)[1].rsplit(");", 1)[0] if "cannot read data (" in text else ""
+    n_rows = log.n_frames if layout.stream_of(ds.name.lstrip("/")) else log.n_steps
+    last_row = min(r0 + rows, n_rows) - 1
+    return (
+        f"checksum or read failure in steps {s0}-{s1 - 1} (HDF5 chunk of rows {r0}-{last_row}{where}"
+        + (f"; {cause}" if cause else "")
+        + "). Those rows are lost in this file and moetape cannot repair them (there is no salvage "
+        "command): restore the log from a copy. Commands that read other fields, or other steps "
+        "(`moetape stats --steps A:B`), still work"
+    )
 
 
 def _check_chunk(start: int, d: Any, prev: Optional[dict], fps: int) -> List[Problem]:
