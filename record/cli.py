@@ -256,29 +256,43 @@ def record(
 @click.option("--force", is_flag=True, help="Overwrite an existing demo in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def demo(out: str, num_envs: int, num_steps: int, record_video: bool, force: bool, quiet: bool) -> None:
-    """Make the demo checkpoint and trajectory, then record 4 envs x 500 steps.
+    """Make the demo checkpoint, its two experts and the trajectory, then record 4 envs x 500 steps.
 
     The demo policy is an untrained, seeded MoE network (variant B layout) with small
     actions, so the robot stands while its arm moves and the gate shifts between experts.
+    Its experts are also written alone (demo_base_expert.pt, demo_arm_expert.pt), plain
+    rsl_rl expert checkpoints, and the demo plays them as --base_ckpt_path / --arm_ckpt_path
+    (same weights, same actions); at the end it prints the legacy full script's command on
+    these files.
 
     \b
     Example:
       moetape demo --out runs/demo && moetape info runs/demo/log.h5
     """
-    from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory
+    import shlex
+
+    from moetape.record.demo import make_demo_checkpoint, make_demo_expert_checkpoint, make_demo_trajectory
     from moetape.record.runner import prepare_out
 
     prepare_out(out, force=force)  # fail before making anything if a demo log is there
     ckpt = os.path.join(out, "demo_moe_checkpoint.pt")
     traj = os.path.join(out, "demo_trajectory.pkl")
-    for path in (ckpt, traj):
+    experts = {role: os.path.join(out, f"demo_{role}_expert.pt") for role in ("base", "arm")}
+    for path in (ckpt, traj) + tuple(experts.values()):
         if os.path.exists(path):
             os.remove(path)
     make_demo_checkpoint(ckpt, seed=0)
+    for role, path in experts.items():
+        make_demo_expert_checkpoint(path, role, seed=0)
     make_demo_trajectory(traj, seed=0)
-    cfg = RunConfig(
+    legacy = ["python", os.path.join("scripts", "play_moe_ee_task.py"), "--moe_ckpt_path", ckpt]
+    legacy += ["--base_ckpt_path", experts["base"], "--arm_ckpt_path", experts["arm"]]
+    legacy += ["--trajectory_file_path", traj, "--device", "cpu", "--num_envs", "1"]
+    cfg = RunConfig(  # the MoE with its experts given again, as the legacy full script takes them
         moe_ckpt_path=ckpt,
         trajectory_file_path=traj,
+        base_ckpt_path=experts["base"],
+        arm_ckpt_path=experts["arm"],
         out=out,
         device="cpu",
         num_envs=num_envs,
@@ -288,3 +302,5 @@ def demo(out: str, num_envs: int, num_steps: int, record_video: bool, force: boo
         force=force,
     )
     run_and_report(cfg, quiet=quiet)
+    _echo_err("the legacy full script on these files (from the repository root):")
+    _echo_err("  " + " ".join(shlex.quote(a) for a in legacy))

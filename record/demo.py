@@ -20,6 +20,10 @@ the target. What it does, by construction:
   units. So ``w_arm`` swings between about 0.2 and 0.8 while the target moves back and forth, and
   does not depend on how far the EE is from the target (the offset cancels in the difference).
 
+Its two experts are also written alone, as plain rsl_rl expert checkpoints (``std``, ``actor.*``,
+``critic.*``: :func:`make_demo_expert_checkpoint`), so the legacy full script's required
+``--base_ckpt_path`` / ``--arm_ckpt_path`` have files to take; as replacements they change nothing.
+
 Weights come from ``numpy.random.RandomState(seed)``, whose stream numpy keeps frozen, so a seed
 gives the same tensors on every platform and numpy version.
 
@@ -182,6 +186,44 @@ def make_demo_checkpoint(path: str, *, seed: int = 0) -> str:
             "seed": int(seed),
             "trained": False,
             "note": "untrained moetape demo: bounded random experts, gate follows the EE target motion",
+        },
+    }
+    _atomic_write(path, lambda f: torch.save(ckpt, f))
+    return str(path)
+
+
+DEMO_EXPERT_ROLES = ("base", "arm")
+"""The demo MoE's experts, in gate-column order (variant B prefixes ``ac_base.``, ``ac_arm.``)."""
+
+
+def demo_expert_state_dict(role: str, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Return the demo MoE's ``role`` expert ("base" or "arm") as a plain rsl_rl expert
+    ``model_state_dict`` (``std``, ``actor.*``, ``critic.*``): the same arrays, the ``ac_<role>.``
+    prefix dropped."""
+    if role not in DEMO_EXPERT_ROLES:
+        raise ValueError(f"role: expected one of {DEMO_EXPERT_ROLES}, got {role!r}")
+    prefix = f"ac_{role}."
+    return {k[len(prefix) :]: v for k, v in demo_state_dict(seed).items() if k.startswith(prefix)}
+
+
+def make_demo_expert_checkpoint(path: str, role: str, *, seed: int = 0) -> str:
+    """Write the demo MoE's ``role`` expert as a plain rsl_rl expert checkpoint (DESIGN.md §5) to
+    ``path`` and return it: what ``--base_ckpt_path`` / ``--arm_ckpt_path`` take. Loaded as that
+    expert's replacement it changes nothing (same weights). Overwrites ``path`` (callers check first).
+    """
+    import torch
+
+    model = {k: torch.from_numpy(v.copy()) for k, v in demo_expert_state_dict(role, seed).items()}
+    ckpt = {
+        "model_state_dict": model,
+        "optimizer_state_dict": {},
+        "iter": 0,
+        "infos": {
+            "moetape_demo": True,
+            "seed": int(seed),
+            "trained": False,
+            "role": role,
+            "note": f"the untrained moetape demo MoE's {role} expert, as a plain rsl_rl expert",
         },
     }
     _atomic_write(path, lambda f: torch.save(ckpt, f))

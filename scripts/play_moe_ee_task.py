@@ -14,6 +14,9 @@ runs/play_moe_ee_task-<time>), which also keeps log.h5, the source of every file
 
     python scripts/play_moe_ee_task.py --moe_ckpt_path model.pt --base_ckpt_path base.pt \\
         --arm_ckpt_path arm.pt --trajectory_file_path traj.pkl --num_envs 1 --show_weights
+
+`moetape demo` writes files to try it on (the MoE, its two experts alone, a trajectory file) and
+prints this command on them.
 """
 
 from __future__ import annotations
