@@ -15,8 +15,11 @@
   base-to-target distance (||target_pos - frames/root_pos|| at the step's first frame), overall,
   per env and per episode (episode ids of the selected envs, pooled); ``None`` where a variable
   is constant;
-- legacy: the figures the legacy script printed from ``weight_stats.pkl`` (env 0, every step,
-  entropy averaged over envs), independent of ``env``/``episode``;
+- episodes: episodes seen in the selection, finished ones (``done``), split into timeouts
+  (``done`` and ``timeout``) and terminations (``done`` without ``timeout``), and unfinished ones;
+- legacy: the figures the legacy script printed from ``weight_stats.pkl`` (env 0's gate, the
+  entropy averaged over every env), over the selected step range but never limited to
+  ``env``/``episode``: the JSON says so in ``legacy.scope`` and the text report in its heading;
 - plugins: results of custom analyses (see ``moetape.replay.plugins``).
 
 Only the dwell runs (one integer per run) are kept in memory; everything else is sums.
@@ -27,13 +30,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from moetape.replay import plugins as plugins_mod
 from moetape.schema.errors import InputError
+from moetape.schema.layout import STATUS_RUNNING
 from moetape.schema.reader import Log, open_log
 
 SUMMARY_FORMAT_VERSION = 1
@@ -74,10 +78,12 @@ def _num(x: float) -> Optional[float]:
 
 @dataclass(frozen=True)
 class Selection:
-    """The envs and (optionally) the one episode an analysis covers."""
+    """The envs, the policy steps [start, stop) and (optionally) the one episode an analysis covers."""
 
     envs: List[int]
     episode: Optional[int]
+    start: int = 0
+    stop: int = 0
 
     def mask(self, episode: np.ndarray) -> npt.NDArray[np.bool_]:
         """Return bool (n, len(envs)): rows in the selection, given episode ids (n, len(envs))."""
@@ -86,13 +92,48 @@ class Selection:
         return np.asarray(episode == self.episode)
 
 
-def select(log: Log, *, env: Optional[int] = None, episode: Optional[int] = None) -> Selection:
-    """Check ``env``/``episode`` against the log and return the selection.
+def step_range(log: Log, start: Optional[int] = None, stop: Optional[int] = None) -> Tuple[int, int]:
+    """Check a ``--steps A:B`` range (half-open, as Python slices) against the log; return (start, stop).
 
     Raises:
-        InputError: env index out of range, or the episode is in none of the selected envs.
+        InputError: a negative bound, an empty range, or a start past the committed steps.
+    """
+    n = log.n_steps
+    a = 0 if start is None else int(start)
+    b = n if stop is None else min(int(stop), n)
+    if a < 0 or (stop is not None and int(stop) < 0):
+        raise InputError(f"{log.path}: --steps {a}:{stop}: bounds must be >= 0 (steps 0-{n - 1}).")
+    if n == 0:
+        raise InputError(f"{log.path}: the log has no committed steps; --steps selects nothing.")
+    if a >= n:
+        raise InputError(
+            f"{log.path}: --steps starts at {a} but the log has {n} committed steps (0-{n - 1}); "
+            f"pass a start below {n}."
+        )
+    if b <= a:
+        raise InputError(f"{log.path}: --steps {a}:{stop} is empty; the stop must be greater than the start.")
+    return a, b
+
+
+def select(
+    log: Log,
+    *,
+    env: Optional[int] = None,
+    episode: Optional[int] = None,
+    start: Optional[int] = None,
+    stop: Optional[int] = None,
+) -> Selection:
+    """Check ``env``/``episode`` and the step range [start, stop) against the log; return the selection.
+
+    Raises:
+        InputError: env index out of range, a bad step range, or the episode is in none of the
+            selected envs within the range.
     """
     n = log.n_envs
+    if start is None and stop is None:
+        a, b = 0, log.n_steps
+    else:
+        a, b = step_range(log, start, stop)
     if env is not None and not 0 <= int(env) < n:
         raise InputError(
             "{}: --env {} out of range; the log has {} env{} (0-{}).".format(
@@ -101,24 +142,25 @@ def select(log: Log, *, env: Optional[int] = None, episode: Optional[int] = None
         )
     envs = [int(env)] if env is not None else list(range(n))
     if episode is None:
-        return Selection(envs, None)
+        return Selection(envs, None, a, b)
     lo = np.full(len(envs), np.iinfo(np.int64).max, dtype=np.int64)
     hi = np.full(len(envs), -1, dtype=np.int64)
     found = False
-    for chunk in log.iter_chunks(["episode"]):
+    for chunk in log.iter_chunks(["episode"], start=a, stop=b):
         ep = chunk.data["episode"][:, envs]
         lo = np.minimum(lo, ep.min(axis=0))
         hi = np.maximum(hi, ep.max(axis=0))
         found = found or bool((ep == episode).any())
     if not found:
-        if log.n_steps == 0:
+        if b <= a:
             have = "the log has no steps"
         elif len(envs) == 1:
             have = f"env {envs[0]} has episodes {lo[0]}-{hi[0]}"
         else:
             have = f"its envs have episodes {int(lo.min())}-{int(hi.max())}"
-        raise InputError(f"{log.path}: episode {episode} not in the log ({have}).")
-    return Selection(envs, int(episode))
+        where = "the log" if (a, b) == (0, log.n_steps) else f"steps {a}-{b - 1}"
+        raise InputError(f"{log.path}: episode {episode} not in {where} ({have}).")
+    return Selection(envs, int(episode), a, b)
 
 
 # ---------------------------------------------------------------------------- accumulators
@@ -372,6 +414,59 @@ class CorrStats:
         }
 
 
+class EpisodeCounts:
+    """Episodes seen, finished, timed out and terminated in the selected rows, streamed.
+
+    Episode ids rise by one per env at each ``done`` (the layout's contract), so the episodes seen
+    are the changes of id along each env's selected rows; an episode already running at the first
+    selected step counts as seen.
+    """
+
+    def __init__(self, n_envs: int) -> None:
+        self.last = np.full(n_envs, np.iinfo(np.int64).min, dtype=np.int64)
+        self.seen = 0
+        self.finished = 0
+        self.timeouts = 0
+
+    def update(self, episode: np.ndarray, done: np.ndarray, timeout: np.ndarray, mask: np.ndarray) -> None:
+        """Add consecutive rows: episode int, done/timeout bool, mask bool, all (n, E)."""
+        n, e = episode.shape
+        if n == 0:
+            return
+        ep = np.asarray(episode, dtype=np.int64)
+        rows = np.where(mask, np.arange(n)[:, None], -1)
+        last = np.maximum.accumulate(rows, axis=0)
+        before = np.vstack([np.full((1, e), -1), last[:-1]])
+        prev = np.where(
+            before >= 0, np.take_along_axis(ep, np.maximum(before, 0), axis=0), self.last[None, :]
+        )
+        self.seen += int((mask & (ep != prev)).sum())
+        ended = mask & np.asarray(done, dtype=bool)
+        self.finished += int(ended.sum())
+        self.timeouts += int((ended & np.asarray(timeout, dtype=bool)).sum())
+        has = last[-1] >= 0
+        self.last[has] = ep[last[-1][has], np.flatnonzero(has)]
+
+    def result(self) -> Dict[str, int]:
+        """Return the JSON-ready counts."""
+        return {
+            "seen": self.seen,
+            "finished": self.finished,
+            "timeouts": self.timeouts,
+            "terminations": self.finished - self.timeouts,
+            "unfinished": self.seen - self.finished,
+        }
+
+
+def episode_counts(log: Log, *, start: int = 0, stop: Optional[int] = None) -> Dict[str, int]:
+    """Return the episode and termination counts of every env over steps [start, stop) (see EpisodeCounts)."""
+    counts = EpisodeCounts(log.n_envs)
+    for chunk in log.iter_chunks(["episode", "done", "timeout"], start=start, stop=stop):
+        d = chunk.data
+        counts.update(d["episode"], d["done"], d["timeout"], np.ones(d["done"].shape, dtype=bool))
+    return counts.result()
+
+
 class LegacyStats:
     """What the legacy script printed from weight_stats.pkl: env 0 base/arm usage, env-mean entropy."""
 
@@ -401,6 +496,20 @@ class LegacyStats:
         }
 
 
+def _legacy_scope(sel: Selection, n_envs: int) -> Dict[str, Any]:
+    """Say which rows the legacy figures cover, and whether that is the selection."""
+    return {
+        "scope": {
+            "gate_env": 0,
+            "entropy_envs": list(range(n_envs)),
+            "start": sel.start,
+            "stop": sel.stop,
+            "episode": None,
+        },
+        "matches_selection": sel.episode is None and sel.envs == [0] and n_envs == 1,
+    }
+
+
 # ---------------------------------------------------------------------------- the pass
 def _take(arr: np.ndarray, envs: List[int], n_envs: int) -> np.ndarray:
     """Select the env axis (axis 1) unless every env is selected."""
@@ -412,6 +521,8 @@ def summary(
     *,
     env: Optional[int] = None,
     episode: Optional[int] = None,
+    start: Optional[int] = None,
+    stop: Optional[int] = None,
     plugins: Iterable[Any] = (),
 ) -> Dict[str, Any]:
     """Return the gating statistics of ``log`` as a JSON-ready dict (see the module docstring).
@@ -420,34 +531,36 @@ def summary(
         log: an open Log (or a path, opened and closed here).
         env: one env index; default every env.
         episode: one episode id (of the selected envs); default every episode.
+        start, stop: the policy steps [start, stop) to cover; default every committed step.
         plugins: custom analyses: "module:attribute" specs, ``plugins.Plugin`` objects or
             callables (see ``moetape.replay.plugins``); none by default.
 
     Raises:
-        InputError: env out of range, episode not present, or a bad plugin.
+        InputError: env out of range, a bad step range, episode not present, or a bad plugin.
     """
     if not isinstance(log, Log):
         with open_log(os.fspath(log)) as opened:
-            return summary(opened, env=env, episode=episode, plugins=plugins)
-    sel = select(log, env=env, episode=episode)
+            return summary(opened, env=env, episode=episode, start=start, stop=stop, plugins=plugins)
+    sel = select(log, env=env, episode=episode, start=start, stop=stop)
     names = log.expert_names
     k, n_envs = len(names), log.n_envs
     active = plugins_mod.start(plugins_mod.resolve(plugins), log)
     has_root = log.has_field(ROOT_POS_FIELD)
-    fields = ["gate", "gate_entropy", "episode"] + ee_error_fields(log) + ["target_pos"]
+    fields = ["gate", "gate_entropy", "episode", "done", "timeout"] + ee_error_fields(log) + ["target_pos"]
     fields += [ROOT_POS_FIELD] if has_root else []
     fields = list(dict.fromkeys(fields + plugins_mod.fields_of(active)))
     gate_stats, switch_stats = GateStats(k), SwitchStats(len(sel.envs), k)
-    corr_stats, legacy = CorrStats(k), LegacyStats()
+    corr_stats, legacy, episodes = CorrStats(k), LegacyStats(), EpisodeCounts(len(sel.envs))
     env_ids = np.asarray(sel.envs, dtype=np.int64)
     fps = log.frames_per_step
-    for chunk in log.iter_chunks(fields):
+    for chunk in log.iter_chunks(fields, start=sel.start, stop=sel.stop):
         d = chunk.data
         legacy.update(d["gate"], d["gate_entropy"])
         gate = _take(d["gate"], sel.envs, n_envs)
         ent = _take(d["gate_entropy"], sel.envs, n_envs)
         ep = _take(d["episode"], sel.envs, n_envs).astype(np.int64)
         mask = sel.mask(ep)
+        episodes.update(ep, _take(d["done"], sel.envs, n_envs), _take(d["timeout"], sel.envs, n_envs), mask)
         gate_stats.update(gate[mask], ent[mask])
         dom = np.where(mask, gate.argmax(axis=2), -1)
         switch_stats.update(dom, np.where(mask, ep, -1))
@@ -470,6 +583,7 @@ def summary(
             "log_id": log.log_id,
             "log_format_version": log.format_version,
             "run_status": log.run_status,
+            "partial": log.run_status == STATUS_RUNNING,
             "n_steps": log.n_steps,
             "n_envs": n_envs,
             "policy_dt_s": log.policy_dt_s,
@@ -480,6 +594,8 @@ def summary(
             "env_steps": n_rows,
             "duration_s": n_rows * log.policy_dt_s,
         },
+        "step_range": {"start": sel.start, "stop": sel.stop},
+        "episodes": episodes.result(),
         "thresholds": {
             "usage": USAGE_THRESHOLD,
             "dominance": DOMINANCE_THRESHOLD,
@@ -495,6 +611,6 @@ def summary(
         target_distance_source="norm(target_pos - frames/root_pos)" if has_root else None,
         **corr_stats.result(),
     )
-    out["legacy"] = legacy.result(k)
+    out["legacy"] = dict(legacy.result(k), **_legacy_scope(sel, n_envs))
     out["plugins"] = plugins_mod.results(active)
     return out

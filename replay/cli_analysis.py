@@ -11,6 +11,47 @@ log_argument = click.argument("log", type=click.Path(dir_okay=False))
 MAX_EPISODE_ROWS = 20
 
 
+class StepRange(click.ParamType):
+    """``A:B`` policy steps, half-open like a Python slice; either bound may be left out (``:500``, ``100:``)."""
+
+    name = "A:B"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        head, sep, tail = text.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            bounds = tuple(int(x) if x.strip() else None for x in (head, tail))
+        except ValueError:
+            self.fail(f"{value!r} is not a step range; expected A:B (e.g. 100:500, :500 or 100:)", param, ctx)
+        if any(b is not None and b < 0 for b in bounds):
+            self.fail(f"{value!r}: step numbers are >= 0", param, ctx)
+        return bounds
+
+
+steps_option = click.option(
+    "--steps",
+    type=StepRange(),
+    default=None,
+    help="Only policy steps A to B-1 (A:B, as a Python slice; :B and A: too). Default: every step.",
+)
+
+
+def _range_text(rng: Dict[str, int], n_steps: int) -> str:
+    a, b = rng["start"], rng["stop"]
+    return f"steps {a}-{b - 1}" if (a, b) != (0, n_steps) else f"all {n_steps} steps"
+
+
+def _episodes_text(e: Dict[str, int]) -> str:
+    return (
+        "{seen} seen, {finished} finished ({timeouts} timeouts, {terminations} terminations), "
+        "{unfinished} unfinished at the end".format(**e)
+    )
+
+
 # ---------------------------------------------------------------------------- formatting
 def _f(x: Optional[float], fmt: str = "{:.3f}") -> str:
     return "-" if x is None else fmt.format(x)
@@ -38,13 +79,31 @@ def format_stats(d: Dict[str, Any]) -> List[str]:
     envs = sel["envs"]
     env_txt = f"env {envs[0]}" if len(envs) == 1 else "envs 0-{}".format(log["n_envs"] - 1)
     ep_txt = "all episodes" if sel["episode"] is None else "episode {}".format(sel["episode"])
+    rng = d.get("step_range", {"start": 0, "stop": log["n_steps"]})
     out = [
         "log        {}".format(log["path"]),
-        "selection  {}, {}: {} env-steps ({:.2f} s at {:g} Hz)".format(
-            env_txt, ep_txt, sel["env_steps"], sel["duration_s"], 1 / log["policy_dt_s"]
+        "selection  {}, {}, {}: {} env-steps ({:.2f} s at {:g} Hz)".format(
+            env_txt,
+            ep_txt,
+            _range_text(rng, log["n_steps"]),
+            sel["env_steps"],
+            sel["duration_s"],
+            1 / log["policy_dt_s"],
         ),
-        "",
     ]
+    if log.get("partial"):
+        out.append(
+            "partial    run status 'running': still recording (or crashed); these figures cover the "
+            "{} steps committed when read".format(log["n_steps"])
+        )
+    elif log.get("run_status", "clean") != "clean":
+        out.append(
+            "note       run status '{}': the run did not end cleanly; figures cover its {} committed "
+            "steps".format(log["run_status"], log["n_steps"])
+        )
+    if "episodes" in d:
+        out.append("episodes   " + _episodes_text(d["episodes"]))
+    out.append("")
     th = d["thresholds"]
     rows = [
         [
@@ -93,9 +152,8 @@ def format_stats(d: Dict[str, Any]) -> List[str]:
     )
     out += [""] + _format_corr(d["correlation"], names)
     lg = d["legacy"]
+    out += ["", _legacy_heading(d)]
     out += [
-        "",
-        "legacy figures (weight_stats.pkl: env 0, every step, entropy averaged over envs)",
         "Base usage (>0.5): {}".format(_f(lg["base_usage"], "{:.2%}")),
         "Arm usage (>0.5): {}".format(_f(lg["arm_usage"], "{:.2%}")),
         "Mean entropy: {}".format(_f(lg["mean_entropy"])),
@@ -103,6 +161,23 @@ def format_stats(d: Dict[str, Any]) -> List[str]:
     for name, res in d["plugins"].items():
         out += ["", f"plugin {name}", "  " + json.dumps(res, sort_keys=True)]
     return out
+
+
+def _legacy_heading(d: Dict[str, Any]) -> str:
+    """Say which rows the legacy figures cover and, when it differs, that they are not the selection."""
+    lg, log, sel = d["legacy"], d["log"], d["selection"]
+    scope = lg.get("scope", {"start": 0, "stop": log["n_steps"]})
+    rng = _range_text(scope, log["n_steps"])
+    head = f"legacy figures (weight_stats.pkl: env 0's gate, entropy averaged over all envs, {rng})"
+    if lg.get("matches_selection", True):
+        return head
+    picked = []
+    if sel["envs"] != list(range(log["n_envs"])):
+        picked.append("--env {}".format(sel["envs"][0]))
+    if sel["episode"] is not None:
+        picked.append("--episode {}".format(sel["episode"]))
+    what = " / ".join(picked) if picked else "the selection above, which pools every env"
+    return head + f": NOT limited to {what}"
 
 
 def _format_corr(c: Dict[str, Any], names: List[str]) -> List[str]:
@@ -162,6 +237,7 @@ def format_compare(d: Dict[str, Any]) -> List[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--env", type=int, default=None, help="Only this env (default: every env).")
 @click.option("--episode", type=int, default=None, help="Only this episode id (default: every episode).")
+@steps_option
 @click.option(
     "--plugin",
     "plugin_specs",
@@ -179,6 +255,7 @@ def stats(
     as_json: bool,
     env: Optional[int],
     episode: Optional[int],
+    steps: Optional[Tuple[Optional[int], Optional[int]]],
     plugin_specs: Tuple[str, ...],
     no_registered: bool,
 ) -> None:
@@ -187,12 +264,15 @@ def stats(
     Per expert: mean/std/min/max weight, usage (w > 0.5), dominance (w > 0.7) and balance
     (0.3-0.7) shares; mean entropy; switches of the dominant expert per second; dwell times;
     Pearson r of each weight with the EE error and the base-target distance (per env and per
-    episode); and the legacy script's figures (env 0). Streams the log in bounded memory.
+    episode); episodes seen and finished (timeouts, terminations); and the legacy script's
+    figures (env 0's gate, env-mean entropy, over --steps but never limited to --env/--episode:
+    the report says so). A log still recording is marked partial. Streams in bounded memory.
 
     \b
     Example:
       moetape stats runs/demo/log.h5
       moetape stats runs/demo/log.h5 --env 1 --episode 2 --json
+      moetape stats runs/demo/log.h5 --steps 100:300
       moetape stats runs/demo/log.h5 --plugin my_analyses:MeanArm
     """
     from moetape.replay import plugins
@@ -201,7 +281,8 @@ def stats(
 
     chosen = ([] if no_registered else plugins.registered()) + [plugins.load_spec(s) for s in plugin_specs]
     with open_log(log) as lg:
-        d = summary(lg, env=env, episode=episode, plugins=chosen)
+        start, stop = steps if steps is not None else (None, None)
+        d = summary(lg, env=env, episode=episode, start=start, stop=stop, plugins=chosen)
     if as_json:
         click.echo(json.dumps(d, sort_keys=True))
     else:
@@ -220,8 +301,11 @@ def stats(
     help="Folder for the PNGs (created if missing).",
 )
 @click.option("--env", type=int, default=0, show_default=True, help="Env to plot.")
+@steps_option
 @click.option("--force", is_flag=True, help="Overwrite existing PNGs.")
-def plot(log: str, out_dir: str, env: int, force: bool) -> None:
+def plot(
+    log: str, out_dir: str, env: int, steps: Optional[Tuple[Optional[int], Optional[int]]], force: bool
+) -> None:
     """Write PNG plots of the gate weights, entropy and EE error of one env.
 
     gate_panels.png: weight histograms, base-vs-arm scatter, weight timeline, box plot (the
@@ -231,12 +315,14 @@ def plot(log: str, out_dir: str, env: int, force: bool) -> None:
     \b
     Example:
       moetape plot runs/demo/log.h5 -o runs/demo/plots --env 0
+      moetape plot runs/demo/log.h5 -o runs/demo/plots_early --steps :100
     """
     from moetape.replay.plots import plot_all
     from moetape.schema.reader import open_log
 
     with open_log(log) as lg:
-        paths = plot_all(lg, out_dir, env=env, force=force)
+        start, stop = steps if steps is not None else (None, None)
+        paths = plot_all(lg, out_dir, env=env, force=force, start=start, stop=stop)
     for p in paths:
         click.echo(p)
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from moetape.replay.analysis import ee_error, ee_error_fields, ee_error_source
+from moetape.replay.analysis import ee_error, ee_error_fields, ee_error_source, step_range
 from moetape.schema.errors import InputError
 from moetape.schema.io import atomic_output, check_output
 from moetape.schema.reader import Log
@@ -42,7 +42,11 @@ F64 = npt.NDArray[np.float64]
 class Envelope:
     """Min, max and mean of S series per time bin over ``n_steps`` steps, in at most ``max_bins`` bins."""
 
-    def __init__(self, n_steps: int, n_series: int, *, max_bins: Optional[int] = None) -> None:
+    def __init__(
+        self, n_steps: int, n_series: int, *, max_bins: Optional[int] = None, offset: int = 0
+    ) -> None:
+        """Cover steps [offset, offset + n_steps)."""
+        self.offset = int(offset)
         self.n_steps = max(1, int(n_steps))
         self.n_bins = max(1, min(self.n_steps, MAX_BINS if max_bins is None else max_bins))
         shape = (self.n_bins, n_series)
@@ -56,7 +60,7 @@ class Envelope:
         if steps.size == 0:
             return
         v = np.asarray(values, dtype=np.float64).reshape(steps.size, -1)
-        b = np.minimum(steps * self.n_bins // self.n_steps, self.n_bins - 1)
+        b = np.minimum((steps - self.offset) * self.n_bins // self.n_steps, self.n_bins - 1)
         starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
         ub = b[starts]
         finite = np.isfinite(v)
@@ -67,7 +71,7 @@ class Envelope:
 
     def times_s(self, dt_s: float) -> F64:
         """Return each bin's centre time, s (policy steps * dt_s)."""
-        edges = np.ceil(np.arange(self.n_bins + 1) * self.n_steps / self.n_bins)
+        edges = np.ceil(np.arange(self.n_bins + 1) * self.n_steps / self.n_bins) + self.offset
         return np.asarray((edges[:-1] + edges[1:] - 1) / 2.0 * dt_s, dtype=np.float64)
 
     def series(self, i: int) -> Tuple[F64, F64, F64]:
@@ -141,13 +145,15 @@ class WeightHistogram:
 class _EnvTrace:
     """Everything the plots need from one env, accumulated over one streaming pass."""
 
-    def __init__(self, log: Log, env: int, n_steps: int) -> None:
+    def __init__(self, log: Log, env: int, n_steps: int, *, start: int = 0) -> None:
+        """Trace env ``env`` over policy steps [start, start + n_steps)."""
         self.log, self.env = log, env
         self.k = len(log.expert_names)
+        self.start = start
         self.n_steps = n_steps
-        self.weights = Envelope(n_steps, self.k)
-        self.entropy = Envelope(n_steps, 1)
-        self.error = Envelope(n_steps, 1)
+        self.weights = Envelope(n_steps, self.k, offset=start)
+        self.entropy = Envelope(n_steps, 1, offset=start)
+        self.error = Envelope(n_steps, 1, offset=start)
         self.hist = WeightHistogram(self.k)
         self.stride = max(1, math.ceil(n_steps / MAX_SCATTER))
         self.scatter: List[np.ndarray] = []
@@ -156,7 +162,8 @@ class _EnvTrace:
 
     def run(self, *, with_details: bool = True) -> _EnvTrace:
         fields = ["gate", "gate_entropy", "episode"] + ee_error_fields(self.log)
-        for chunk in self.log.iter_chunks(fields, stop=self.n_steps, env=self.env):
+        stop = self.start + self.n_steps
+        for chunk in self.log.iter_chunks(fields, start=self.start, stop=stop, env=self.env):
             d = chunk.data
             steps = np.arange(chunk.start, chunk.stop, dtype=np.int64)
             gate = np.asarray(d["gate"])
@@ -304,18 +311,31 @@ def _draw_timeline(tr: _EnvTrace, names: List[str], title: str) -> Any:
     return fig
 
 
-def plot_all(log: Log, out_dir: str, *, env: int = 0, force: bool = False) -> List[str]:
+def plot_all(
+    log: Log,
+    out_dir: str,
+    *,
+    env: int = 0,
+    force: bool = False,
+    start: Optional[int] = None,
+    stop: Optional[int] = None,
+) -> List[str]:
     """Write gate_panels.png and timeline.png of env ``env`` into ``out_dir``; return their paths.
 
+    Args:
+        start, stop: plot policy steps [start, stop) only; default every committed step.
+
     Raises:
-        InputError: env out of range, no steps, or out_dir is a file.
+        InputError: env out of range, no steps, a bad step range, or out_dir is a file.
         OutputExistsError: a PNG exists and force is False (nothing is written then).
     """
     _check_env(log, env)
+    a, b = step_range(log, start, stop)
     paths = _prepare_out(out_dir, [GATE_PANELS, TIMELINE], force)
-    tr = _EnvTrace(log, int(env), log.n_steps).run()
+    tr = _EnvTrace(log, int(env), b - a, start=a).run()
     names = log.expert_names
-    where = f"{os.path.basename(log.path)} | env {env} | {log.n_steps} steps ({log.n_steps * log.policy_dt_s:.2f} s) | EE error: {ee_error_source(log)}"
+    rng = f"{log.n_steps} steps" if (a, b) == (0, log.n_steps) else f"steps {a}-{b - 1} of {log.n_steps}"
+    where = f"{os.path.basename(log.path)} | env {env} | {rng} ({(b - a) * log.policy_dt_s:.2f} s) | EE error: {ee_error_source(log)}"
     _save(_draw_panels(tr, names, where), paths[0], force)
     _save(_draw_timeline(tr, names, where), paths[1], force)
     return paths

@@ -106,3 +106,104 @@ def test_verify_lists_every_damaged_chunk(tmp_path):
     damage_chunk(p, "steps/obs")
     d = json.loads(run("verify", "--json", p).stdout)
     assert sorted(x["where"] for x in d["problems"]) == ["steps/action", "steps/obs"]
+
+
+# ---------------------------------------------------------------------------- stats
+def test_stats_legacy_figures_say_they_are_not_the_selection(log_path):
+    """stats --env 1 --episode 2 labels the legacy figures as env 0 over all steps, not the selection."""
+    r = run("stats", log_path, "--env", 1, "--episode", 1, "--no-registered")
+    assert r.exit_code == 0, r.output
+    head = [line for line in r.stdout.splitlines() if line.startswith("legacy figures")]
+    assert head == [
+        "legacy figures (weight_stats.pkl: env 0's gate, entropy averaged over all envs, all 12 steps): "
+        "NOT limited to --env 1 / --episode 1"
+    ]
+    d = json.loads(run("stats", log_path, "--env", 1, "--episode", 1, "--json", "--no-registered").stdout)
+    assert d["legacy"]["matches_selection"] is False
+    assert d["legacy"]["scope"] == {
+        "gate_env": 0,
+        "entropy_envs": [0, 1],
+        "start": 0,
+        "stop": 12,
+        "episode": None,
+    }
+
+
+def test_stats_running_log_says_partial(tmp_path):
+    """stats on a log whose run status is 'running' says the figures are partial (text and JSON)."""
+    p = tmp_path / "live.h5"
+    write_log(p, 12)
+    with h5py.File(p, "a") as f:
+        f["run_status"][()] = b"running"
+    r = run("stats", p, "--no-registered")
+    assert r.exit_code == 0, r.output
+    assert "partial    run status 'running': still recording (or crashed)" in r.stdout
+    assert json.loads(run("stats", p, "--json", "--no-registered").stdout)["log"]["partial"] is True
+
+
+def test_stats_clean_log_is_not_partial(log_path):
+    """stats on a cleanly ended log has no partial line and partial false in JSON."""
+    r = run("stats", log_path, "--no-registered")
+    assert "partial" not in r.stdout
+    assert json.loads(run("stats", log_path, "--json", "--no-registered").stdout)["log"]["partial"] is False
+
+
+def test_stats_steps_range_and_episode_counts(log_path):
+    """stats --steps 5:10 covers those steps only and counts episodes, timeouts and terminations."""
+    d = json.loads(run("stats", log_path, "--steps", "5:10", "--json", "--no-registered").stdout)
+    assert d["step_range"] == {"start": 5, "stop": 10}
+    assert d["selection"]["env_steps"] == 10
+    # synthetic: env 0 episodes of 5 steps (timeouts), env 1 of 6 steps (terminations)
+    assert d["episodes"] == {"seen": 3, "finished": 2, "timeouts": 1, "terminations": 1, "unfinished": 1}
+    assert d["legacy"]["n_steps"] == 5
+    r = run("stats", log_path, "--steps", "5:10", "--no-registered")
+    assert "steps 5-9: 10 env-steps" in r.stdout
+    assert "episodes   3 seen, 2 finished (1 timeouts, 1 terminations), 1 unfinished" in r.stdout
+
+
+def test_stats_whole_log_episode_counts(log_path):
+    """stats without options counts every env's episodes over the whole log."""
+    d = json.loads(run("stats", log_path, "--json", "--no-registered").stdout)
+    # env 0: episodes 0-2 (done at 4, 9), env 1: episodes 0-1 (done at 5, 11)
+    assert d["episodes"] == {"seen": 5, "finished": 4, "timeouts": 2, "terminations": 2, "unfinished": 1}
+
+
+@pytest.mark.parametrize(
+    "value, msg",
+    [("20:", "--steps starts at 20 but the log has 12 committed steps"), ("4:4", "is empty")],
+)
+def test_stats_bad_step_range_one_line(log_path, value, msg):
+    """A step range outside the log is one error line naming the log, exit 1."""
+    r = run("stats", log_path, "--steps", value, "--no-registered")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.startswith("Error: " + log_path) and msg in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_stats_steps_not_a_range_is_usage_error(log_path):
+    """--steps abc is a usage error (exit 2), as click reports bad values."""
+    r = run("stats", log_path, "--steps", "abc")
+    assert r.exit_code == 2 and "expected A:B" in r.stderr
+
+
+def test_plot_steps_and_env(log_path, tmp_path):
+    """plot --steps A:B --env N plots those steps of that env (the title says which)."""
+    out = tmp_path / "plots"
+    r = run("plot", log_path, "-o", out, "--steps", "3:9", "--env", 1)
+    assert r.exit_code == 0, r.output
+    assert (out / "timeline.png").exists() and (out / "gate_panels.png").exists()
+    r = run("plot", log_path, "-o", tmp_path / "p2", "--steps", "30:")
+    assert r.exit_code == 1 and "--steps starts at 30" in r.stderr
+
+
+def test_plot_trace_covers_only_the_range(log_path):
+    """The plotted envelope holds exactly the steps of the range, at their own times."""
+    from moetape.replay.plots import _EnvTrace
+    from moetape.schema.reader import open_log
+
+    with open_log(log_path) as lg:
+        tr = _EnvTrace(lg, 1, 6, start=3).run()
+        gate = lg.read("gate", 3, 9, env=1)
+    assert tr.weights.count[:, 0].sum() == 6
+    lo, hi, mean = tr.weights.series(0)
+    assert mean.tolist() == pytest.approx(gate[:, 0].astype(float).tolist())
+    assert tr.weights.times_s(0.02)[0] == pytest.approx(3 * 0.02)
