@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
 import subprocess
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import click
 
 from moetape.record.runner import FRAMES_CHOICES, RunConfig, StepReport, resolve_device, summary_lines
 from moetape.record.runner import record as run_record
+from moetape.schema.errors import InputError
 
 
 def _echo_err(msg: str) -> None:
@@ -26,6 +29,7 @@ class _Display:
         self.quiet = quiet
         self.num_steps = num_steps
         self.bar: Any = None  # opened at the first step, so set-up errors are not preceded by a bar
+        self.last: Optional[StepReport] = None
 
     def __call__(self, r: StepReport) -> None:
         if not self.quiet and not self.show_weights:
@@ -38,8 +42,8 @@ class _Display:
             return
         if not self.show_weights:
             return
+        self.last = r
         g0 = r.gate[0]
-        mean = r.gate.mean(axis=0)
         if r.step % 50 == 0:
             if self.live and not self.quiet:
                 sys.stderr.write("\r\x1b[K")
@@ -48,17 +52,26 @@ class _Display:
                 err=True,
             )
         if self.live and not self.quiet:
-            sys.stderr.write(
-                f"\r\x1b[K{r.step + 1:>6}/{r.num_steps} {r.steps_per_s:7.1f} steps/s | env0 base {float(g0[0]):.3f} arm {float(g0[-1]):.3f} | mean base {float(mean[0]):.3f} "
-                f"arm {float(mean[-1]):.3f} | entropy {float(r.entropy.mean()):.3f} | committed {r.n_committed}"
-            )
+            sys.stderr.write("\r\x1b[K" + self._line(r, r.n_committed))
             sys.stderr.flush()
 
-    def close(self) -> None:
+    @staticmethod
+    def _line(r: StepReport, n_committed: int) -> str:
+        g0 = r.gate[0]
+        mean = r.gate.mean(axis=0)
+        return (
+            f"{r.step + 1:>6}/{r.num_steps} {r.steps_per_s:7.1f} steps/s | env0 base {float(g0[0]):.3f} arm {float(g0[-1]):.3f} | mean base {float(mean[0]):.3f} "
+            f"arm {float(mean[-1]):.3f} | entropy {float(r.entropy.mean()):.3f} | committed {n_committed}"
+        )
+
+    def close(self, n_committed: Optional[int] = None) -> None:
+        """End the display; the live line is redrawn with ``n_committed``, the count the log holds at the end."""
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
         elif self.show_weights and self.live and not self.quiet:
+            if self.last is not None and n_committed is not None:
+                sys.stderr.write("\r\x1b[K" + self._line(self.last, n_committed))
             sys.stderr.write("\n")
 
 
@@ -76,23 +89,37 @@ def render_video(log_path: str, out: str, *, force: bool, quiet: bool = False) -
         )
 
 
+def next_commands(log_path: str) -> List[str]:
+    """The commands to run on a new log, for the end of a recording."""
+    q = shlex.quote(log_path)
+    return [f"  moetape info {q}", f"  moetape derive {q}", f"  moetape view {q}"]
+
+
 def run_and_report(cfg: RunConfig, *, quiet: bool) -> None:
-    """Record, display progress, print the summary and where the log is."""
+    """Record, display progress, print the summary, where the log is and what to run next.
+
+    Every count printed is the log's committed count (RunResult.steps), never the loop's.
+    """
     display = _Display(cfg.num_steps, show_weights=cfg.show_weights, quiet=quiet)
+    result = None
     try:
         result = run_record(cfg, on_step=display, notice=_echo_err)
     finally:
-        display.close()
+        display.close(None if result is None else result.steps)
+    if result.status == "interrupted" and not result.log_path:
+        _echo_err(f"interrupted before the first step: nothing recorded; {cfg.out} is as it was")
+        sys.exit(130)
     if result.status == "interrupted":
-        _echo_err(
-            f"interrupted after {result.steps} steps: every step is flushed and the log is marked interrupted"
-        )
+        _echo_err(f"interrupted: the log holds the {result.steps} steps committed and is marked interrupted")
     if cfg.show_weights:
         for line in summary_lines(result.summary):
             click.echo(line, err=True)
     _echo_err(f"{result.steps} steps x {cfg.num_envs} envs in {result.seconds:.1f} s -> {result.log_path}")
     if cfg.record_video and result.steps:
         render_video(result.log_path, os.path.join(cfg.out, "video.mp4"), force=cfg.force, quiet=quiet)
+    _echo_err("next:")
+    for line in next_commands(result.log_path):
+        _echo_err(line)
     click.echo(result.log_path)
     if result.status == "interrupted":
         sys.exit(130)
@@ -158,7 +185,7 @@ def _frames_help() -> str:
     "-o",
     default=None,
     type=click.Path(),
-    help="New run folder for log.h5 [runs/<checkpoint name>-<time>].",
+    help="Run folder for log.h5 [runs/<checkpoint name>-<time>]; a new folder, or one moetape made.",
 )
 @click.option(
     "--seed",
@@ -176,12 +203,16 @@ def _frames_help() -> str:
     default=1.0,
     show_default=True,
     type=float,
-    help="Commit buffered steps at least this often: a killed run loses at most this much.",
+    help="Commit buffered steps at least this often: a killed run loses at most this much (0: every step).",
 )
 @click.option(
     "--frames", type=click.Choice(FRAMES_CHOICES), default="substep", show_default=True, help=_frames_help()
 )
-@click.option("--force", is_flag=True, help="Overwrite a log in --out.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a finished run in --out as a whole (never a run still recording, nor a folder moetape did not make).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def record(
     moe_ckpt_path: str,
@@ -213,6 +244,10 @@ def record(
       moetape record --moe_ckpt_path model.pt --trajectory_file_path traj.pkl \\
           --num_envs 4 --num_steps 500 --device cpu --out runs/try1
     """
+    if not (math.isfinite(flush_seconds) and flush_seconds >= 0):
+        raise InputError(
+            f"--flush-seconds {flush_seconds:g}: expected a number of seconds >= 0 (0 commits every step)"
+        )
     if out is None:
         import time
 

@@ -9,6 +9,7 @@ step flushed and the log marked "interrupted".
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import re
@@ -24,12 +25,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from moetape.record.backend import Backend, StepResult
+from moetape.record.run_folder import LOG_NAME, RunFolder
 from moetape.schema import layout
-from moetape.schema.errors import InputError, OutputExistsError
+from moetape.schema.errors import InputError
 from moetape.schema.io import sha256_file
 from moetape.schema.writer import LogSpec, LogWriter, gate_entropy
 
-LOG_NAME = "log.h5"
 FRAMES_CHOICES = ("substep", "policy")
 
 
@@ -193,18 +194,30 @@ def check_inputs(cfg: RunConfig) -> None:
 
 
 def prepare_out(out: str, *, force: bool) -> str:
-    """Create the run folder and return the log path; refuse to overwrite an existing log without force."""
-    log_path = os.path.join(out, LOG_NAME)
-    if os.path.exists(log_path) and not force:
-        raise OutputExistsError(
-            f"{out}: a recording exists there. Pick a new --out or pass --force to overwrite."
-        )
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputExistsError(f"{out}: exists and is not a folder; --out names a new run folder.")
+    """Check that ``out`` can take a new recording, make the folder, and return the log path.
+
+    Removes nothing: ``record`` replaces a finished run (with ``force``) once the new one starts.
+
+    Raises:
+        OutputExistsError: what RunFolder refuses (a file, a foreign folder, a live run, a
+            finished run without ``force``).
+    """
+    RunFolder(out, force=force).check()
     os.makedirs(out, exist_ok=True)
-    if force and os.path.exists(log_path):
-        os.remove(log_path)
-    return log_path
+    return os.path.join(out, LOG_NAME)
+
+
+def _inputs(cfg: RunConfig) -> List[Optional[str]]:
+    """The run's own input files (those inside the run folder stay there when it is replaced)."""
+    ckpt_dir = os.path.dirname(os.path.abspath(cfg.moe_ckpt_path))
+    return [
+        cfg.moe_ckpt_path,
+        cfg.trajectory_file_path,
+        cfg.base_ckpt_path,
+        cfg.arm_ckpt_path,
+        cfg.robot,
+        os.path.join(ckpt_dir, "config.pkl"),
+    ]
 
 
 def build_backend(cfg: RunConfig, trajectories: Any, device: str) -> Backend:
@@ -274,12 +287,11 @@ def record(
 
     Raises:
         InputError: bad checkpoint, trajectory, robot model, device or sizes (one-line messages).
-        OutputExistsError: the run folder holds a log and ``cfg.force`` is False.
+        OutputExistsError: ``cfg.out`` is a file, a folder moetape did not make, a run still
+            recording, or a finished run and ``cfg.force`` is False (see record/run_folder.py).
         LogWriteError: the log could not be written (the steps committed before stay readable).
     """
-    import torch
-
-    from moetape.record.policy import check_dims, load_policy
+    from moetape.record.policy import load_policy
     from moetape.record.trajectory import load_trajectories
 
     if cfg.frames not in FRAMES_CHOICES:
@@ -292,7 +304,39 @@ def record(
     policy = load_policy(
         cfg.moe_ckpt_path, base_path=cfg.base_ckpt_path, arm_path=cfg.arm_ckpt_path, device=device
     )
-    log_path = prepare_out(cfg.out, force=cfg.force)
+    folder = RunFolder(cfg.out, force=cfg.force, keep=_inputs(cfg))
+    with _sigterm_as_interrupt():  # from here a SIGTERM, like Ctrl-C, leaves the folder as it should
+        log_path = folder.open()
+        try:
+            result = _record_into(log_path, folder, cfg, trajectories, policy, metrics, command_line, on_step)
+            if not folder.started:  # interrupted before the first step: nothing was recorded
+                folder.abort()
+                result = RunResult("", 0, result.status, result.seconds)
+            return result
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that ended the run is the one to report
+                folder.abort()  # nothing once the run has its first step: its log is kept
+            raise
+        finally:
+            folder.close()
+
+
+def _record_into(
+    log_path: str,
+    folder: RunFolder,
+    cfg: RunConfig,
+    trajectories: Any,
+    policy: Any,
+    metrics: Sequence[Metric],
+    command_line: Optional[str],
+    on_step: Optional[Callable[[StepReport], None]],
+) -> RunResult:
+    """Build the backend and the log writer, then run the steps into ``log_path``."""
+    import torch
+
+    from moetape.record.policy import check_dims
+
+    device = cfg.device
     torch.manual_seed(cfg.seed)
     backend = build_backend(cfg, trajectories, device)
     try:
@@ -322,18 +366,22 @@ def record(
         }
         traj = (trajectories.ee_pos, trajectories.ee_axis_angle, trajectories.dt_s)
         viewer = _open_viewer(backend) if cfg.visualize and info.name == "mujoco" else None
-        writer = LogWriter(
-            log_path,
-            spec,
-            meta=meta,
-            model_xml=info.model_xml,
-            model_source=os.path.abspath(cfg.robot) if cfg.robot else "bundled",
-            trajectory=traj,
-            flush_seconds=cfg.flush_seconds,
-            process=True,  # h5py holds the GIL while writing: a writer thread would pause the rollout
-        )
-        with _sigterm_as_interrupt():
-            return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer)
+        try:
+            writer = LogWriter(
+                log_path,
+                spec,
+                meta=meta,
+                model_xml=info.model_xml,
+                model_source=os.path.abspath(cfg.robot) if cfg.robot else "bundled",
+                trajectory=traj,
+                flush_seconds=cfg.flush_seconds,
+                process=True,  # h5py holds the GIL while writing: a writer thread would pause the rollout
+            )
+        except BaseException:
+            if viewer is not None:
+                viewer.close()
+            raise
+        return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer, folder.start)
     finally:
         backend.close()
 
@@ -376,8 +424,13 @@ def _loop(
     substep: bool,
     on_step: Optional[Callable[[StepReport], None]],
     viewer: Any,
+    started: Callable[[], None],
 ) -> RunResult:
-    """Run the steps; the writer's context marks the end status (clean, interrupted, failed)."""
+    """Run the steps; the writer's context marks the end status (clean, interrupted, failed).
+
+    ``started`` is called once the first step is in the writer (the run folder then drops the run
+    it replaces). The result's step count is the writer's committed count after it closed.
+    """
     summary = GateSummary()
     status = layout.STATUS_CLEAN
     t0 = time.monotonic()
@@ -404,6 +457,8 @@ def _loop(
                 for m in metrics:
                     step["metrics/" + m.name] = np.asarray(m.compute(backend, result), dtype=m.dtype)
                 writer.append(step, result.frames)
+                if s == 0:
+                    started()
                 summary.update(gate, entropy)
                 obs = result.obs
                 if viewer is not None:
@@ -430,7 +485,11 @@ def _loop(
             if viewer is not None:
                 viewer.close()
     return RunResult(
-        writer.path, summary.n, status, time.monotonic() - t0, summary.result(list(writer.spec.expert_names))
+        writer.path,
+        writer.n_committed,  # what the log holds, not what the loop went through
+        status,
+        time.monotonic() - t0,
+        summary.result(list(writer.spec.expert_names)),
     )
 
 
@@ -447,5 +506,8 @@ def summary_lines(summary: Dict[str, Any]) -> List[str]:
                 name, e["mean"], e["std"], 100 * e["usage_above_0_5"]
             )
         )
-    lines.append("  mean entropy: {:.4f} (max ln K)".format(summary["mean_entropy"]))
+    k = len(summary["experts"])
+    lines.append(
+        "  mean entropy: {:.4f} (max ln {} = {:.3f})".format(summary["mean_entropy"], k, math.log(max(k, 1)))
+    )
     return lines

@@ -36,12 +36,16 @@ class Batch:
             from multiprocessing import shared_memory
 
             self.shm = shared_memory.SharedMemory(create=True, size=max(1, offset))
-        for path, off, shape, dtype in self.table:
-            if self.shm is None:
-                self.arrays[path] = np.empty(shape, dtype=dtype)
-            else:
-                self.arrays[path] = np.ndarray(shape, dtype=dtype, buffer=self.shm.buf, offset=off)
-            self.arrays[path].fill(0)  # touch every page now, not during the rollout's first batches
+        try:
+            for path, off, shape, dtype in self.table:
+                if self.shm is None:
+                    self.arrays[path] = np.empty(shape, dtype=dtype)
+                else:
+                    self.arrays[path] = np.ndarray(shape, dtype=dtype, buffer=self.shm.buf, offset=off)
+                self.arrays[path].fill(0)  # touch every page now, not during the rollout's first batches
+        except BaseException:
+            self.release()  # a block left open is reported leaked at exit
+            raise
 
         self.in_order = list(self.arrays.values())  # the specs' order, which LogWriter._fields follows
         # Per row, once: LogWriter.frame_rows()'s views (by key, and per field or None).

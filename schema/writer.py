@@ -11,6 +11,7 @@ filled batch is committed at least every ``flush_seconds`` so a killed run loses
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import threading
@@ -24,7 +25,7 @@ import numpy as np
 from moetape.schema import layout
 from moetape.schema.batch import Batch
 from moetape.schema.commit import mark_end, utc_now, write_batch
-from moetape.schema.errors import LogFormatError, LogWriteError
+from moetape.schema.errors import InputError, LogFormatError, LogWriteError
 from moetape.schema.io import create_for_write
 from moetape.schema.spec import (  # LogSpec, gate_entropy and chunk_shape are used from here too
     BATCH_TARGET_BYTES,
@@ -80,6 +81,11 @@ class LogWriter:
         self.path = os.fspath(path)
         self.spec = spec
         self.flush_seconds = float(flush_seconds)
+        if not (math.isfinite(self.flush_seconds) and self.flush_seconds >= 0):
+            raise InputError(
+                f"{self.path}: flush_seconds {flush_seconds!r}: expected a number of seconds >= 0 "
+                "(0 commits every step)"
+            )
         self.chunk_bytes = int(chunk_bytes)
         self._specs = spec.datasets()
         # Per dataset, once (append runs every step): path, key in the step/frames dict, stream, row shape.
@@ -111,11 +117,16 @@ class LogWriter:
         self._shared = bool(process)
         # A fixed pool, touched now: fresh buffers would page-fault during the rollout's first batches,
         # and the writer process maps every block once. In use at most: the current batch, one
-        # waiting for queue space, max_batches queued and one being written.
-        self._batches = [
-            Batch(self._specs, self.batch_steps, self._fps, shared=self._shared)
-            for _ in range(max(1, max_batches) + 3)
-        ]
+        # waiting for queue space, max_batches queued and one being written. Every failure from
+        # here releases the pool (shared-memory blocks left open are reported leaked at exit).
+        self._batches: List[Batch] = []
+        try:
+            for _ in range(max(1, max_batches) + 3):
+                self._batches.append(Batch(self._specs, self.batch_steps, self._fps, shared=self._shared))
+            self._file = create_for_write(self.path, force=force)
+        except BaseException:
+            self._release_batches()
+            raise
         self._batch = self._batches[0]
         # Written batches come back for reuse.
         self._free: queue.SimpleQueue[Batch] = queue.SimpleQueue()
@@ -126,10 +137,13 @@ class LogWriter:
         self._dsids: Optional[Dict[str, Any]] = None
         self._writing = threading.Lock()  # held by the writer thread while it writes a batch
         self._closed = False
+        self._stopped = False  # the writer thread has ended on the sentinel
+        # At most this long between the writer thread's looks at a stale partial batch; at least 5 ms,
+        # so a tiny or zero flush_seconds (0: every append queues its own step) never spins.
+        self._poll_s = max(self.flush_seconds / 2, 0.005)
         self.n_appended = 0
         self.n_committed = 0
         self._child: Any = None
-        self._file = create_for_write(self.path, force=force)
         try:
             self._create(meta or {}, model_xml, model_source, trajectory)
             if process:
@@ -359,6 +373,8 @@ class LogWriter:
             raise LogWriteError(f"{self.path}: the log is closed; cannot append.")
 
     def _raise_if_failed(self) -> None:
+        if self._error is None:
+            self._notice_dead_writer()
         if self._error is not None:
             e = self._error
             what = str(e).splitlines()[0] if str(e) else ""
@@ -369,6 +385,20 @@ class LogWriter:
                 "before the failure are kept and readable; free disk space or pick another path, then "
                 "record again."
             ) from e
+
+    def _notice_dead_writer(self) -> None:
+        """Record as the error a writer thread or process that ended without one (STYLE 6.4)."""
+        thread = getattr(self, "_thread", None)
+        if thread is not None and not self._stopped and not thread.is_alive():
+            self._error = LogWriteError("the log writer thread ended unexpectedly")
+        elif self._child is not None and not self._closed:
+            code = self._child.proc.poll()
+            if code is not None:
+                from moetape.schema.writer_process import WriterProcessError
+
+                self._error = WriterProcessError(
+                    f"the log writer process ended unexpectedly (exit status {code})"
+                )
 
     def flush(self) -> None:
         """Commit every step appended so far and wait until it is on disk."""
@@ -444,10 +474,18 @@ class LogWriter:
 
     # ---------------------------------------------------------------- writer thread
     def _run(self) -> None:
-        """Own the h5py handle: write batches, commit, flush; commit stale partial batches."""
+        """Own the h5py handle (see _serve); any failure of its own is the run's error, never only printed."""
+        try:
+            self._serve()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller (STYLE §6.4)
+            if self._error is None:
+                self._error = e.with_traceback(None)
+
+    def _serve(self) -> None:
+        """Write batches, commit, flush; commit stale partial batches."""
         while True:
             try:
-                item = self._queue.get(timeout=self.flush_seconds / 2)
+                item = self._queue.get(timeout=self._poll_s)
             except queue.Empty:
                 stale = self._take_stale()
                 if stale is not None and self._error is None:
@@ -458,6 +496,7 @@ class LogWriter:
                 continue
             try:
                 if item is None:
+                    self._stopped = True
                     return
                 if self._error is None:
                     self._write(item)

@@ -74,15 +74,15 @@ class WriterProcess:
         self.path = path
         self._tx: IO[bytes] = os.fdopen(to_child_w, "wb", buffering=0)
         self._rx: IO[bytes] = os.fdopen(from_child_r, "rb")
-        self._send(
-            {
-                "op": "init",
-                "fps": fps,
-                "fields": [list(row) for row in batches[0].table],
-                "blocks": [b.shm.name for b in batches],
-            }
-        )
         try:
+            self._send(
+                {
+                    "op": "init",
+                    "fps": fps,
+                    "fields": [list(row) for row in batches[0].table],
+                    "blocks": [b.shm.name for b in batches],
+                }
+            )
             self._reply("ready")
         except BaseException:
             self.close(None)
