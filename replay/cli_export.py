@@ -32,12 +32,16 @@ no_weights_option = click.option(
 
 def _out_option(default_name: str) -> Callable[[Any], Any]:
     return click.option(
-        "--out", "-o", required=True, type=click.Path(), help=f"Output path, e.g. {default_name}."
+        "--out",
+        "-o",
+        required=True,
+        type=click.Path(),
+        help=f"Output path, e.g. {default_name}; a folder (or a path ending in /) gets {default_name} inside it.",
     )
 
 
 def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> None:
-    """Open the log, export with a progress bar, report on stdout (data) and stderr (notes)."""
+    """Open the log, export with a progress bar, then say what was written (stderr: a message for people)."""
     from moetape.replay.export import export_many
     from moetape.schema.reader import open_log
 
@@ -58,7 +62,7 @@ def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> N
         if info["rows"] is None
         else ", {} {} rows at {:g} Hz".format(info["n_rows"], info["rows"], info["frame_rate_hz"])
     )
-    click.echo("wrote {} ({} steps{})".format(out, info["n_steps"], rows))
+    click.echo("wrote {} ({} steps{})".format(info["path"], info["n_steps"], rows), err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

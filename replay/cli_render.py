@@ -12,7 +12,12 @@ from moetape.replay.progress import ProgressBar
 @click.command()
 @click.argument("log", type=click.Path(dir_okay=False))
 @click.option(
-    "-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Output video (.mp4, H.264)."
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(),
+    help="Output video (.mp4, H.264); a folder (or a path ending in /) gets video.mp4 inside it.",
 )
 @click.option("--env", default=0, show_default=True, type=int, help="Env index to render.")
 @click.option(

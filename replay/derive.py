@@ -7,6 +7,13 @@ thread beside that pass, then video.mp4 (``moetape.replay.render.render_video``)
 module (or its optional dependency: mujoco, OpenGL, imageio-ffmpeg, matplotlib) is missing is
 listed under "skipped" in the manifest.
 
+All or nothing: every file is built in a hidden temporary folder (beside ``out_dir`` when that does
+not exist yet, else inside it) and moved into place only when all of them are complete; a failure
+leaves ``out_dir`` as it was. ``out_dir`` may hold other files (the default is the log's own folder):
+they are never touched. ``force`` replaces the files of an earlier derive (those its derived.json
+lists) and files of the same names, as a whole, but never a folder where a file goes or a folder
+that is not a zarr store where logs.zarr goes.
+
 derived.json (sorted keys, no timestamps, so deriving twice gives the same manifest):
     manifest_version    1
     moetape_version     the moetape that derived the files
@@ -26,26 +33,34 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from moetape.replay.export import export_many
+from moetape.replay.export import DEFAULT_NAMES, export_many
 from moetape.replay.legacy_zarr import tree_sha256
 from moetape.schema import layout
 from moetape.schema.errors import OutputExistsError
-from moetape.schema.io import atomic_output, sha256_file
+from moetape.schema.io import (
+    FILE,
+    ZARR_STORE,
+    OutputKind,
+    atomic_output,
+    check_output,
+    remove_tree,
+    sha256_file,
+)
 from moetape.schema.reader import Log, open_log
 
 MANIFEST = "derived.json"
 MANIFEST_VERSION = 1
-FILES = {
-    "weight_stats": "weight_stats.pkl",
-    "results": "moe_results.pkl",
-    "zarr": "logs.zarr",
-    "pkl": "logs.pkl",
-}
+FILES = dict(DEFAULT_NAMES)
 VIDEO = "video.mp4"
 SUMMARY = "summary.json"
+PLOTS = ("gate_panels.png", "timeline.png")  # what plots.plot_all writes
+ALL_NAMES = tuple(FILES.values()) + (MANIFEST, SUMMARY, VIDEO) + PLOTS
+"""Every name derive may write into ``out_dir``: the only names --force ever replaces there."""
+DERIVED_FOLDER = OutputKind("derived folder", MANIFEST)
 # Hook module -> (attribute, optional third-party modules whose absence means "skip", not "bug").
 HOOKS = {
     "moetape.replay.render": ("render_video", ("mujoco", "imageio", "imageio_ffmpeg", "OpenGL")),
@@ -95,16 +110,84 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _check_outputs(out_dir: str, names: List[str], force: bool) -> None:
-    if force or not os.path.isdir(out_dir):
-        return
-    existing = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
-    if existing:
+def _kind(name: str) -> Any:
+    return ZARR_STORE if name == FILES["zarr"] else FILE
+
+
+def _earlier_derive(out_dir: str) -> Set[str]:
+    """The names an earlier derive's derived.json in ``out_dir`` lists (among ALL_NAMES), itself included."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+            files = json.load(f).get("files", [])
+        listed = {str(e["name"]).split("/")[0] for e in files}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
+    return (listed | {MANIFEST}) & set(ALL_NAMES)
+
+
+def _plan_replace(out_dir: str, names: List[str], force: bool) -> Optional[Set[str]]:
+    """Check ``out_dir`` before any work; return the names to replace in it (None: it does not exist).
+
+    Raises:
+        OutputExistsError: out_dir is a file; a derived name exists there and force is False; or,
+            with force, something there is not of the kind derive would put in its place.
+    """
+    if not os.path.lexists(out_dir):
+        check_output(out_dir, force=False)  # a file where a folder above it should be
+        return None
+    if not os.path.isdir(out_dir):
+        raise OutputExistsError(f"{out_dir}: is a file; --out names a folder for the derived files.")
+    present = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
+    earlier = _earlier_derive(out_dir)
+    if present and not force and set(present) <= earlier:
         raise OutputExistsError(
-            "{}: {} exist{} already. Pass --force to overwrite or choose another --out.".format(
-                out_dir, ", ".join(existing), "s" if len(existing) == 1 else ""
+            f"{out_dir}: holds the files of an earlier derive (its {MANIFEST} lists them). Pass --force to "
+            "replace them as a whole, or choose another --out."
+        )
+    if present and not force:
+        raise OutputExistsError(
+            "{}: {} exist{} already. Pass --force to replace {} or choose another --out.".format(
+                out_dir,
+                ", ".join(present),
+                "s" if len(present) == 1 else "",
+                "it" if len(present) == 1 else "them",
             )
         )
+    if not force:
+        return set()
+    replace = {n for n in set(present) | earlier if os.path.lexists(os.path.join(out_dir, n))}
+    for n in sorted(replace):
+        check_output(os.path.join(out_dir, n), force=True, kind=_kind(n))
+    return replace
+
+
+def _commit_into(tmp: str, out_dir: str, replace: Set[str]) -> None:
+    """Move the built entries of ``tmp`` into ``out_dir`` (derived.json last), the ``replace`` ones aside first."""
+    new = sorted(os.listdir(tmp), key=lambda n: (n == MANIFEST, n))
+    for n in new:  # something appeared meanwhile: refuse before moving anything
+        if n not in replace and os.path.lexists(os.path.join(out_dir, n)):
+            raise OutputExistsError(
+                f"{os.path.join(out_dir, n)}: appeared while deriving; nothing was moved."
+            )
+    trash = tempfile.mkdtemp(prefix=".derive.", suffix=".old", dir=out_dir)
+    moved: List[str] = []
+    placed: List[str] = []
+    try:
+        for n in sorted(replace, key=lambda n: (n != MANIFEST, n)):  # the old manifest first
+            if os.path.lexists(os.path.join(out_dir, n)):
+                os.replace(os.path.join(out_dir, n), os.path.join(trash, n))
+                moved.append(n)
+        for n in new:
+            os.replace(os.path.join(tmp, n), os.path.join(out_dir, n))
+            placed.append(n)
+    except BaseException:
+        for n in placed:
+            remove_tree(os.path.join(out_dir, n))
+        for n in moved:
+            os.replace(os.path.join(trash, n), os.path.join(out_dir, n))
+        raise
+    finally:
+        remove_tree(trash)
 
 
 class _InThread(threading.Thread):
@@ -145,75 +228,111 @@ def derive(
     progress: Optional[Stage] = None,
     notice: Optional[Notice] = None,
 ) -> Dict[str, Any]:
-    """Write the legacy files, the optional projections and derived.json into ``out_dir``.
+    """Write the legacy files, the optional projections and derived.json into ``out_dir``, all or nothing.
 
     Args:
+        out_dir: the folder (created if missing); it may hold other files, which stay as they are.
         rows: rows of logs.zarr / logs.pkl ("auto", "substep", "policy", "video"; see legacy_map.py).
         weights: fill the weight stats (legacy --show_weights); False leaves them empty.
         video: render video.mp4 when the renderer is available.
+        force: replace an earlier derive's files in ``out_dir`` (see the module docstring).
         progress: called as progress(stage, done, total), stage "export" (steps) or "video" (frames).
         notice: receives one-line messages for people (crashed log, skipped hooks).
     Returns:
         The manifest (as written to derived.json).
     Raises:
-        OutputExistsError: a derived file exists in ``out_dir`` and force is False (nothing is written).
-        LogFormatError, InputError: see ``export.export_many``.
+        OutputExistsError: a derived file exists in ``out_dir`` and force is False, or something there
+            is not of the kind derive writes under its name (nothing is written).
+        LogFormatError, InputError, LogReadError: see ``export.export_many`` (nothing is written).
     """
     say = notice or (lambda msg: None)
     log_path = os.fspath(log_path)
-    names = list(FILES.values()) + [MANIFEST, SUMMARY] + ([VIDEO] if video else [])
-    _check_outputs(out_dir, names, force)
+    out_dir = os.path.normpath(os.fspath(out_dir))
+    names = list(FILES.values()) + [MANIFEST, SUMMARY] + list(PLOTS) + ([VIDEO] if video else [])
+    replace = _plan_replace(out_dir, names, force)
     with open_log(log_path) as log:
-        hasher = _InThread("moetape-sha256", sha256_file, log_path)
-        analysis = _InThread("moetape-analysis", _analysis_hooks, log_path, out_dir, force)
         notes = _status_notes(log)
         for note in notes:
             say(note)
-        outputs = {kind: os.path.join(out_dir, name) for kind, name in FILES.items()}
-        on_step = (lambda done: progress("export", done, log.n_steps)) if progress else None
+        build = dict(rows=rows, weights=weights, video=video, progress=progress, notes=notes, say=say)
+        if replace is None:  # a new folder: built beside it, renamed as a whole
+            with atomic_output(out_dir, kind=DERIVED_FOLDER, suffix=".derive") as tmp:
+                os.mkdir(tmp)
+                manifest = _build(log, log_path, tmp, **build)
+            return manifest
+        tmp = tempfile.mkdtemp(prefix=".derive.", suffix=".tmp", dir=out_dir)
         try:
-            result = export_many(log, outputs, rows=rows, weights=weights, force=force, progress=on_step)
-        except BaseException:
-            analysis.join()  # it writes into out_dir: let it finish before the error propagates
-            raise
-        entries = [
-            {"name": FILES[kind], "sha256": r["sha256"], "bytes": r["bytes"]} for kind, r in result.items()
-        ]
-        skipped: List[Dict[str, str]] = []
+            manifest = _build(log, log_path, tmp, **build)
+            _commit_into(tmp, out_dir, replace)
+        finally:
+            remove_tree(tmp)
+    return manifest
+
+
+def _build(
+    log: Log,
+    log_path: str,
+    out_dir: str,
+    *,
+    rows: str,
+    weights: bool,
+    video: bool,
+    progress: Optional[Stage],
+    notes: List[str],
+    say: Notice,
+) -> Dict[str, Any]:
+    """Write every derived file into the empty folder ``out_dir``, derived.json last; return the manifest."""
+    hasher = _InThread("moetape-sha256", sha256_file, log_path)
+    analysis = _InThread("moetape-analysis", _analysis_hooks, log_path, out_dir, False)
+    outputs = {kind: os.path.join(out_dir, name) for kind, name in FILES.items()}
+    on_step = (lambda done: progress("export", done, log.n_steps)) if progress else None
+    try:
+        result = export_many(log, outputs, rows=rows, weights=weights, progress=on_step)
+    except BaseException:
+        analysis.join()  # it writes into out_dir: let it finish before the folder is removed
+        raise
+    entries = [
+        {"name": FILES[kind], "sha256": r["sha256"], "bytes": r["bytes"]} for kind, r in result.items()
+    ]
+    skipped: List[Dict[str, str]] = []
+    try:
         written = _video_hook(
-            log, log_path, out_dir, video=video, force=force, progress=progress, skipped=skipped
+            log, log_path, out_dir, video=video, force=False, progress=progress, skipped=skipped
         )
-        more_written, more_skipped = analysis.result()
-        written += more_written
-        skipped += more_skipped
-        for item in skipped:
-            if item["reason"] != "--no-video":
-                say("skipped {}: {}".format(item["name"], item["reason"]))
-        zarr_info = result["zarr"]
-        manifest = {
-            "manifest_version": MANIFEST_VERSION,
-            "moetape_version": _version(),
-            "source": {
-                "path": log_path,
-                "log_id": log.log_id,
-                "sha256": hasher.result(),
-                "format_version": log.format_version,
-                "run_status": log.run_status,
-                "complete": log.run_status == layout.STATUS_CLEAN,
-                "n_steps": log.n_steps,
-                "n_envs": log.n_envs,
-            },
-            "parameters": {"rows": rows, "weights": weights, "video": video},
-            "rows": {
-                "mode": zarr_info["rows"],
-                "n_rows": zarr_info["n_rows"],
-                "frame_rate_hz": zarr_info["frame_rate_hz"],
-            },
-            "files": sorted(entries + [_file_entry(out_dir, n) for n in written], key=lambda d: d["name"]),
-            "skipped": skipped,
-            "notes": notes,
-        }
-    with atomic_output(os.path.join(out_dir, MANIFEST), force=force) as tmp:
+    except BaseException:
+        analysis.join()
+        raise
+    more_written, more_skipped = analysis.result()
+    written += more_written
+    skipped += more_skipped
+    for item in skipped:
+        if item["reason"] != "--no-video":
+            say("skipped {}: {}".format(item["name"], item["reason"]))
+    zarr_info = result["zarr"]
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "moetape_version": _version(),
+        "source": {
+            "path": log_path,
+            "log_id": log.log_id,
+            "sha256": hasher.result(),
+            "format_version": log.format_version,
+            "run_status": log.run_status,
+            "complete": log.run_status == layout.STATUS_CLEAN,
+            "n_steps": log.n_steps,
+            "n_envs": log.n_envs,
+        },
+        "parameters": {"rows": rows, "weights": weights, "video": video},
+        "rows": {
+            "mode": zarr_info["rows"],
+            "n_rows": zarr_info["n_rows"],
+            "frame_rate_hz": zarr_info["frame_rate_hz"],
+        },
+        "files": sorted(entries + [_file_entry(out_dir, n) for n in written], key=lambda d: d["name"]),
+        "skipped": skipped,
+        "notes": notes,
+    }
+    with atomic_output(os.path.join(out_dir, MANIFEST)) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

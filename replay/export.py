@@ -31,13 +31,35 @@ from moetape.replay.legacy_map import (
 from moetape.replay.legacy_pickle import RowList, write_pickle
 from moetape.replay.legacy_zarr import ZarrV2Writer
 from moetape.schema.errors import InputError, LogFormatError
-from moetape.schema.io import atomic_output, check_output
+from moetape.schema.io import FILE, ZARR_STORE, OutputKind, atomic_output, check_output, resolve_output
 from moetape.schema.reader import Log, open_log
 
 Progress = Callable[[int], None]
 LogArg = Union[Log, str, "os.PathLike[str]"]
 
 KINDS = ("weight_stats", "results", "zarr", "pkl")
+DEFAULT_NAMES = {
+    "weight_stats": "weight_stats.pkl",
+    "results": "moe_results.pkl",
+    "zarr": "logs.zarr",
+    "pkl": "logs.pkl",
+}
+"""The legacy file name of each output: what an -o naming a folder writes into it."""
+
+
+def output_kind(kind: str) -> OutputKind:
+    """Return what an output of export ``kind`` is on disk (a file, or a zarr store)."""
+    return ZARR_STORE if kind == "zarr" else FILE
+
+
+def resolve_outputs(outputs: Mapping[str, str]) -> Dict[str, str]:
+    """Resolve each -o value (kind -> path): a folder, or a path ending in "/", gets the legacy file name."""
+    return {
+        kind: resolve_output(path, DEFAULT_NAMES[kind], kind=output_kind(kind))
+        for kind, path in outputs.items()
+    }
+
+
 CHUNK_BYTES = 8 << 20  # log bytes read per pass step: bounds memory, large enough for fast reads
 
 # ------------------------------------------------------------------------------------ outputs
@@ -216,7 +238,8 @@ def export_many(
     """Write several legacy files in one pass over the log.
 
     Args:
-        outputs: kind ("weight_stats", "results", "zarr", "pkl") -> output path.
+        outputs: kind ("weight_stats", "results", "zarr", "pkl") -> output path; a folder (or a path
+            ending in "/") means that folder, under the legacy name (``DEFAULT_NAMES``).
         rows: frame rows of zarr/pkl: "auto", "substep", "policy" or "video" (see moetape.replay.legacy_map).
         weights: fill the weight-stats lists (the legacy --show_weights); False leaves them empty.
         progress: called with the number of policy steps done so far.
@@ -225,13 +248,15 @@ def export_many(
         (a folder's sha256 as ``legacy_zarr.tree_sha256``; computed while writing).
     Raises:
         InputError: unknown kind or rows mode. LogFormatError: the log lacks a needed field.
-        OutputExistsError: an output exists and force is False (checked before anything is written).
+        OutputExistsError: an output exists and force is False, or it is not an output of the same
+            kind (checked before anything is written; --force never replaces a foreign folder).
     """
     bad = [k for k in outputs if k not in KINDS]
     if bad:
         raise InputError("unknown export {}; expected {}.".format(", ".join(bad), ", ".join(KINDS)))
-    for path in outputs.values():
-        check_output(path, force=force)
+    outputs = resolve_outputs(outputs)
+    for kind, path in outputs.items():
+        check_output(path, force=force, kind=output_kind(kind))
     lg, owned = _open(log)
     try:
         check_fields(lg, list(outputs), weights=weights)
@@ -245,7 +270,12 @@ def export_many(
             try:
                 for kind, path in outputs.items():
                     tmp = stack.enter_context(
-                        atomic_output(path, force=force, suffix=".zarr" if kind == "zarr" else "")
+                        atomic_output(
+                            path,
+                            force=force,
+                            suffix=".zarr" if kind == "zarr" else "",
+                            kind=output_kind(kind),
+                        )
                     )
                     if kind == "zarr":
                         assert plan is not None

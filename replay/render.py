@@ -48,11 +48,12 @@ from moetape.replay.overlay import Image, draw_overlay
 from moetape.replay.overlay import blit as blit
 from moetape.replay.overlay import text_mask as text_mask
 from moetape.schema.errors import InputError
-from moetape.schema.io import atomic_output, check_output
+from moetape.schema.io import atomic_output, check_output, resolve_output
 from moetape.schema.reader import Log, open_log
 
 CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5
 QUALITIES = ("fast", "high")
+VIDEO_NAME = "video.mp4"  # the legacy name; what an -o naming a folder writes into it
 MAX_SIDE_PX = 4096
 WINDOW_STEPS = 256
 STEP_FIELDS = ("gate", "gate_entropy", "ee_pos", "ee_quat_xyzw", "target_pos", "target_quat_xyzw")
@@ -432,6 +433,7 @@ def render_video(
     """Re-render policy steps of one env of a log to an H.264 mp4 (written to a temporary name, then renamed).
 
     Args:
+        out_path: the mp4; a folder (or a path ending in "/") gets video.mp4 inside it.
         steps: "A:B" or (A, B) policy steps [A, B); None renders every committed step.
         progress: called as progress(frames_done, frames_total) after each frame.
     Returns:
@@ -446,6 +448,7 @@ def render_video(
     width, height = parse_size(size)
     if not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
         raise InputError(f"--fps {fps}: expected a number of frames per second above 0, e.g. 24.")
+    out_path = resolve_output(out_path, VIDEO_NAME)
     check_output(out_path, force=force)
     import imageio_ffmpeg
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional
 
 from moetape.schema import layout
 from moetape.schema.errors import LogFormatError
-from moetape.schema.io import atomic_output, check_output
+from moetape.schema.io import atomic_output, check_output, resolve_output
 from moetape.schema.reader import open_log
 from moetape.schema.version import FORMAT_VERSION
 from moetape.schema.writer import LogSpec, LogWriter
@@ -24,14 +24,18 @@ def upgrade(
     """Copy the committed steps of ``old`` into a new log ``new`` at FORMAT_VERSION.
 
     The new file keeps the source's log_id, start time, provenance and end status, and records
-    the source version in its provenance. With ``dry_run`` nothing is written.
+    the source version in its provenance. With ``dry_run`` nothing is written. A log already at
+    FORMAT_VERSION is not copied (the plan says ``"current": True``): it needs no upgrade. ``new``
+    naming a folder (or ending in "/") means that folder, under the old file's name.
 
     Returns:
-        A JSON-ready plan/result: versions, steps, envs, paths.
+        A JSON-ready plan/result: versions, steps, envs, paths, "current", "written".
     """
+    new = resolve_output(new, os.path.basename(os.fspath(old)))
     if os.path.abspath(old) == os.path.abspath(new):
         raise LogFormatError(f"{new}: the output must be a new file; old logs are never rewritten in place.")
     with open_log(old) as log:
+        current = log.format_version == FORMAT_VERSION
         plan = {
             "source": old,
             "output": new,
@@ -41,7 +45,11 @@ def upgrade(
             "n_envs": log.n_envs,
             "run_status": log.run_status,
             "dry_run": dry_run,
+            "current": current,
+            "written": False,
         }
+        if current:
+            return plan
         if dry_run:
             check_output(new, force=force)
             return plan
@@ -100,4 +108,5 @@ def upgrade(
                 writer.close(layout.STATUS_FAILED)
                 raise
             writer.close(status)
+        plan["written"] = True
         return plan

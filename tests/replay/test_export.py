@@ -95,7 +95,7 @@ def test_weight_stats_exact(slash_log, tmp_path):
     out = tmp_path / "weight_stats.pkl"
     res = run("export", "weight-stats", slash_log, "-o", out, "-q")
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith("wrote ") and res.stderr == ""
+    assert res.stderr.startswith("wrote ") and res.stdout == ""
     ws = load(out)
     assert list(ws) == ["base_weights", "arm_weights", "weight_entropy"]
     assert all(type(v) is list and len(v) == 9 and all(type(x) is float for x in v) for v in ws.values())
@@ -151,7 +151,7 @@ def test_zarr_layout_and_values(slash_log, tmp_path):
     out = tmp_path / "logs.zarr"
     res = run("export", "zarr", slash_log, "-o", out, "-q")
     assert res.exit_code == 0, res.output
-    assert "36 substep rows at 200 Hz" in res.stdout
+    assert "36 substep rows at 200 Hz" in res.stderr
     with open(out / ".zgroup") as f:
         assert json.load(f) == {"zarr_format": 2}
     g = zarr.open_group(str(out), mode="r")
@@ -285,7 +285,7 @@ def test_rows_modes(slash_log, tmp_path):
     )
     assert not os.path.exists(tmp_path / "x.zarr")
     res = run("export", "zarr", policy_log, "-o", tmp_path / "x.zarr", "-q")  # auto -> policy
-    assert res.exit_code == 0 and "9 policy rows at 50 Hz" in res.stdout
+    assert res.exit_code == 0 and "9 policy rows at 50 Hz" in res.stderr
 
 
 def test_term_name_collision_is_refused(tmp_path):
@@ -377,11 +377,11 @@ def test_missing_field_is_named(slash_log, tmp_path, monkeypatch):
 
 
 def test_progress_on_stderr_and_quiet(log_path, tmp_path):
-    """The progress bar goes to stderr; --quiet hides it; stdout carries the one result line."""
+    """The progress bar and the "wrote" line go to stderr (stdout stays empty); --quiet hides the bar."""
     res = run("export", "results", log_path, "-o", tmp_path / "r.pkl")
-    assert res.exit_code == 0 and "exporting" in res.stderr and res.stdout.count("\n") == 1
+    assert res.exit_code == 0 and "exporting" in res.stderr and res.stdout == ""
     res = run("export", "results", log_path, "-o", tmp_path / "r2.pkl", "--quiet")
-    assert res.exit_code == 0 and res.stderr == ""
+    assert res.exit_code == 0 and res.stderr.startswith("wrote ") and res.stderr.count("\n") == 1
 
 
 def test_help_has_examples():

@@ -130,8 +130,11 @@ def test_corrupt_chunk_fails_checksum(log_path, tmp_path):
         log.read("obs")
 
 
-def test_upgrade_refuses_existing_output(log_path, tmp_path):
+def test_upgrade_refuses_existing_output(log_path, tmp_path, monkeypatch):
     """upgrade never overwrites without --force, and never touches the old file."""
+    from moetape.schema import upgrade
+
+    monkeypatch.setattr(upgrade, "FORMAT_VERSION", upgrade.FORMAT_VERSION + 1)  # the log is older
     new = tmp_path / "new.h5"
     new.write_bytes(b"keep")
     with open(log_path, "rb") as f:

@@ -37,11 +37,14 @@ def test_verify_ok(golden_log):
     assert json.loads(r.stdout)["ok"] is True
 
 
-def test_upgrade_copies_everything(golden_log, tmp_path):
-    """upgrade writes a new file with the same log id and data; --dry-run writes nothing."""
+def test_upgrade_copies_everything(golden_log, tmp_path, monkeypatch):
+    """upgrade of an older log writes a new file with the same log id and data; --dry-run writes nothing."""
+    from moetape.schema import upgrade
+
+    monkeypatch.setattr(upgrade, "FORMAT_VERSION", upgrade.FORMAT_VERSION + 1)  # the golden log is older
     new = tmp_path / "up.h5"
     r = CliRunner().invoke(cli, ["upgrade", golden_log, str(new), "--dry-run"])
-    assert r.exit_code == 0 and "would write" in r.stdout and not new.exists()
+    assert r.exit_code == 0 and "would write" in r.stderr and r.stdout == "" and not new.exists()
     r = CliRunner().invoke(cli, ["upgrade", golden_log, str(new)])
     assert r.exit_code == 0, r.output
     with open_log(golden_log) as a, open_log(str(new)) as b:
