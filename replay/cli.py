@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -44,6 +44,7 @@ def _print_info(d: Dict[str, Any]) -> None:
                 d["n_steps"], d["n_envs"], d["env_steps"], d["duration_s"]
             ),
         ),
+        ("episodes", _episodes_line(d)),
         ("experts", ", ".join(d["expert_names"])),
         ("obs / action", "{} / {}".format(d["obs_dim"], d["action_dim"])),
         (
@@ -64,26 +65,131 @@ def _print_info(d: Dict[str, Any]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key.ljust(width)}  {value}")
+    if "fields" in d:
+        _print_fields(d["fields"])
 
 
-@click.command()
-@log_argument
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def info(log: str, as_json: bool) -> None:
-    """Show a log's provenance, size, envs, experts, rates and end status.
+def _episodes_line(d: Dict[str, Any]) -> str:
+    e = d.get("episodes")
+    if e is None:
+        return "unreadable: " + d.get("episodes_error", "-")
+    return (
+        "{seen} seen, {finished} finished ({timeouts} timeouts, {terminations} terminations), "
+        "{unfinished} unfinished at the end".format(**e)
+    )
 
-    \b
-    Example:
-      moetape info runs/demo/log.h5 --json
-    """
+
+def _fields(lg: Any) -> List[Dict[str, Any]]:
+    """Return every dataset of a log: field name, HDF5 path, committed shape, dtype, unit and frame."""
+    out = []
+    for name in lg.fields():
+        ds = lg.dataset(name)
+        path = ds.name.lstrip("/")
+        rows = lg.n_frames if path.startswith("frames/") else lg.n_steps
+        out.append(
+            {
+                "field": name,
+                "path": path,
+                "shape": [rows] + [int(x) for x in ds.shape[1:]],
+                "dtype": str(ds.dtype),
+                "unit": _decode_attr(ds.attrs.get("unit")),
+                "frame": _decode_attr(ds.attrs.get("frame")),
+            }
+        )
+    return out
+
+
+def _decode_attr(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _print_fields(fields: List[Dict[str, Any]]) -> None:
+    rows = [
+        (
+            f["path"],
+            str(tuple(f["shape"])),
+            f["dtype"],
+            ", ".join(x for x in (f["unit"], f["frame"] and f["frame"] + " frame") if x) or "",
+        )
+        for f in fields
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    click.echo(
+        f"fields ({len(rows)}; shapes in committed rows: steps/ per policy step, frames/ per frame row)"
+    )
+    for r in rows:
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths + [0]))
+        click.echo(("  " + line).rstrip())
+
+
+def _info_of(log: str, with_fields: bool) -> Dict[str, Any]:
+    """Return the info dict of one log, with episode counts and (optionally) its fields."""
+    from moetape.replay.analysis import episode_counts
+    from moetape.schema.errors import LogError
     from moetape.schema.reader import open_log
 
     with open_log(log) as lg:
         d = lg.info()
+        try:
+            d["episodes"] = episode_counts(lg)
+        except LogError as e:  # a damaged episode/done chunk: the rest of info still stands
+            d["episodes"] = None
+            d["episodes_error"] = str(e)
+        if with_fields:
+            d["fields"] = _fields(lg)
+    return d
+
+
+@click.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(), metavar="LOG...")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout (a list for several logs)."
+)
+@click.option(
+    "--fields", "with_fields", is_flag=True, help="Also list every dataset with its shape, dtype and unit."
+)
+def info(logs: Tuple[str, ...], as_json: bool, with_fields: bool) -> None:
+    """Show a log's provenance, size, envs, experts, rates, episodes and end status.
+
+    Several logs give one block each (with --json, one list); a log that cannot be read is an
+    error line (or an entry with "error") and the exit status is 1, the others are still shown.
+
+    \b
+    Example:
+      moetape info runs/demo/log.h5 --json
+      moetape info runs/*/log.h5
+      moetape info runs/demo/log.h5 --fields
+    """
+    from moetape.schema.errors import LogError
+
+    if len(logs) == 1:
+        d = _info_of(logs[0], with_fields)
+        if as_json:
+            click.echo(json.dumps(d, sort_keys=True))
+        else:
+            _print_info(d)
+        return
+    docs: List[Dict[str, Any]] = []
+    failed = False
+    for i, log in enumerate(logs):
+        try:
+            d = _info_of(log, with_fields)
+        except LogError as e:
+            failed = True
+            docs.append({"path": log, "error": str(e)})
+            click.echo(f"Error: {e}", err=True)
+            continue
+        docs.append(d)
+        if not as_json:
+            if i:
+                click.echo("")
+            _print_info(d)
     if as_json:
-        click.echo(json.dumps(d, sort_keys=True))
-    else:
-        _print_info(d)
+        click.echo(json.dumps(docs, sort_keys=True))
+    if failed:
+        sys.exit(1)
 
 
 QUICK_SKIPS = [

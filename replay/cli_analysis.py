@@ -210,7 +210,15 @@ def format_compare(d: Dict[str, Any]) -> List[str]:
     out = [
         "A  {}  ({} steps, {})".format(a["path"], a["n_steps"], a["run_status"]),
         "B  {}  ({} steps, {})".format(b["path"], b["n_steps"], b["run_status"]),
-        "common steps  {} x {} envs".format(d["common_steps"], d["n_envs"]),
+        "common steps  {} x {} envs{}".format(
+            d["common_steps"],
+            d["n_envs"],
+            ""
+            if a.get("n_envs", d["n_envs"]) == b.get("n_envs", d["n_envs"])
+            else " (envs 0-{}, the envs both have: A has {}, B has {})".format(
+                d["n_envs"] - 1, a["n_envs"], b["n_envs"]
+            ),
+        ),
         "",
     ]
     rows = [
@@ -344,8 +352,9 @@ def plot(
 def compare(log_a: str, log_b: str, out_dir: Optional[str], env: int, force: bool, as_json: bool) -> None:
     """Compare two logs of the same trajectory (two checkpoints): weights, actions, errors.
 
-    Checks that the logs are comparable (envs, obs/action sizes, experts; warns on stderr when
-    the trajectory or robot differ), then over the common steps: mean |gate A - gate B| per
+    Checks that the logs are comparable (obs/action sizes, experts; warns on stderr when the
+    trajectory, robot or env count differ: different env counts compare the envs both have),
+    then over the common steps and envs: mean |gate A - gate B| per
     expert, mean |action A - action B| (all, legs, arm) and each log's mean EE position error.
 
     \b

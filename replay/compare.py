@@ -1,6 +1,8 @@
 """Compare two logs of the same trajectory played by two checkpoints, step by step, streamed.
 
-Both logs must have the same envs, observation and action sizes and experts (else InputError).
+Both logs must have the same observation and action sizes and experts (else InputError). Logs
+with different env counts are compared over the envs both have (0 to min(E_a, E_b) - 1), with a
+warning that says so.
 Different trajectory or robot model (provenance sha256 entries, the stored trajectory arrays,
 the stored MJCF) or rates only give warnings: the comparison may still be what the user wants.
 Over the common steps [0, min(S_a, S_b)): mean |gate_a - gate_b| per expert, mean
@@ -73,10 +75,9 @@ def check_comparable(a: Log, b: Log) -> List[str]:
     """Raise if the logs cannot be compared step by step; return warnings about softer differences.
 
     Raises:
-        InputError: different n_envs, obs_dim, action_dim or expert names.
+        InputError: different obs_dim, action_dim or expert names.
     """
     pairs: List[Tuple[str, Any, Any]] = [
-        ("n_envs", a.n_envs, b.n_envs),
         ("obs_dim", int(a.meta["obs_dim"]), int(b.meta["obs_dim"])),
         ("action_dim", int(a.meta["action_dim"]), int(b.meta["action_dim"])),
         ("expert_names", a.expert_names, b.expert_names),
@@ -84,10 +85,17 @@ def check_comparable(a: Log, b: Log) -> List[str]:
     problems = [f"{name} {va} vs {vb}" for name, va, vb in pairs if va != vb]
     if problems:
         raise InputError(
-            "{} and {} are not comparable: {}. Compare logs of the same env count, "
-            "policy sizes and experts.".format(a.path, b.path, "; ".join(problems))
+            "{} and {} are not comparable: {}. Compare logs of the same policy sizes and experts.".format(
+                a.path, b.path, "; ".join(problems)
+            )
         )
     warnings = []
+    if a.n_envs != b.n_envs:
+        m = min(a.n_envs, b.n_envs)
+        warnings.append(
+            f"env counts differ (A has {a.n_envs}, B has {b.n_envs}); comparing the envs both have, "
+            + (f"0-{m - 1}" if m > 1 else "env 0")
+        )
     ia, ib = _identity_keys(a.provenance), _identity_keys(b.provenance)
     for key in sorted(set(ia) | set(ib)):
         if ia.get(key) != ib.get(key):
@@ -145,12 +153,16 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
         )
     k = len(a.expert_names)
     n_act = int(a.meta["action_dim"])
+    n_envs = min(a.n_envs, b.n_envs)
+    envs = None if a.n_envs == b.n_envs else slice(0, n_envs)
     fa = ["gate", "action"] + ee_error_fields(a)
     fb = ["gate", "action"] + ee_error_fields(b)
     per = max(1, min(32 * 1024 * 1024 // a.step_bytes(fa), 32 * 1024 * 1024 // b.step_bytes(fb)))
     gate_diff, act_diff = _Sums(k), _Sums(n_act)
     gate_a, gate_b, err_a, err_b = _Sums(k), _Sums(k), _Sums(1), _Sums(1)
-    for ca, cb in zip(a.iter_chunks(fa, stop=n, chunk_steps=per), b.iter_chunks(fb, stop=n, chunk_steps=per)):
+    chunks_a = a.iter_chunks(fa, stop=n, chunk_steps=per, env=envs)
+    chunks_b = b.iter_chunks(fb, stop=n, chunk_steps=per, env=envs)
+    for ca, cb in zip(chunks_a, chunks_b):
         ga = np.asarray(ca.data["gate"], dtype=np.float64)
         gb = np.asarray(cb.data["gate"], dtype=np.float64)
         gate_diff.update(np.abs(ga - gb))
@@ -172,6 +184,7 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
             "path": lg.path,
             "log_id": lg.log_id,
             "n_steps": lg.n_steps,
+            "n_envs": lg.n_envs,
             "run_status": lg.run_status,
             "mean_gate": gate.mean(),
             "mean_ee_pos_err_m": err,
@@ -183,7 +196,8 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
         "a": side(a, gate_a, ea),
         "b": side(b, gate_b, eb),
         "common_steps": n,
-        "n_envs": a.n_envs,
+        "n_envs": n_envs,
+        "envs": list(range(n_envs)),
         "expert_names": a.expert_names,
         "joint_names": a.joint_names,
         "mean_abs_gate_diff": gate_diff.mean(),

@@ -79,12 +79,11 @@ def test_same_log_twice_is_all_zero(tmp_path):
 @pytest.mark.parametrize(
     "kw,msg",
     [
-        ({"n_envs": 3}, "n_envs 2 vs 3"),
         ({"n_experts": 3}, "expert_names ['base', 'arm'] vs ['base', 'arm', 'expert2']"),
     ],
 )
 def test_mismatch_is_one_line_error(tmp_path, kw, msg):
-    """Different env counts or experts: InputError, and `moetape compare` exits 1 with one line."""
+    """Different experts: InputError, and `moetape compare` exits 1 with one line."""
     a = write_run(tmp_path / "a.h5")
     b = write_run(tmp_path / "b.h5", **kw)
     with open_log(a) as la, open_log(b) as lb:

@@ -207,3 +207,88 @@ def test_plot_trace_covers_only_the_range(log_path):
     lo, hi, mean = tr.weights.series(0)
     assert mean.tolist() == pytest.approx(gate[:, 0].astype(float).tolist())
     assert tr.weights.times_s(0.02)[0] == pytest.approx(3 * 0.02)
+
+
+# ---------------------------------------------------------------------------- info
+def test_info_fields_lists_datasets_with_shapes_and_dtypes(log_path):
+    """info --fields lists every dataset with its committed shape, dtype and unit (text and JSON)."""
+    r = run("info", log_path, "--fields")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert any(line.split() == ["steps/gate", "(12,", "2,", "2)", "float32"] for line in lines)
+    assert any(line.split()[:5] == ["frames/root_pos", "(48,", "2,", "3)", "float32"] for line in lines)
+    assert any(line.split() == ["steps/done", "(12,", "2)", "bool"] for line in lines)
+    d = json.loads(run("info", log_path, "--fields", "--json").stdout)
+    by_path = {f["path"]: f for f in d["fields"]}
+    assert by_path["steps/obs"]["shape"] == [12, 2, 109] and by_path["steps/obs"]["dtype"] == "float32"
+    assert by_path["frames/root_pos"]["unit"] == "m" and by_path["frames/root_pos"]["frame"] == "world"
+    assert "fields" not in json.loads(run("info", log_path, "--json").stdout)
+
+
+def test_info_episode_counts(log_path):
+    """info counts episodes seen and finished, and timeouts versus terminations."""
+    d = json.loads(run("info", log_path, "--json").stdout)
+    assert d["episodes"] == {"seen": 5, "finished": 4, "timeouts": 2, "terminations": 2, "unfinished": 1}
+    r = run("info", log_path)
+    assert "episodes        5 seen, 4 finished (2 timeouts, 2 terminations), 1 unfinished" in r.stdout
+
+
+def test_info_several_logs(log_path, tmp_path):
+    """info on several logs prints one block each; --json prints one list."""
+    other = tmp_path / "other.h5"
+    write_log(other, 7)
+    r = run("info", log_path, other)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("format_version") == 2
+    assert f"log             {log_path}" in r.stdout and f"log             {other}" in r.stdout
+    docs = json.loads(run("info", log_path, other, "--json").stdout)
+    assert [d["n_steps"] for d in docs] == [12, 7]
+
+
+def test_info_several_logs_one_bad(log_path, truncated_log):
+    """A bad log among several is an error line (and a JSON entry); the others are shown; exit 1."""
+    r = run("info", log_path, truncated_log)
+    assert r.exit_code == 1
+    assert r.stdout.count("format_version") == 1
+    assert r.stderr.startswith("Error: " + truncated_log) and len(r.stderr.strip().splitlines()) == 1
+    r = run("info", truncated_log, log_path, "--json")
+    assert r.exit_code == 1
+    docs = json.loads(r.stdout)
+    assert docs[0]["path"] == truncated_log and "shorter than HDF5" in docs[0]["error"]
+    assert docs[1]["n_steps"] == 12
+
+
+# ---------------------------------------------------------------------------- compare
+def test_compare_different_env_counts_compares_common_envs(tmp_path):
+    """compare of a 3-env and a 2-env log compares envs 0-1 and says so (stderr warning, report, JSON)."""
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    write_log(a, 10, n_envs=3)
+    write_log(b, 10, n_envs=2)
+    r = run("compare", a, b, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["n_envs"] == 2 and d["envs"] == [0, 1]
+    assert (d["a"]["n_envs"], d["b"]["n_envs"]) == (3, 2)
+    assert "comparing the envs both have, 0-1" in r.stderr
+    r = run("compare", a, b)
+    assert "common steps  10 x 2 envs (envs 0-1, the envs both have: A has 3, B has 2)" in r.stdout
+
+
+def test_compare_common_envs_match_exactly(tmp_path):
+    """The envs both logs have are compared row by row: a log against its own first envs differs by 0."""
+    import numpy as np
+
+    from moetape.schema.synthetic import small_spec, synthetic_step
+    from moetape.schema.writer import LogWriter
+
+    big, small = tmp_path / "big.h5", tmp_path / "small.h5"
+    spec3, spec2 = small_spec(3), small_spec(2)
+    with LogWriter(str(big), spec3) as w3, LogWriter(str(small), spec2) as w2:
+        for s in range(6):
+            st, fr = synthetic_step(spec3, s)
+            w3.append(st, fr)
+            cut = {k: (v[:2] if np.ndim(v) >= 1 and np.shape(v)[0] == 3 else v) for k, v in st.items()}
+            fcut = {k: (v[:, :2] if np.ndim(v) >= 2 and np.shape(v)[1] == 3 else v) for k, v in fr.items()}
+            w2.append(cut, fcut)
+    d = json.loads(run("compare", big, small, "--json").stdout)
+    assert d["mean_abs_gate_diff"] == [0.0, 0.0] and d["mean_abs_action_diff"]["all"] == 0.0
