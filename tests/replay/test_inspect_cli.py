@@ -292,3 +292,57 @@ def test_compare_common_envs_match_exactly(tmp_path):
             w2.append(cut, fcut)
     d = json.loads(run("compare", big, small, "--json").stdout)
     assert d["mean_abs_gate_diff"] == [0.0, 0.0] and d["mean_abs_action_diff"]["all"] == 0.0
+
+
+# ---------------------------------------------------------------------------- the root group
+@pytest.mark.parametrize("typo, meant", [("stat", "stats"), ("inof", "info"), ("verfy", "verify")])
+def test_mistyped_command_did_you_mean(typo, meant):
+    """A mistyped command is a usage error (exit 2) that suggests the closest command."""
+    r = run(typo, "x.h5")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert f"No such command '{typo}'. Did you mean '{meant}'?" in r.stderr
+
+
+def test_unknown_command_lists_commands():
+    """A name close to no command gets the list of commands, exit 2."""
+    r = run("zzzz")
+    assert r.exit_code == 2 and "Did you mean" not in r.stderr and "Commands: compare, " in r.stderr
+
+
+def _complete(words, cword):
+    return CliRunner().invoke(
+        cli,
+        [],
+        prog_name="moetape",
+        env={"_MOETAPE_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(cword)},
+    )
+
+
+def test_shell_completion_of_commands_and_options():
+    """bash completion lists commands from the lazy group and a command's options (README's recipe)."""
+    r = _complete("moetape st", 1)
+    assert r.exit_code == 0 and r.stdout.split() == ["plain,stats"]
+    r = _complete("moetape stats --st", 2)
+    assert r.exit_code == 0 and "plain,--steps" in r.stdout.split()
+    r = CliRunner().invoke(cli, [], prog_name="moetape", env={"_MOETAPE_COMPLETE": "bash_source"})
+    assert r.exit_code == 0 and "_moetape_completion" in r.stdout
+
+
+def test_shell_completion_imports_no_command():
+    """Completing command names imports no command module (works without torch and mujoco)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['mujoco'] = None\n"
+        "from moetape.cli import cli\n"
+        "try:\n    cli(prog_name='moetape')\n"
+        "except SystemExit as e:\n"
+        "    loaded = sorted(m for m in sys.modules if m.startswith('moetape.') and m.endswith('cli'))\n"
+        "    print('LOADED', loaded)\n    raise\n"
+    )
+    env = dict(os.environ, _MOETAPE_COMPLETE="zsh_complete", COMP_WORDS="moetape ", COMP_CWORD="1")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "record" in p.stdout and "verify" in p.stdout and "Play an MoE checkpoint" in p.stdout
+    assert "LOADED ['moetape.cli']" in p.stdout
