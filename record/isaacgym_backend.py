@@ -134,10 +134,16 @@ class IsaacGymBackend:
         config: the resolved hydra config dict; else read from ``config_path`` or from
             ``config.pkl`` next to ``checkpoint_path`` with the restricted builtins unpickler.
         trajectory_path: patched into each task's ``sequence_sampler.file_path``.
-        num_envs, device, visualize, seed: play settings (see :func:`build_env_config`).
+        num_envs, device, visualize, seed, keep_terminations: play settings (see
+            :func:`build_env` and :func:`build_env_config`); ``seed=None`` keeps the training's.
+        codebase: folder holding the training code's ``legged_gym/``, put first on ``sys.path``.
         names: where to find things on the env (:class:`IsaacGymNames`).
-        term_names: the per-env infos terms to record; ``None`` probes them with one zero-action
-            step after a reset (``reset()`` must be called before stepping anyway).
+        term_names: the per-env infos terms to record; ``None`` takes them from the infos of the
+            step inside the env's own ``reset()`` (UMI-on-Legs resets with one zero-action step).
+
+    The constructor makes the run's one initial ``env.reset()`` (as the legacy scripts do, and
+    nothing more: no probe step spends the env's random streams); the first :meth:`reset` returns
+    its observation.
     """
 
     def __init__(
@@ -152,21 +158,27 @@ class IsaacGymBackend:
         device: str = "cuda:0",
         visualize: bool = False,
         seed: Optional[int] = None,
+        keep_terminations: bool = False,
+        codebase: Optional[PathLike] = None,
         names: IsaacGymNames = DEFAULT_NAMES,
         term_names: Optional[Sequence[str]] = None,
     ) -> None:
         self.names = names
         self.applied_overrides: List[str] = []
+        self.seed = seed
+        self.visualize = bool(visualize)
         self._owns_env = env is None
+        self._closed = False
         if env is None:
+            if visualize:
+                _check_visualize(num_envs)
             if config is None:
                 config = load_config(config_path, checkpoint_path)
-            env, self.applied_overrides = build_env(
+            env, self.applied_overrides, self.seed = build_env(
                 config, num_envs=num_envs, device=device, trajectory_path=trajectory_path,
-                visualize=visualize, seed=seed,
+                visualize=visualize, seed=seed, keep_terminations=keep_terminations, codebase=codebase,
             )  # fmt: skip
         self.env = env
-        self._closed = False
         self.n_envs = int(env.num_envs)
         self.device = str(getattr(env, "device", device))
         self._task = self._find_task()
@@ -175,7 +187,7 @@ class IsaacGymBackend:
         self._callback_ok = self._step_accepts_callback()
         self._episode = np.zeros(self.n_envs, np.int32)
         self._step_in_episode = np.zeros(self.n_envs, np.int32)
-        obs_dim, probed = self._probe()
+        obs_dim, probed = self._first_reset()
         dof_pos = self._state_array(names.dof_pos)
         body_pos = self._state_array(names.body_pos)
         self.info = BackendInfo(
@@ -197,13 +209,19 @@ class IsaacGymBackend:
     # -------------------------------------------------------------------------- protocol
 
     def reset(self) -> np.ndarray:
-        """Reset every env and return the observation, float32 (E, O)."""
+        """Reset every env and return the observation, float32 (E, O).
+
+        The first call returns the observation of the constructor's initial ``env.reset()``.
+        """
+        self._episode[:] = 0
+        self._step_in_episode[:] = 0
+        if self._first_obs is not None:
+            obs, self._first_obs = self._first_obs, None
+            return obs
         torch = _torch()
         with torch.inference_mode():
             out = self.env.reset()
         obs = out[0] if isinstance(out, tuple) else out
-        self._episode[:] = 0
-        self._step_in_episode[:] = 0
         return _np(obs, np.float32).reshape(self.n_envs, -1)
 
     def step(
@@ -242,6 +260,8 @@ class IsaacGymBackend:
             out = self.env.step(actions.reshape(self.n_envs, -1), **kwargs)
         obs, _privileged, reward, done, infos = out
         torques.append(self._torque())
+        if self.visualize:
+            self._draw()
         if self._callback_ok and len(rows) != self.decimation:
             raise RuntimeError(
                 f"Isaac Gym env ran {len(rows)} physics substeps in one step, expected {self.decimation}; "
@@ -262,18 +282,43 @@ class IsaacGymBackend:
         )
 
     def close(self) -> None:
-        """Release the simulator (``env.close()`` if it has one, else destroy viewer and sim)."""
+        """Release the simulator once: ``env.close()`` if it has one, else destroy viewer and sim.
+
+        UMI-on-Legs envs have no ``close()``; their ``__del__`` destroys the viewer when it is not
+        None and the sim when the env has one (a second destroy segfaults). So the adapter destroys
+        both here and then sets ``env.viewer = None`` and removes ``env.sim``: ``__del__`` has nothing
+        left to destroy.
+        """
         if self._closed:
             return
         self._closed = True
         env = self.env
         if callable(getattr(env, "close", None)):
             env.close()
-        elif self._owns_env and getattr(env, "gym", None) is not None:
-            if getattr(env, "viewer", None) is not None:
-                env.gym.destroy_viewer(env.viewer)
-            if getattr(env, "sim", None) is not None:
-                env.gym.destroy_sim(env.sim)
+            return
+        gym = getattr(env, "gym", None)
+        if not self._owns_env or gym is None:
+            return
+        viewer = getattr(env, "viewer", None)
+        if viewer is not None:
+            env.viewer = None
+            gym.destroy_viewer(viewer)
+        sim = env.__dict__.pop("sim", None) if hasattr(env, "__dict__") else None
+        if sim is not None:
+            gym.destroy_sim(sim)
+
+    def _draw(self) -> None:
+        """Draw the env's viewer (headless: nothing), as the legacy --visualize did every step.
+
+        A closed window ends the run as Ctrl-C does (the env's own render() would sys.exit()).
+        """
+        env = self.env
+        viewer = getattr(env, "viewer", None)
+        if viewer is None:
+            return
+        if env.gym.query_viewer_has_closed(viewer):
+            raise KeyboardInterrupt
+        env.render()
 
     # ------------------------------------------------------------------------ reading the env
 
@@ -307,15 +352,39 @@ class IsaacGymBackend:
         except (TypeError, ValueError):
             return False
 
-    def _probe(self) -> Tuple[int, List[str]]:
-        """Reset, take one zero-action step, and return (obs dim, per-env infos term names)."""
+    def _first_reset(self) -> Tuple[int, List[str]]:
+        """The run's initial ``env.reset()``; return (obs dim, per-env infos term names).
+
+        UMI-on-Legs' ``reset()`` is ``reset_idx(all)`` plus one zero-action ``step()``: its infos are
+        caught by shadowing ``env.step`` on the instance for the duration of the call, so nothing is
+        stepped, and no random number drawn, beyond what the legacy scripts' own reset does. The
+        observation is kept for the first :meth:`reset`.
+        """
         torch = _torch()
-        with torch.inference_mode():
-            out = self.env.reset()
-            obs = out[0] if isinstance(out, tuple) else out
-            zeros = torch.zeros((self.n_envs, int(self.env.num_actions)), device=self.device)
-            infos = self.env.step(zeros)[4]
-        return int(_np(obs, np.float32).reshape(self.n_envs, -1).shape[1]), list(self._flat_terms(infos))
+        env = self.env
+        caught: List[Any] = []
+        original = env.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            caught.append(out[4] if isinstance(out, tuple) and len(out) >= 5 else None)
+            return out
+
+        env.step = step
+        try:
+            with torch.inference_mode():
+                out = env.reset()
+        except RuntimeError as e:
+            named = _reset_error(env, e)
+            if named is e:
+                raise
+            raise named from None
+        finally:
+            env.__dict__.pop("step", None)
+        obs = out[0] if isinstance(out, tuple) else out
+        self._first_obs: Optional[np.ndarray] = _np(obs, np.float32).reshape(self.n_envs, -1)
+        terms = list(self._flat_terms(caught[-1])) if caught else []
+        return int(self._first_obs.shape[1]), terms
 
     def _state_array(self, name: str, dtype: Any = np.float32) -> np.ndarray:
         return _np(getattr(_get_path(self.env, self.names.state), name), dtype)
@@ -458,6 +527,35 @@ class IsaacGymBackend:
 # --------------------------------------------------------------------------------------- helpers
 
 _MISSING = object()
+
+
+def _check_visualize(num_envs: int) -> None:
+    """--visualize plays one env on a display, as the legacy scripts did; else one line."""
+    import os
+
+    if int(num_envs) != 1:
+        raise InputError(
+            f"--visualize with Isaac Gym plays one env, as the legacy scripts did; got --num_envs {num_envs}. "
+            "Pass --num_envs 1, or record headless and watch with `moetape view LOG`"
+        )
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise InputError(
+            "--visualize: no display here (DISPLAY is not set). Record headless and watch it with "
+            "--record_video or `moetape view LOG` on a machine with a screen"
+        )
+
+
+def _reset_error(env: Any, error: RuntimeError) -> Exception:
+    """A size mismatch in the env's first reset named as what it is (config vs env); else the error."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "size" not in text.lower():
+        return error
+    n_obs = _get_path(env, "num_obs", None)
+    return InputError(
+        f"Isaac Gym env: its first reset failed ({text}): config.pkl's cfg.env.num_observations = {n_obs} "
+        "is not the size of the observation this env builds. Use the config.pkl of the checkpoint's own "
+        "training run, with the codebase it was trained with"
+    )
 
 
 def _get_path(obj: Any, path: str, default: Any = _MISSING) -> Any:

@@ -18,9 +18,8 @@ import functools
 import importlib
 import logging
 import os
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
 
 from moetape.record.safe_pickle import PathLike, load_builtins_pickle
 from moetape.schema.errors import InputError
@@ -46,6 +45,14 @@ PLAY_OVERRIDES: Tuple[Tuple[str, Any, str], ...] = (
 """Legacy play overrides: (key path in the env config, value, why). Applied only where the path
 exists; the env config is ``config["env"]`` (or the whole config when it has a ``_target_``)."""
 
+TERMINATIONS_OVERRIDE: Tuple[str, Any, str] = (
+    "cfg.asset.terminate_after_contacts_on",
+    ["base"],
+    "episodes end only on base contact, as play_moe_ee_task.py",
+)
+"""The full legacy script's relaxed terminations (QM-MoE ``play_moe_ee_task.py``); applied unless
+``keep_terminations`` (``play_moe_simple.py`` keeps the training's list)."""
+
 DEVICE_KEYS = ("device", "sim_device", "rl_device")
 """Keys replaced by the chosen device anywhere in the env config (legacy replaced every "device")."""
 
@@ -61,6 +68,7 @@ def build_env_config(
     trajectory_path: Optional[PathLike] = None,
     visualize: bool = False,
     seed: Optional[int] = None,
+    keep_terminations: bool = False,
 ) -> Tuple[Dict[str, Any], List[str]]:
     """Return a deep copy of the env config with the play overrides applied, and what was applied.
 
@@ -69,7 +77,8 @@ def build_env_config(
     :data:`NUM_ENVS_PATHS` that exists, else at the top of the env config) and the device (every key
     in :data:`DEVICE_KEYS` anywhere, else ``sim_device`` at the top). Also, where present:
     ``graphics_device_id`` (the cuda index, 0 on cpu), ``headless`` (not visualize),
-    ``attach_camera`` (visualize), ``seed``, and each task's ``sequence_sampler.file_path``.
+    ``attach_camera`` (visualize), ``seed``, each task's ``sequence_sampler.file_path`` and, unless
+    ``keep_terminations``, :data:`TERMINATIONS_OVERRIDE`.
 
     Returns:
         (env_config, applied): the patched copy and one line per override applied.
@@ -83,7 +92,8 @@ def build_env_config(
     cfg: Dict[str, Any] = copy.deepcopy(dict(env_cfg))
     applied: List[str] = []
 
-    for path, value, why in PLAY_OVERRIDES:
+    overrides = PLAY_OVERRIDES if keep_terminations else PLAY_OVERRIDES + (TERMINATIONS_OVERRIDE,)
+    for path, value, why in overrides:
         if _set_existing(cfg, path, copy.deepcopy(value)):
             applied.append(f"{path} = {value!r} ({why})")
 
@@ -157,7 +167,11 @@ def _replace_keys(node: Any, keys: Sequence[str], value: Any, prefix: str = "") 
 
 
 def import_isaacgym() -> Any:
-    """Import and return ``isaacgym`` (do it before torch is imported), or raise InputError."""
+    """Import and return ``isaacgym``, or raise InputError.
+
+    Isaac Gym refuses to load once torch is imported (its ``gymdeps`` check), so every path to the
+    Isaac Gym backend calls this before anything imports torch.
+    """
     try:
         import isaacgym  # noqa: F401
         from isaacgym import gymapi, gymutil  # noqa: F401
@@ -165,7 +179,12 @@ def import_isaacgym() -> Any:
         missing = str(getattr(e, "name", None) or "")
         if missing == "isaacgym" or missing.startswith("isaacgym."):
             raise InputError(ISAACGYM_MISSING) from None
-        raise InputError(f"isaacgym failed to import: {e} (import isaacgym before torch)") from e
+        if "torch" in sys.modules and "before isaacgym" in str(e):
+            raise InputError(
+                f"isaacgym failed to import: {e} In Python, `import isaacgym` (or call "
+                "moetape.record.isaacgym_config.import_isaacgym()) before anything imports torch"
+            ) from None
+        raise InputError(f"isaacgym failed to import: {e}") from None
     return isaacgym
 
 
@@ -175,8 +194,8 @@ def instantiate(cfg: Mapping[str, Any], **kwargs: Any) -> Any:
     Without hydra, a minimal stand-in: import the dotted ``_target_`` with importlib and call it with
     the remaining keys (and ``kwargs``), instantiating nested ``_target_`` dicts first; ``_partial_:
     true`` gives a ``functools.partial``; ``_args_`` are positional; other ``_..._`` keys are dropped.
-    Interpolations are not resolved and nested configs stay plain dicts (hydra would give
-    ``DictConfig``), so envs that read ``cfg.env.num_envs`` as attributes need hydra.
+    Interpolations are not resolved; nested configs become :class:`ConfigDict`, dicts that also
+    read and write their keys as attributes (``cfg.env.num_envs``), as hydra's ``DictConfig`` does.
     """
     try:
         import hydra.utils
@@ -185,13 +204,26 @@ def instantiate(cfg: Mapping[str, Any], **kwargs: Any) -> Any:
     return hydra.utils.instantiate(cfg, **kwargs)
 
 
+class ConfigDict(dict):  # type: ignore[type-arg]
+    """A dict whose keys are also attributes: what an env reads its nested config as without hydra."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+
 def _instantiate_plain(node: Any, **kwargs: Any) -> Any:
     if isinstance(node, list):
         return [_instantiate_plain(v) for v in node]
     if not isinstance(node, Mapping):
         return node
     if "_target_" not in node:
-        return {k: _instantiate_plain(v) for k, v in node.items()}
+        return ConfigDict({k: _instantiate_plain(v) for k, v in node.items()})
     module_name, _, attr = str(node["_target_"]).rpartition(".")
     if not module_name:
         raise InputError(f"config: _target_ {node['_target_']!r} is not a dotted name")
@@ -227,15 +259,29 @@ def build_env(
     trajectory_path: Optional[PathLike],
     visualize: bool,
     seed: Optional[int],
-) -> Tuple[Any, List[str]]:
+    keep_terminations: bool = False,
+    codebase: Optional[PathLike] = None,
+) -> Tuple[Any, List[str], Optional[int]]:
     """Import isaacgym, apply the play overrides to ``config`` and instantiate the env.
 
+    As the legacy play scripts: the seed is the training's (``config["seed"]``) unless ``seed`` is
+    given, which then replaces it everywhere before interpolations are resolved; random, numpy and
+    torch are seeded with it (their ``setup(config, seed=...)``). ``codebase`` (the folder holding the
+    training code's ``legged_gym/``) is put first on ``sys.path``, as their ``setup_path.py`` did.
+
     Returns:
-        (env, applied): the env and one line per override applied (see :func:`build_env_config`).
+        (env, applied, seed): the env, one line per override applied (see :func:`build_env_config`)
+        and the seed used (None when the config has none and none was given).
     """
     import_isaacgym()
     from isaacgym import gymapi, gymutil
 
+    if codebase is not None:
+        add_codebase(codebase)
+    config = dict(config)
+    used = seed if seed is not None else config.get("seed")
+    if seed is not None and "seed" in config:
+        config["seed"] = int(seed)
     resolved = _resolve_interpolations(config)
     env_cfg, applied = build_env_config(
         resolved,
@@ -244,20 +290,72 @@ def build_env(
         trajectory_path=trajectory_path,
         visualize=visualize,
         seed=seed,
+        keep_terminations=keep_terminations,
     )
+    if used is not None:
+        where = "--seed" if seed is not None else "the training's, from config.pkl; --seed replaces it"
+        applied.append(f"seed = {used!r} ({where})")
     log.info("Isaac Gym play overrides applied: %s", "; ".join(applied) or "none")
+    check_target(env_cfg)
     sim_params = gymapi.SimParams()
     sim_cfg = env_cfg.get("cfg", {}).get("sim")
     if isinstance(sim_cfg, dict):
         gymutil.parse_sim_config(sim_cfg, sim_params)
-    if seed is not None:
-        _seed_everything(int(seed))
-    return instantiate(env_cfg, sim_params=sim_params), applied
+    if used is not None:
+        _seed_everything(int(used))
+    return instantiate(env_cfg, sim_params=sim_params), applied, used
+
+
+CODEBASE_HINT = (
+    "put the training codebase on the path: --codebase DIR (the folder that holds legged_gym/, as the "
+    "legacy setup_path.py added), or PYTHONPATH=DIR"
+)
+
+
+def add_codebase(codebase: PathLike) -> None:
+    """Put the training codebase first on ``sys.path`` (raise InputError if it is not a folder)."""
+    path = os.path.abspath(os.fspath(codebase))
+    if not os.path.isdir(path):
+        raise InputError(
+            f"--codebase {os.fspath(codebase)}: not a folder; expected the folder that holds legged_gym/"
+        )
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def check_target(env_cfg: Mapping[str, Any]) -> None:
+    """Import the env's ``_target_`` module now, so a missing codebase is one line, not hydra's trace.
+
+    Raises:
+        InputError: the module is not on the path (how to add it), or importing it failed.
+    """
+    target = str(env_cfg.get("_target_", ""))
+    module_name, _, attr = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        missing = str(getattr(e, "name", None) or "")
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise InputError(
+                f"config.pkl: the env's _target_ {target!r} cannot be imported: no module {missing!r} on the "
+                f"path. It is in the training codebase (QM-MoE envs exist only in its fork); {CODEBASE_HINT}"
+            ) from None
+        raise InputError(
+            f"config.pkl: importing the env's module {module_name!r} failed: {e}. Install what the training "
+            "codebase needs"
+        ) from None
+    if not hasattr(module, attr):
+        raise InputError(
+            f"config.pkl: the env's _target_ {target!r}: module {module_name!r} has no {attr!r}; is "
+            "--codebase the training run's own codebase?"
+        )
 
 
 def _seed_everything(seed: int) -> None:
+    """Seed random, numpy and torch, as the legacy ``setup(config, seed=...)`` did (torch after isaacgym)."""
     import random
 
+    import numpy as np
     import torch
 
     random.seed(seed)
