@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 import click
 
+from moetape.replay.cli_analysis import StepRange
 from moetape.replay.legacy_map import ROWS_MODES
 from moetape.replay.progress import ProgressBar
 
@@ -30,6 +31,20 @@ no_weights_option = click.option(
 )
 
 
+steps_option = click.option(
+    "--steps",
+    type=StepRange(),
+    default=None,
+    help="Only policy steps A to B-1 (A:B, as a Python slice; :B and A: too) and their frame rows. Default: every step.",
+)
+env_option = click.option(
+    "--env",
+    type=int,
+    default=None,
+    help="Only this env (E = 1; it takes env 0's place in the legacy keys, entropy is its own). Default: all envs.",
+)
+
+
 def _out_option(default_name: str) -> Callable[[Any], Any]:
     return click.option(
         "--out",
@@ -42,7 +57,7 @@ def _out_option(default_name: str) -> Callable[[Any], Any]:
 
 def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> None:
     """Open the log, export with a progress bar, then say what was written (stderr: a message for people)."""
-    from moetape.replay.export import export_many
+    from moetape.replay.export import export_many, select
     from moetape.schema.reader import open_log
 
     with open_log(log) as lg:
@@ -52,7 +67,8 @@ def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> N
                 "committed steps.",
                 err=True,
             )
-        bar = ProgressBar("exporting", lg.n_steps, quiet=quiet)
+        sel = select(lg, options.get("steps"), options.get("env"))
+        bar = ProgressBar("exporting", sel.n_steps, quiet=quiet)
         try:
             info = export_many(lg, {kind: out}, progress=bar, **options)[kind]
         finally:
@@ -62,7 +78,10 @@ def _run_export(kind: str, log: str, out: str, quiet: bool, **options: Any) -> N
         if info["rows"] is None
         else ", {} {} rows at {:g} Hz".format(info["n_rows"], info["rows"], info["frame_rate_hz"])
     )
-    click.echo("wrote {} ({} steps{})".format(info["path"], info["n_steps"], rows), err=True)
+    what = "{} steps".format(info["n_steps"]) if not sel.given else "steps {}:{}".format(*info["steps"])
+    if info["env"] is not None:
+        what += ", env {}".format(info["env"])
+    click.echo("wrote {} ({}{})".format(info["path"], what, rows), err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,6 +95,7 @@ def export() -> None:
     Example:
       moetape export weight-stats runs/demo/log.h5 -o weight_stats.pkl
       moetape export zarr runs/demo/log.h5 -o logs.zarr --rows policy
+      moetape export pkl runs/demo/log.h5 -o logs_env2.pkl --steps 100:200 --env 2
     """
 
 
@@ -84,14 +104,16 @@ def export() -> None:
 @_out_option("weight_stats.pkl")
 @force_option
 @quiet_option
-def weight_stats(log: str, out: str, force: bool, quiet: bool) -> None:
+@steps_option
+@env_option
+def weight_stats(log: str, out: str, force: bool, quiet: bool, steps: Any, env: Optional[int]) -> None:
     """Write weight_stats.pkl: env 0's base/arm gate weights and the env-mean entropy per step.
 
     \b
     Example:
       moetape export weight-stats runs/demo/log.h5 -o weight_stats.pkl
     """
-    _run_export("weight_stats", log, out, quiet, force=force)
+    _run_export("weight_stats", log, out, quiet, force=force, steps=steps, env=env)
 
 
 @export.command("results")
@@ -100,14 +122,18 @@ def weight_stats(log: str, out: str, force: bool, quiet: bool) -> None:
 @no_weights_option
 @force_option
 @quiet_option
-def results(log: str, out: str, no_weights: bool, force: bool, quiet: bool) -> None:
+@steps_option
+@env_option
+def results(
+    log: str, out: str, no_weights: bool, force: bool, quiet: bool, steps: Any, env: Optional[int]
+) -> None:
     """Write moe_results.pkl (play_moe_simple.py): config, weight stats, actions, env-0 state.
 
     \b
     Example:
       moetape export results runs/demo/log.h5 -o moe_results.pkl
     """
-    _run_export("results", log, out, quiet, weights=not no_weights, force=force)
+    _run_export("results", log, out, quiet, weights=not no_weights, force=force, steps=steps, env=env)
 
 
 @export.command("zarr")
@@ -117,14 +143,18 @@ def results(log: str, out: str, no_weights: bool, force: bool, quiet: bool) -> N
 @no_weights_option
 @force_option
 @quiet_option
-def zarr_cmd(log: str, out: str, rows: str, no_weights: bool, force: bool, quiet: bool) -> None:
+@steps_option
+@env_option
+def zarr_cmd(
+    log: str, out: str, rows: str, no_weights: bool, force: bool, quiet: bool, steps: Any, env: Optional[int]
+) -> None:
     """Write logs.zarr (zarr v2, play_moe_ee_task.py), streaming; the rates become group attributes.
 
     \b
     Example:
       moetape export zarr runs/demo/log.h5 -o logs.zarr --rows substep
     """
-    _run_export("zarr", log, out, quiet, rows=rows, weights=not no_weights, force=force)
+    _run_export("zarr", log, out, quiet, rows=rows, weights=not no_weights, force=force, steps=steps, env=env)
 
 
 @export.command("pkl")
@@ -134,14 +164,18 @@ def zarr_cmd(log: str, out: str, rows: str, no_weights: bool, force: bool, quiet
 @no_weights_option
 @force_option
 @quiet_option
-def pkl(log: str, out: str, rows: str, no_weights: bool, force: bool, quiet: bool) -> None:
+@steps_option
+@env_option
+def pkl(
+    log: str, out: str, rows: str, no_weights: bool, force: bool, quiet: bool, steps: Any, env: Optional[int]
+) -> None:
     """Write logs.pkl (play_moe_ee_task.py): the logs.zarr data as per-row lists with "/" key names.
 
     \b
     Example:
       moetape export pkl runs/demo/log.h5 -o logs.pkl
     """
-    _run_export("pkl", log, out, quiet, rows=rows, weights=not no_weights, force=force)
+    _run_export("pkl", log, out, quiet, rows=rows, weights=not no_weights, force=force, steps=steps, env=env)
 
 
 class _StageBars:

@@ -254,15 +254,28 @@ def derive(
         notes = _status_notes(log)
         for note in notes:
             say(note)
-        build = dict(rows=rows, weights=weights, video=video, progress=progress, notes=notes, say=say)
+
+        def build(tmp: str) -> Dict[str, Any]:
+            return _build(
+                log,
+                log_path,
+                tmp,
+                rows=rows,
+                weights=weights,
+                video=video,
+                progress=progress,
+                notes=notes,
+                say=say,
+            )
+
         if replace is None:  # a new folder: built beside it, renamed as a whole
             with atomic_output(out_dir, kind=DERIVED_FOLDER, suffix=".derive") as tmp:
                 os.mkdir(tmp)
-                manifest = _build(log, log_path, tmp, **build)
+                manifest = build(tmp)
             return manifest
         tmp = tempfile.mkdtemp(prefix=".derive.", suffix=".tmp", dir=out_dir)
         try:
-            manifest = _build(log, log_path, tmp, **build)
+            manifest = build(tmp)
             _commit_into(tmp, out_dir, replace)
         finally:
             remove_tree(tmp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from moetape.replay.legacy_map import (
@@ -35,6 +36,7 @@ from moetape.schema.io import FILE, ZARR_STORE, OutputKind, atomic_output, check
 from moetape.schema.reader import Log, open_log
 
 Progress = Callable[[int], None]
+StepsArg = Optional[Tuple[Optional[int], Optional[int]]]
 LogArg = Union[Log, str, "os.PathLike[str]"]
 
 KINDS = ("weight_stats", "results", "zarr", "pkl")
@@ -141,10 +143,10 @@ class _Pkl(_WeightStats):
 
 
 class _Zarr:
-    def __init__(self, log: Log, tmp: str, plan: RowPlan, *, weights: bool = True) -> None:
+    def __init__(self, log: Log, tmp: str, plan: RowPlan, sel: Selection, *, weights: bool = True) -> None:
         self.enabled = weights
         self.episode_keys = episode_keys(log)
-        self.attrs = {
+        self.attrs: Dict[str, Any] = {
             "sim_dt_s": log.sim_dt_s,
             "decimation": log.decimation,
             "policy_dt_s": log.policy_dt_s,
@@ -152,7 +154,9 @@ class _Zarr:
             "rows": plan.mode,
             "source_log_id": log.log_id,
         }
-        e, s, n = log.n_envs, log.n_steps, plan.n_rows
+        if sel.given:
+            self.attrs.update(steps=[sel.start, sel.stop], env=sel.env)
+        e, s, n = sel.n_envs(log), sel.n_steps, plan.n_rows
         j, b = len(log.joint_names), len(log.body_names)
         a, o = int(log.meta["action_dim"]), int(log.meta["obs_dim"])
         shapes = {
@@ -203,6 +207,47 @@ class _Zarr:
 # ------------------------------------------------------------------------------------ entry points
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The policy steps [start, stop) and the env (None: all) an export covers."""
+
+    start: int
+    stop: int
+    env: Optional[int]
+    given: bool
+    """True when --steps or --env was asked for (logs.zarr then records them as attributes)."""
+
+    @property
+    def n_steps(self) -> int:
+        return self.stop - self.start
+
+    def n_envs(self, log: Log) -> int:
+        return log.n_envs if self.env is None else 1
+
+    def env_sel(self) -> Optional[slice]:
+        """The reader's env selection: a one-env slice keeps the env axis (E = 1)."""
+        return None if self.env is None else slice(self.env, self.env + 1)
+
+
+def select(log: Log, steps: StepsArg = None, env: Optional[int] = None) -> Selection:
+    """Check ``steps`` ((A, B), either may be None) and ``env`` against the log; return the Selection.
+
+    Raises:
+        InputError: an empty or out-of-range step range, or an env the log does not have.
+    """
+    if env is not None and not 0 <= int(env) < log.n_envs:
+        raise InputError(
+            f"{log.path}: --env {env} out of range; the log has {log.n_envs} env(s) (0-{log.n_envs - 1})."
+        )
+    if steps is None or tuple(steps) == (None, None):
+        start, stop = 0, log.n_steps
+    else:
+        from moetape.replay.analysis import step_range
+
+        start, stop = step_range(log, steps[0], steps[1])
+    return Selection(start, stop, None if env is None else int(env), steps is not None or env is not None)
+
+
 def _open(log: LogArg) -> Tuple[Log, bool]:
     if isinstance(log, Log):
         return log, False
@@ -234,6 +279,8 @@ def export_many(
     force: bool = False,
     progress: Optional[Progress] = None,
     chunk_steps: Optional[int] = None,
+    steps: StepsArg = None,
+    env: Optional[int] = None,
 ) -> Dict[str, Dict[str, Any]]:
     """Write several legacy files in one pass over the log.
 
@@ -242,12 +289,14 @@ def export_many(
             ending in "/") means that folder, under the legacy name (``DEFAULT_NAMES``).
         rows: frame rows of zarr/pkl: "auto", "substep", "policy" or "video" (see moetape.replay.legacy_map).
         weights: fill the weight-stats lists (the legacy --show_weights); False leaves them empty.
-        progress: called with the number of policy steps done so far.
+        progress: called with the number of policy steps done so far (of the selection).
+        steps: policy steps (A, B), half-open, either end None; default every committed step.
+        env: export this env only (E = 1, in env 0's place: see moetape.replay.legacy_map); default all.
     Returns:
-        kind -> {"path", "n_steps", "n_rows", "rows", "frame_rate_hz", "run_status", "sha256", "bytes"}
-        (a folder's sha256 as ``legacy_zarr.tree_sha256``; computed while writing).
+        kind -> {"path", "n_steps", "n_rows", "rows", "frame_rate_hz", "run_status", "sha256", "bytes",
+        "steps" ([A, B]), "env"} (a folder's sha256 as ``legacy_zarr.tree_sha256``; computed while writing).
     Raises:
-        InputError: unknown kind or rows mode. LogFormatError: the log lacks a needed field.
+        InputError: unknown kind, rows mode, steps or env. LogFormatError: the log lacks a needed field.
         OutputExistsError: an output exists and force is False, or it is not an output of the same
             kind (checked before anything is written; --force never replaces a foreign folder).
     """
@@ -260,7 +309,12 @@ def export_many(
     lg, owned = _open(log)
     try:
         check_fields(lg, list(outputs), weights=weights)
-        plan = plan_rows(lg, rows) if ("zarr" in outputs or "pkl" in outputs) else None
+        sel = select(lg, steps, env)
+        plan = (
+            plan_rows(lg, rows, start=sel.start, stop=sel.stop)
+            if ("zarr" in outputs or "pkl" in outputs)
+            else None
+        )
         fields = {f for k in outputs for f in NEEDS[k]} - set(ENV0_FIELDS) - {"reward", "timeout"}
         if plan is not None:
             fields |= {f for _, f in episode_keys(lg)}
@@ -279,17 +333,20 @@ def export_many(
                     )
                     if kind == "zarr":
                         assert plan is not None
-                        sinks[kind] = _Zarr(lg, tmp, plan, weights=weights)
+                        sinks[kind] = _Zarr(lg, tmp, plan, sel, weights=weights)
                     else:
                         cls = {"weight_stats": _WeightStats, "results": _Results, "pkl": _Pkl}[kind]
                         sinks[kind] = cls(lg, tmp, weights=weights)
                 per = chunk_steps or max(1, CHUNK_BYTES // lg.step_bytes(sorted(fields)))
-                for chunk in lg.iter_chunks(sorted(fields), chunk_steps=per):
-                    view = ChunkView(lg, chunk, plan)
+                chunks = lg.iter_chunks(
+                    sorted(fields), start=sel.start, stop=sel.stop, env=sel.env_sel(), chunk_steps=per
+                )
+                for chunk in chunks:
+                    view = ChunkView(lg, chunk, plan, env=sel.env or 0)
                     for sink in sinks.values():
                         sink.feed(view)
                     if progress is not None:
-                        progress(chunk.stop)
+                        progress(chunk.stop - sel.start)
                 # The pickles first: the zarr writer threads keep writing chunks meanwhile.
                 for kind in sorted(sinks, key=lambda k: k == "zarr"):
                     digests[kind] = sinks[kind].close()
@@ -298,7 +355,9 @@ def export_many(
                     sink.abort()
                 raise
         info = {
-            "n_steps": lg.n_steps,
+            "n_steps": sel.n_steps,
+            "steps": [sel.start, sel.stop],
+            "env": sel.env,
             "run_status": lg.run_status,
             "rows": plan.mode if plan else None,
             "n_rows": plan.n_rows if plan else None,

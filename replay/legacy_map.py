@@ -49,6 +49,12 @@ logs.zarr / logs.pkl  The rows (``rows=``):
   others use zarr 2.16's default chunks; the zarr group's only attributes are sim_dt_s, decimation,
   policy_dt_s, frame_rate_hz (of the exported rows), rows and source_log_id. With ``weights=False``
   the weight lists (and moe_weights) stay empty, as the legacy scripts left them without --show_weights.
+
+A selection (``moetape export ... --steps A:B --env I``) exports policy steps [A, B) of env I only:
+every key above holds those steps (and their frame rows, the same rows a full export holds), E = 1,
+and env I stands where env 0 was (base/arm weights, state_logs of moe_results.pkl, the targets); the
+weight entropy is then env I's own. logs.zarr records the selection as the attributes ``steps``
+([A, B]) and ``env`` (I; null: every env), present only when a selection was asked for.
 """
 
 from __future__ import annotations
@@ -117,8 +123,8 @@ class RowPlan:
     frame_rate_hz: float
 
 
-def plan_rows(log: Log, rows: str = "auto") -> RowPlan:
-    """Resolve a rows mode (see the module docstring) against the log's frame rate.
+def plan_rows(log: Log, rows: str = "auto", *, start: int = 0, stop: Optional[int] = None) -> RowPlan:
+    """Resolve a rows mode (see the module docstring) against the log's frame rate, for steps [start, stop).
 
     Raises:
         InputError: unknown mode, or "substep" on a log recorded with --frames policy.
@@ -141,8 +147,10 @@ def plan_rows(log: Log, rows: str = "auto") -> RowPlan:
         stride = fps
     else:
         stride = max(1, int(round(log.frame_rate_hz / VIDEO_FPS)))
-    n_frames = log.n_steps * fps
-    return RowPlan(rows, stride, (n_frames + stride - 1) // stride, log.frame_rate_hz / stride)
+    stop = log.n_steps if stop is None else stop
+    # Rows are the frames whose global index is a multiple of the stride, whatever the selection.
+    n_rows = -(-stop * fps // stride) - -(-start * fps // stride)
+    return RowPlan(rows, stride, n_rows, log.frame_rate_hz / stride)
 
 
 def zarr_name(key: str) -> str:
@@ -183,8 +191,9 @@ def episode_keys(log: Log) -> List[Tuple[str, str]]:
 class ChunkView:
     """One chunk of the log plus the legacy values computed from it (each computed once, shared by outputs)."""
 
-    def __init__(self, log: Log, chunk: Chunk, plan: Optional[RowPlan]) -> None:
-        self.log, self.c, self.plan = log, chunk, plan
+    def __init__(self, log: Log, chunk: Chunk, plan: Optional[RowPlan], *, env: int = 0) -> None:
+        """``chunk`` holds all envs, or only env ``env`` (a one-env selection); ENV0_FIELDS are read for ``env``."""
+        self.log, self.c, self.plan, self.env = log, chunk, plan, env
         self._cache: Dict[str, Any] = {}
 
     def step(self, field: str) -> np.ndarray:
@@ -213,8 +222,8 @@ class ChunkView:
             out["action"] = self.step("action") if same else self.step("action")[idx]
             out["obs"] = self.step("obs") if same else self.step("obs")[idx]
             sel = self._sel()
-            pos = self.log.read(ENV0_FIELDS[0], self.c.start, self.c.stop, env=0)[sel]
-            quat = self.log.read(ENV0_FIELDS[1], self.c.start, self.c.stop, env=0)[sel]
+            pos = self.log.read(ENV0_FIELDS[0], self.c.start, self.c.stop, env=self.env)[sel]
+            quat = self.log.read(ENV0_FIELDS[1], self.c.start, self.c.stop, env=self.env)[sel]
             out["target_positions"] = np.ascontiguousarray(pos, dtype=np.float32)
             out["target_quats_wxyz"] = xyzw_to_wxyz(quat)
             self._cache["rows"] = out

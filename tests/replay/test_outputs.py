@@ -276,3 +276,51 @@ def test_derive_out_is_a_file(log_path, tmp_path):
     f.write_text("x")
     res = run("derive", log_path, "--out", f, "--no-video", "-q")
     assert res.exit_code == 2 and f.read_text() == "x"
+
+
+# ------------------------------------------------------------------------------ export --steps / --env
+
+
+def test_export_steps_and_env_are_slices_of_the_full_export(log_path, tmp_path):
+    """export --steps 3:10 --env 1 holds exactly steps 3-9 (and their frame rows) of env 1, in env 0's place."""
+    import numpy as np
+    import zarr
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    for kind in ("pkl", "zarr", "results"):
+        assert run("export", kind, log_path, "-o", str(full) + "/", "-q").exit_code == 0
+        res = run("export", kind, log_path, "-o", str(part) + "/", "-q", "--steps", "3:10", "--env", "1")
+        assert res.exit_code == 0 and res.stdout == "" and "(steps 3:10, env 1" in res.stderr, res.output
+    with open(full / "logs.pkl", "rb") as f:
+        a = pickle.load(f)
+    with open(part / "logs.pkl", "rb") as f:
+        b = pickle.load(f)
+    for group in ("state_logs", "action_logs"):
+        for key in a[group]:
+            np.testing.assert_array_equal(np.stack(b[group][key]), np.stack(a[group][key])[12:40, 1:2])
+    for key in a["episode_logs"]:
+        np.testing.assert_array_equal(
+            np.stack(b["episode_logs"][key]), np.stack(a["episode_logs"][key])[3:10, 1:2]
+        )
+    with open(part / "moe_results.pkl", "rb") as f:
+        r = pickle.load(f)
+    with h5py.File(log_path, "r") as f:
+        gate, entropy = f["steps/gate"][3:10, 1], f["steps/gate_entropy"][3:10, 1]
+        targets = f["frames/target_future_pos"][12:40, 1]
+    assert r["weight_stats"]["base_weights"] == [float(x) for x in gate[:, 0]]
+    np.testing.assert_allclose(r["weight_stats"]["weight_entropy"], entropy)
+    np.testing.assert_array_equal(np.stack(b["task_logs"]["target_positions"]), targets)
+    za, zb = zarr.open(str(full / "logs.zarr"), mode="r"), zarr.open(str(part / "logs.zarr"), mode="r")
+    np.testing.assert_array_equal(zb["root_state"][:], za["root_state"][12:40, 1:2])
+    assert zb.attrs["steps"] == [3, 10] and zb.attrs["env"] == 1 and "steps" not in za.attrs
+
+
+def test_export_bad_steps_or_env_is_one_line(log_path, tmp_path):
+    """An env or a step range the log does not have is one line naming the log and the range; nothing written."""
+    out = tmp_path / "x.pkl"
+    assert_one_line_error(
+        run("export", "pkl", log_path, "-o", out, "--env", "2"), "--env 2 out of range", "2 env(s)"
+    )
+    assert_one_line_error(run("export", "pkl", log_path, "-o", out, "--steps", "20:"), "12 committed steps")
+    assert_one_line_error(run("export", "pkl", log_path, "-o", out, "--steps", "5:5"), "is empty")
+    assert not out.exists()
