@@ -6,7 +6,7 @@ file cannot be opened as a moetape log at all.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple, Optional, Set, Tuple
 
 import numpy as np
 
@@ -135,6 +135,7 @@ def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> List[Pro
     fields = log.fields()
     fps = log.frames_per_step
     prev: Optional[dict] = None
+    reported: Set[Tuple[str, int]] = set()
     per = max(1, STREAM_BYTES // log.step_bytes(fields))
     start = 0
     while start < log.n_steps:
@@ -142,7 +143,7 @@ def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> List[Pro
         try:
             d = {name: log.read(name, start, stop) for name in fields}
         except LogReadError:
-            problems += _locate_bad_chunks(log, fields, start, stop)
+            problems += _locate_bad_chunks(log, fields, start, stop, reported)
             prev = None  # continuity cannot be checked across an unreadable range
         else:
             problems += _check_chunk(start, d, prev, fps)
@@ -156,8 +157,14 @@ def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> List[Pro
     return problems
 
 
-def _locate_bad_chunks(log: Log, fields: List[str], start: int, stop: int) -> List[Problem]:
-    """Return one problem per HDF5 chunk of ``fields`` in steps [start, stop) that cannot be read."""
+def _locate_bad_chunks(
+    log: Log, fields: List[str], start: int, stop: int, reported: Set[Tuple[str, int]]
+) -> List[Problem]:
+    """Return one problem per HDF5 chunk of ``fields`` in steps [start, stop) that cannot be read.
+
+    ``reported`` holds the (dataset, first row) of chunks already reported by an earlier range.
+    """
+    found = False
     problems: List[Problem] = []
     fps = log.frames_per_step
     for name in fields:
@@ -171,8 +178,11 @@ def _locate_bad_chunks(log: Log, fields: List[str], start: int, stop: int) -> Li
             try:
                 log.read(name, s0, s1)
             except LogReadError as e:
-                problems.append(Problem(path, _bad_chunk_text(log, ds, r0, rows, s0, s1, e)))
-    if not problems:  # the range failed as a whole but no single dataset does: report the range
+                found = True
+                if (path, r0) not in reported:
+                    reported.add((path, r0))
+                    problems.append(Problem(path, _bad_chunk_text(log, ds, r0, rows, per_row, e)))
+    if not found:  # the range failed as a whole but no single dataset does: report the range
         problems.append(
             Problem(
                 log.path, f"checksum or read failure in steps {start}-{stop - 1}; each dataset reads alone"
@@ -181,7 +191,7 @@ def _locate_bad_chunks(log: Log, fields: List[str], start: int, stop: int) -> Li
     return problems
 
 
-def _bad_chunk_text(log: Log, ds: Any, r0: int, rows: int, s0: int, s1: int, e: LogError) -> str:
+def _bad_chunk_text(log: Log, ds: Any, r0: int, rows: int, per_row: int, e: LogError) -> str:
     """Say which steps of a dataset are lost and what can still be done, without pointing at verify."""
     where = ""
     try:
@@ -192,8 +202,8 @@ def _bad_chunk_text(log: Log, ds: Any, r0: int, rows: int, s0: int, s1: int, e: 
         pass
     text = str(e)
     cause = text.split("cannot read data (", 1)[1].rsplit(");", 1)[0] if "cannot read data (" in text else ""
-    n_rows = log.n_frames if layout.stream_of(ds.name.lstrip("/")) else log.n_steps
-    last_row = min(r0 + rows, n_rows) - 1
+    last_row = min(r0 + rows, log.n_steps * per_row) - 1
+    s0, s1 = r0 // per_row, last_row // per_row + 1
     return (
         f"checksum or read failure in steps {s0}-{s1 - 1} (HDF5 chunk of rows {r0}-{last_row}{where}"
         + (f"; {cause}" if cause else "")

@@ -346,3 +346,25 @@ def test_shell_completion_imports_no_command():
     assert p.returncode == 0, p.stderr
     assert "record" in p.stdout and "verify" in p.stdout and "Play an MoE checkpoint" in p.stdout
     assert "LOADED ['moetape.cli']" in p.stdout
+
+
+def test_verify_goes_on_past_a_damaged_range(tmp_path, monkeypatch):
+    """With small chunks and reads, every damaged chunk is named by its steps; no false continuity problem."""
+    from moetape.schema import validate as validate_mod
+
+    p = str(tmp_path / "many.h5")
+    write_log(p, 40, chunk_bytes=2000, batch_steps=4)
+    with h5py.File(p, "r") as f:
+        ds = f["steps/action"]
+        assert ds.chunks[0] == 4
+        offsets = [ds.id.get_chunk_info_by_coord((s, 0, 0)).byte_offset for s in (8, 28)]
+    with open(p, "r+b") as fh:
+        for off in offsets:
+            fh.seek(off + 4)
+            fh.write(b"\xff" * 8)
+    monkeypatch.setattr(validate_mod, "STREAM_BYTES", 1)  # one step per read
+    problems = validate_mod.validate(p)
+    assert [(x.where, x.what.split(" (")[0]) for x in problems] == [
+        ("steps/action", "checksum or read failure in steps 8-11"),
+        ("steps/action", "checksum or read failure in steps 28-31"),
+    ]
