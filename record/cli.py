@@ -165,7 +165,11 @@ def _frames_help() -> str:
 )
 @_legacy_option("num_envs", default=1, show_default=True, type=int)
 @_legacy_option("num_steps", default=1000, show_default=True, type=int)
-@click.option("--visualize", is_flag=True, help="Show MuJoCo's viewer on env 0 (needs a display).")
+@click.option(
+    "--visualize",
+    is_flag=True,
+    help="Show the simulator's viewer (needs a display): MuJoCo's on env 0; Isaac Gym's, drawn every step, one env.",
+)
 @_legacy_option(
     "show_weights",
     is_flag=True,
@@ -189,12 +193,28 @@ def _frames_help() -> str:
 )
 @click.option(
     "--seed",
-    default=0,
-    show_default=True,
+    default=None,
     type=int,
     help="MuJoCo: picks the trajectory episode each env plays on each of its episodes (drawn at every "
     "reset, uniformly, as the legacy sequence sampler; played from its first sample) and any reset "
-    "noise; the same seed gives the same log. Isaac Gym: the env config's seed and torch/numpy's.",
+    "noise; the same seed gives the same log [0]. Isaac Gym: replaces the training's seed in config.pkl "
+    "(kept when not given, as the legacy scripts) and seeds torch/numpy.",
+)
+@click.option(
+    "--keep-terminations",
+    "--keep_terminations",
+    "keep_terminations",
+    is_flag=True,
+    help="Isaac Gym: keep the training's cfg.asset.terminate_after_contacts_on (as play_moe_simple.py); "
+    "default: episodes end only on base contact, as play_moe_ee_task.py.",
+)
+@click.option(
+    "--codebase",
+    type=click.Path(),
+    default=None,
+    metavar="DIR",
+    help="Isaac Gym: the training codebase (the folder holding legged_gym/), put first on the import path "
+    "for the env's _target_, as the legacy setup_path.py did.",
 )
 @click.option(
     "--flush-seconds",
@@ -228,7 +248,9 @@ def record(
     backend: str,
     robot: Optional[str],
     out: Optional[str],
-    seed: int,
+    seed: Optional[int],
+    keep_terminations: bool,
+    codebase: Optional[str],
     flush_seconds: float,
     frames: str,
     force: bool,
@@ -253,6 +275,10 @@ def record(
 
         stem = os.path.splitext(os.path.basename(moe_ckpt_path))[0]
         out = os.path.join("runs", "{}-{}".format(stem, time.strftime("%Y%m%d-%H%M%S")))
+    if backend == "isaacgym":  # Isaac Gym refuses to load after torch: before resolve_device imports it
+        from moetape.record.isaacgym_config import import_isaacgym
+
+        import_isaacgym()
     dev = resolve_device(device, notice=_echo_err)
     cfg = RunConfig(
         moe_ckpt_path=moe_ckpt_path,
@@ -266,6 +292,8 @@ def record(
         backend=backend,
         robot=robot,
         seed=seed,
+        keep_terminations=keep_terminations,
+        codebase=codebase,
         flush_seconds=flush_seconds,
         frames=frames,
         visualize=visualize,

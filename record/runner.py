@@ -48,13 +48,15 @@ class RunConfig:
     num_steps: int = 1000
     backend: str = "mujoco"
     robot: Optional[str] = None
-    seed: int = 0
+    seed: Optional[int] = None  # None: 0 on MuJoCo, the training's (config.pkl) on Isaac Gym
     flush_seconds: float = 1.0
     frames: str = "substep"
     visualize: bool = False
     show_weights: bool = False
     record_video: bool = False
     force: bool = False
+    keep_terminations: bool = False  # Isaac Gym: the training's terminate_after_contacts_on
+    codebase: Optional[str] = None  # Isaac Gym: folder holding the training code's legged_gym/
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,8 @@ def build_backend(cfg: RunConfig, trajectories: Any, device: str) -> Backend:
     if cfg.backend == "mujoco":
         from moetape.record.mujoco_backend import MujocoBackend
 
-        return MujocoBackend(trajectories, n_envs=cfg.num_envs, robot_xml=cfg.robot, seed=cfg.seed)
+        seed = 0 if cfg.seed is None else cfg.seed
+        return MujocoBackend(trajectories, n_envs=cfg.num_envs, robot_xml=cfg.robot, seed=seed)
     if cfg.backend == "isaacgym":
         from moetape.record.isaacgym_backend import IsaacGymBackend
 
@@ -238,6 +241,8 @@ def build_backend(cfg: RunConfig, trajectories: Any, device: str) -> Backend:
             device=device,
             visualize=cfg.visualize,
             seed=cfg.seed,
+            keep_terminations=cfg.keep_terminations,
+            codebase=cfg.codebase,
         )
     raise InputError(f"--backend {cfg.backend}: unknown backend; expected mujoco or isaacgym")
 
@@ -256,7 +261,7 @@ def provenance(cfg: RunConfig, backend: Backend, policy: Any, device: str) -> Di
         "h5py": h5py.__version__,
         "torch": torch.__version__,
         "device": device,
-        "seed": cfg.seed,
+        "seed": getattr(backend, "seed", cfg.seed),
         "backend": info.name,
         "backend_versions": info.versions,
         "policy_kind": policy.kind,
@@ -291,6 +296,10 @@ def record(
             recording, or a finished run and ``cfg.force`` is False (see record/run_folder.py).
         LogWriteError: the log could not be written (the steps committed before stay readable).
     """
+    if cfg.backend == "isaacgym":  # Isaac Gym refuses to load after torch: import it before anything does
+        from moetape.record.isaacgym_config import import_isaacgym
+
+        import_isaacgym()
     from moetape.record.policy import load_policy
     from moetape.record.trajectory import load_trajectories
 
@@ -337,7 +346,7 @@ def _record_into(
     from moetape.record.policy import check_dims
 
     device = cfg.device
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(0 if cfg.seed is None else cfg.seed)
     backend = build_backend(cfg, trajectories, device)
     try:
         info = backend.info

@@ -27,6 +27,15 @@ def add_common_args(p: argparse.ArgumentParser, *, out_help: str) -> None:
     p.add_argument("--visualize", action="store_true")
     p.add_argument("--out", "--output_dir", dest="out", default=None, help=out_help)
     p.add_argument("--force", action="store_true", help="overwrite files in --out")
+    p.add_argument(
+        "--backend",
+        choices=["mujoco", "isaacgym"],
+        default="mujoco",
+        help="simulator [mujoco]; isaacgym as legacy",
+    )
+    p.add_argument(
+        "--codebase", default=None, help="Isaac Gym: the training codebase (folder holding legged_gym/)"
+    )
 
 
 def finish_args(args: argparse.Namespace, script: str) -> argparse.Namespace:
@@ -48,6 +57,10 @@ def record_command(
     cmd += ["--num_steps", str(args.num_steps), "--frames", frames, "--out", args.out]
     if args.device is not None:
         cmd += ["--device", args.device]
+    if args.backend != "mujoco":
+        cmd += ["--backend", args.backend]
+    if args.codebase is not None:
+        cmd += ["--codebase", args.codebase]
     for flag in ("visualize",) + tuple(flags) + ("force",):
         if getattr(args, flag):
             cmd.append("--" + flag)

@@ -34,8 +34,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def record_command(args: argparse.Namespace) -> List[str]:
-    """The `moetape record` command line for these legacy flags (one frame row per policy step)."""
-    return _record_command(args, frames="policy", flags=("show_weights",))
+    """The `moetape record` command line for these legacy flags (one frame row per policy step).
+
+    On Isaac Gym the training's terminations stay, as the simple script did not relax them.
+    """
+    keep = ["--keep-terminations"] if args.backend == "isaacgym" else []
+    return _record_command(args, frames="policy", extra=keep, flags=("show_weights",))
 
 
 def main(argv: Optional[List[str]] = None, *, record: RecordFn = run_record) -> int:

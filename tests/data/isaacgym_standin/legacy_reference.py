@@ -1,3 +1,4 @@
+# isort: skip_file
 """The legacy play scripts' Isaac Gym set-up and loop, on the stand-in: the reference moetape must match.
 
 Follows QM-MoE ``scripts/play_moe_ee_task.py`` (``--script ee_task``) and ``play_moe_simple.py``

@@ -36,7 +36,10 @@ def make_config(
     return {
         "seed": seed,
         "wandb": {"mode": "online", "project": "qm-moe"},
-        "runner": {"_target_": "legged_gym.rsl_rl.runners.on_policy_runner.OnPolicyRunner", "device": "cuda:0"},
+        "runner": {
+            "_target_": "legged_gym.rsl_rl.runners.on_policy_runner.OnPolicyRunner",
+            "device": "cuda:0",
+        },
         "env": {
             "_target_": target,
             "sim_device": "cuda:0",
@@ -145,13 +148,17 @@ def make_config(
 
 
 def make_run(folder: str, *, env: str = "qm-moe", **config_kw: Any) -> Dict[str, str]:
-    """Write model.pt, traj.pkl and config.pkl (as a training run keeps them) into ``folder``."""
-    from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory
+    """Write model_1000.pt, base.pt, arm.pt, traj.pkl and config.pkl (as a training run keeps them) into ``folder``."""
+    from moetape.record.demo import make_demo_checkpoint, make_demo_expert_checkpoint, make_demo_trajectory
 
     os.makedirs(folder, exist_ok=True)
     ckpt = make_demo_checkpoint(os.path.join(folder, "model_1000.pt"))
+    experts = {role: os.path.join(folder, role + ".pt") for role in ("base", "arm")}
+    for role, path in experts.items():
+        make_demo_expert_checkpoint(path, role)
     traj = make_demo_trajectory(os.path.join(folder, "traj.pkl"))
     config = make_config(traj, env=env, **config_kw)
     with open(os.path.join(folder, "config.pkl"), "wb") as f:
         pickle.dump(config, f)
-    return {"checkpoint": ckpt, "trajectory": traj, "config": os.path.join(folder, "config.pkl")}
+    files = {"checkpoint": ckpt, "trajectory": traj, "config": os.path.join(folder, "config.pkl")}
+    return dict(files, **experts)

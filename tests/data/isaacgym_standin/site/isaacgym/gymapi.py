@@ -6,9 +6,9 @@ See the package docstring for the behaviours reproduced on purpose.
 import os
 import sys
 
-from isaacgym import gymdeps  # noqa: F401
-
 import numpy as np  # noqa: E402
+
+from isaacgym import gymdeps  # noqa: F401
 
 SIM_PHYSX = 1
 UP_AXIS_Y = 0

@@ -1,3 +1,4 @@
+# isort: skip_file
 """Stand-in of ``isaacgym.gymtorch``: torch views of the gym's state buffers."""
 
 from isaacgym import gymdeps  # noqa: F401

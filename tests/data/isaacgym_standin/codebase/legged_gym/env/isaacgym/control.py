@@ -42,7 +42,9 @@ class PDController:
         self.torque_limit = torque_limit.to(device)
         self.device = device
         self.decimation_count_range = (
-            decimation_count if not isinstance(decimation_count, int) else (decimation_count, decimation_count)
+            decimation_count
+            if not isinstance(decimation_count, int)
+            else (decimation_count, decimation_count)
         )
         self.control_dim = control_dim
         self.kp = kp.to(self.device)[None, :].float()

@@ -192,7 +192,11 @@ class IsaacGymEnv:
                 for task_name, task in self.tasks.items():
                     for k, v in task.step(state=self.state, control=self.ctrl).items():
                         key = f"task/{task_name}/{k}"
-                        info[key] = v if key not in info else (info[key] * decimation_step + v) / (decimation_step + 1)
+                        info[key] = (
+                            v
+                            if key not in info
+                            else (info[key] * decimation_step + v) / (decimation_step + 1)
+                        )
                 terms = self.compute_reward()
                 reward += terms["reward/total"]
                 for k, v in terms.items():
@@ -227,7 +231,9 @@ class IsaacGymEnv:
             self.extras["time_outs"] = self.time_out_buf
 
     def _reset_dofs(self, env_ids):
-        noise = torch.randn(len(env_ids), self.state.dof_pos.shape[1], device=self.device, generator=self.generator)
+        noise = torch.randn(
+            len(env_ids), self.state.dof_pos.shape[1], device=self.device, generator=self.generator
+        )
         self.state.dof_pos[env_ids] = self.init_dof_pos + self.dof_pos_reset_range_scale * noise
         self.state.prev_dof_pos[env_ids] = self.state.dof_pos[env_ids].clone()
         self.state.dof_vel[env_ids] = 0.0

@@ -51,7 +51,7 @@ class EnvState:
         self.episode_time += self.sim_dt
 
     @staticmethod
-    def initialize(gym, sim, device: str) -> "EnvState":
+    def initialize(gym, sim, device: str) -> EnvState:
         gym.refresh_actor_root_state_tensor(sim)
         gym.refresh_dof_state_tensor(sim)
         gym.refresh_net_contact_force_tensor(sim)

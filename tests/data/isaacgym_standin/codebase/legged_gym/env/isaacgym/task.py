@@ -83,7 +83,9 @@ class ReachingLinkTask(Task):
     def get_targets_at_times(self, times: torch.Tensor, sim_dt: float):
         step = torch.clamp((times / sim_dt).long(), min=0, max=self.target_pos_seq.shape[1] - 1)
         idx = torch.arange(self.num_envs)
-        return self.target_pos_seq[idx, step].to(self.device), self.target_rot_mat_seq[idx, step].to(self.device)
+        return self.target_pos_seq[idx, step].to(self.device), self.target_rot_mat_seq[idx, step].to(
+            self.device
+        )
 
     def get_target_pose(self, times: torch.Tensor, sim_dt: float):
         pose = torch.eye(4, device=self.device).unsqueeze(0).repeat(self.num_envs, 1, 1)
