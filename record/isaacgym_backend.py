@@ -3,39 +3,10 @@
 UNVERIFIED ON REAL ISAAC GYM. isaacgym is not on PyPI and no machine here has it. The adapter is
 written against the attribute names below, read from the public UMI-on-Legs code
 (``mani-centric-wbc/legged_gym/env/isaacgym/{env,state,task,control}.py`` and ``scripts/play.py``),
-and tested against a stand-in env object with the same names and shapes.
+and tested against a stand-in isaacgym package and env codebase (``tests/data/isaacgym_standin``).
 
-Assumed env attributes (all in :class:`IsaacGymNames`; pass ``names=IsaacGymNames(...)`` to change
-any of them). Tensors are torch tensors on ``env.device``, E = number of envs, B = rigid bodies:
-
-======================================  ==========================================================
-``env.num_envs`` / ``env.num_actions``  int, E and A (18)
-``env.device``                          str, torch device of every tensor
-``env.state.root_state``                (E, 13) [pos, xyzw quat, lin vel, ang vel], world
-``env.state.dof_pos`` / ``dof_vel``     (E, J)
-``env.state.rigid_body_pos``            (E, B, 3), world
-``env.state.rigid_body_xyzw_quat``      (E, B, 4), world, xyzw (Isaac Gym convention, kept as is)
-``env.state.contact_forces``            (E, B, 3), net contact force, world
-``env.state.episode_time``              (E,) seconds
-``env.state.sim_dt``                    float, passed to the task's target lookup (legacy does)
-``env.ctrl.torque`` or ``env.torques``  (E, J) torque of the last physics substep; zeros if neither
-``env.tasks["reaching"]``               the EE task (else the first task in ``env.tasks``) with
-  ``.get_target_pose(times, sim_dt)``   times (E,) s -> (E, 4, 4) world target pose
-  ``.link_index``                       int, EE rigid-body index into the B bodies
-``env.dof_names``                       J joint names
-``env.body_names`` or ``env.gym.get_actor_rigid_body_names(env.envs[0], env.actor_handles[0])``
-``env.sim_params.dt``                   physics dt, s
-``env.controller.decimation_count_range`` (lo, hi); must be fixed (lo == hi), else
-``env.cfg.control.decimation`` or ``env.decimation``  (legged_gym spellings)
-``env.max_episode_length_s``            episode length, s (else ``env.cfg.env.episode_length_s``)
-``env.reset()``                         -> obs (E, O) or (obs, privileged_obs)
-``env.step(actions, callback=cb)``      -> obs, privileged_obs, rewards (E,), dones (E,), infos;
-                                        ``cb(env)`` is called before each physics substep
-``infos``                               per-env (E,) tensors become terms (nested dicts such as
-                                        ``infos["episode"]`` flattened to ``"episode/<key>"``; any
-                                        value that is not (E,) is skipped); ``infos["time_outs"]``
-                                        (E,) bool is the timeout flag, not a term
-======================================  ==========================================================
+The env attributes it reads, their shapes and frames are tabled in ``moetape.record.isaacgym_names``
+(:class:`IsaacGymNames`; pass ``names=IsaacGymNames(...)`` to change any of them).
 
 Timing (see ``moetape.record.backend``): pre-step fields and frame row 0 are read before
 ``env.step``. Physics substeps run inside ``env.step``, so substep rows (``substep_frames=True``)
@@ -54,8 +25,6 @@ Isaac Gym rule): call :func:`import_isaacgym` before anything imports torch.
 from __future__ import annotations
 
 import inspect
-import sys
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -76,6 +45,12 @@ from moetape.record.isaacgym_config import build_env, load_config
 from moetape.record.isaacgym_config import build_env_config as build_env_config
 from moetape.record.isaacgym_config import import_isaacgym as import_isaacgym
 from moetape.record.isaacgym_config import instantiate as instantiate
+from moetape.record.isaacgym_names import DEFAULT_NAMES as DEFAULT_NAMES
+from moetape.record.isaacgym_names import IsaacGymNames as IsaacGymNames
+from moetape.record.isaacgym_names import first_attr as _first_attr
+from moetape.record.isaacgym_names import get_path as _get_path
+from moetape.record.isaacgym_names import gym_versions as _versions
+from moetape.record.isaacgym_names import host_copy as _np
 from moetape.record.poses import matrix_to_quat_xyzw
 from moetape.record.safe_pickle import PathLike
 from moetape.schema.errors import InputError
@@ -86,42 +61,6 @@ SUBSTEP_FRAMES_UNSUPPORTED = (
     "(one frame row per policy step)"
 )
 
-
-@dataclass(frozen=True)
-class IsaacGymNames:
-    """Where the adapter finds things on the env; dotted paths are relative to the env object.
-
-    A tuple lists alternatives, tried in order; the first that exists is used.
-    """
-
-    state: str = "state"
-    root_state: str = "root_state"  # on state, (E, 13)
-    dof_pos: str = "dof_pos"  # on state, (E, J)
-    dof_vel: str = "dof_vel"  # on state, (E, J)
-    body_pos: str = "rigid_body_pos"  # on state, (E, B, 3)
-    body_quat_xyzw: str = "rigid_body_xyzw_quat"  # on state, (E, B, 4)
-    contact_forces: str = "contact_forces"  # on state, (E, B, 3)
-    episode_time: str = "episode_time"  # on state, (E,)
-    state_sim_dt: str = "sim_dt"  # on state, float
-    torque: Tuple[str, ...] = ("ctrl.torque", "torques")  # (E, J); zeros when none exists
-    tasks: str = "tasks"  # dict name -> task
-    task_name: str = "reaching"  # falls back to the first task
-    task_target_pose: str = "get_target_pose"  # method (times (E,), sim_dt) -> (E, 4, 4)
-    task_ee_body_index: str = "link_index"  # int attribute of the task
-    dof_names: Tuple[str, ...] = ("dof_names",)
-    body_names: Tuple[str, ...] = ("body_names", "rigid_body_names")
-    sim_dt: Tuple[str, ...] = ("sim_params.dt", "sim_dt", "dt")
-    decimation: Tuple[str, ...] = (
-        "controller.decimation_count_range",
-        "cfg.control.decimation",
-        "decimation",
-    )
-    episode_length_s: Tuple[str, ...] = ("max_episode_length_s", "cfg.env.episode_length_s")
-    time_outs_key: str = "time_outs"  # in infos
-    step_callback_kwarg: Optional[str] = "callback"  # None: never pass a per-substep callback
-
-
-DEFAULT_NAMES = IsaacGymNames()
 
 # ------------------------------------------------------------------------------------ the adapter
 
@@ -526,8 +465,6 @@ class IsaacGymBackend:
 
 # --------------------------------------------------------------------------------------- helpers
 
-_MISSING = object()
-
 
 def _check_visualize(num_envs: int) -> None:
     """--visualize plays one env on a display, as the legacy scripts did; else one line."""
@@ -558,48 +495,7 @@ def _reset_error(env: Any, error: RuntimeError) -> Exception:
     )
 
 
-def _get_path(obj: Any, path: str, default: Any = _MISSING) -> Any:
-    for part in path.split("."):
-        if isinstance(obj, Mapping) and part in obj:
-            obj = obj[part]
-            continue
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            if default is _MISSING:
-                raise AttributeError(f"Isaac Gym env has no {path!r} (missing {part!r})") from None
-            return default
-    return obj
-
-
-def _first_attr(obj: Any, paths: Sequence[str], default: Any = _MISSING) -> Any:
-    for path in paths:
-        value = _get_path(obj, path, None)
-        if value is not None:
-            return value
-    if default is _MISSING:
-        raise InputError(f"Isaac Gym env has none of {', '.join('env.' + p for p in paths)}")
-    return default
-
-
 def _torch() -> Any:
     import torch
 
     return torch
-
-
-def _np(value: Any, dtype: Any) -> np.ndarray:
-    """Copy a torch tensor (any device) or array-like to a host numpy array of ``dtype``."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    # Always copy: on a cpu device .numpy() shares memory with the sim buffers that change in place.
-    return np.array(value, dtype=dtype, copy=True)
-
-
-def _versions() -> Dict[str, str]:
-    versions = {}
-    for name in ("isaacgym", "torch", "hydra", "omegaconf"):
-        module = sys.modules.get(name)
-        if module is not None:
-            versions[name] = str(getattr(module, "__version__", "unknown"))
-    return versions
