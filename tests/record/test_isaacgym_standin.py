@@ -156,8 +156,8 @@ def test_python_api_after_torch_is_one_clear_error(run, tmp_path):
     assert "`import isaacgym`" in proc.stdout and "before anything imports torch" in proc.stdout
 
 
-def test_help_and_mujoco_path_do_not_import_isaacgym(tmp_path):
-    """`moetape --help` and `moetape record --help` import neither isaacgym nor torch."""
+def test_help_imports_neither_isaacgym_nor_torch(tmp_path):
+    """`moetape --help` and `moetape record --help` import neither isaacgym nor torch, and list the new options."""
     code = (
         "import sys\nfrom moetape.cli import cli\n"
         "for args in (['--help'], ['record', '--help']):\n"
@@ -247,6 +247,23 @@ def test_seed_option_replaces_the_training_seed(run, tmp_path):
     with open_log(str(out / "log.h5")) as log:
         assert log.provenance["seed"] == 7
         assert "seed = 7 (--seed)" in log.provenance["config_overrides"]
+
+
+# --------------------------------------------------------------- 4. rows after an automatic reset
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 12 item 4: stale rigid-body rows after a reset are not handled yet"
+)
+def test_frame_row_0_after_a_reset_is_consistent(recorded):
+    """Frame row 0 of each step has the base body where the root is (the stand-in's base body is the root)."""
+    _, log_path, _ = recorded
+    with open_log(log_path) as log:
+        root = log.read("frames/root_pos")[::4]  # row 0 of each step (4 substep rows per step)
+        body = log.read("frames/body_pos")[::4, :, 0]  # body 0 is "base"
+    np.testing.assert_allclose(
+        body[:, :, 2], root[:, :, 2], atol=1e-5
+    )  # fails at step 51, after the time-out
 
 
 # ------------------------------------------------------------------------------- 5. close
