@@ -1,4 +1,9 @@
-"""Isaac Gym adapter against a stand-in env with the documented UMI-on-Legs attribute names and shapes."""
+"""Isaac Gym adapter in-process, against an env object with the UMI-on-Legs attribute names and shapes.
+
+These check shapes, frames and conventions. The stand-in isaacgym package cannot be imported in a
+process that has imported torch (as the real one), so the entry points are tested against it in
+subprocesses: tests/record/test_isaacgym_standin.py.
+"""
 
 from __future__ import annotations
 
