@@ -96,7 +96,7 @@ class GateSummary:
         self.n += 1
 
     def result(self, names: Sequence[str]) -> Dict[str, Any]:
-        if self.n == 0 or self.sums is None:
+        if self.n == 0 or self.sums is None or self.above_half is None:
             return {"steps": 0}
         mean = self.sums / self.n
         std = np.sqrt(np.maximum(self.sq_sums / self.n - mean**2, 0.0))  # type: ignore[operator]
@@ -107,7 +107,7 @@ class GateSummary:
                     "mean": float(mean[k]),
                     "std": float(std[k]),
                     "usage_above_0_5": float(self.above_half[k] / self.n),
-                }  # type: ignore[index]
+                }
                 for k, n in enumerate(names)
             },
             "mean_entropy": self.entropy_sum / self.n,
