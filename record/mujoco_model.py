@@ -41,7 +41,8 @@ def load_model(path: str) -> Tuple[mujoco.MjModel, str]:
     try:
         model = mujoco.MjModel.from_xml_string(text)
     except ValueError as e:
-        raise InputError(f"{path}: MuJoCo cannot load it: {str(e).strip()}") from e
+        why = "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+        raise InputError(f"{path}: MuJoCo cannot load it: {why}. Fix the MJCF or omit --robot") from e
     return model, text
 
 

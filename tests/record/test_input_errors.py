@@ -110,3 +110,12 @@ def test_every_missing_input_named_at_once(tmp_path):
     line = record_error(tmp_path, str(tmp_path / "model.pt"), str(tmp_path / "traj.pkl"), "--device", "cpu")
     assert "model.pt (--moe_ckpt_path): no such file" in line
     assert "traj.pkl (--trajectory_file_path): no such file" in line
+
+
+def test_robot_mujoco_refuses_is_one_line(demo_files, tmp_path):
+    """A robot MJCF that MuJoCo refuses gives MuJoCo's reason on one line, naming the file."""
+    ckpt, traj = demo_files
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<mujoco><worldbody><body><geom type="nonsense"/></body></worldbody></mujoco>')
+    line = record_error(tmp_path, ckpt, traj, "--device", "cpu", "--robot", str(bad))
+    assert "bad.xml: MuJoCo cannot load it" in line and "nonsense" in line and "line 1" in line
