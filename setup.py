@@ -47,6 +47,10 @@ setup(
     ],
     extras_require={
         "record": ["torch>=1.10", "mujoco>=3.0", "numba>=0.56"],
+        "sweep": [
+            "dask[distributed]==2026.8.0; python_version>='3.10'",
+            "pyarrow>=14; python_version>='3.10'",
+        ],
         "dev": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "mypy>=1.5", "import-linter>=2.0", "vermin>=1.6"],
     },
     entry_points={"console_scripts": ["moetape=moetape.cli:cli"]},

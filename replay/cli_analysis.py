@@ -7,6 +7,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from moetape.replay.cli_sweep import (
+    check_single_log_options,
+    is_sweep,
+    plot_sweep,
+    stats_sweep,
+    stats_sweep_options,
+)
+
 log_argument = click.argument("log", type=click.Path(dir_okay=False))
 MAX_EPISODE_ROWS = 20
 
@@ -241,7 +249,7 @@ def format_compare(d: Dict[str, Any]) -> List[str]:
 
 # ---------------------------------------------------------------------------- commands
 @click.command()
-@log_argument
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--env", type=int, default=None, help="Only this env (default: every env).")
 @click.option("--episode", type=int, default=None, help="Only this episode id (default: every episode).")
@@ -258,14 +266,16 @@ def format_compare(d: Dict[str, Any]) -> List[str]:
     is_flag=True,
     help="Skip the analyses installed under the 'moetape.analyses' entry-point group.",
 )
+@stats_sweep_options
 def stats(
-    log: str,
+    logs: Tuple[str, ...],
     as_json: bool,
     env: Optional[int],
     episode: Optional[int],
     steps: Optional[Tuple[Optional[int], Optional[int]]],
     plugin_specs: Tuple[str, ...],
     no_registered: bool,
+    **sweep_opts: Any,
 ) -> None:
     """Gating statistics: usage, dominance, entropy, switching, dwell times, correlations.
 
@@ -282,7 +292,16 @@ def stats(
       moetape stats runs/demo/log.h5 --env 1 --episode 2 --json
       moetape stats runs/demo/log.h5 --steps 100:300
       moetape stats runs/demo/log.h5 --plugin my_analyses:MeanArm
+      moetape stats runs/*/log.h5 --table sweep.csv --group-by checkpoint --workers 8
+
+    Several logs (or --table/--group-by/--per/--scheduler/--workers) run a sweep on dask
+    (pip install 'moetape[sweep]'): one row per log and expert with these figures, a bad log is an
+    error row and exit 1 after the others.
     """
+    if is_sweep(logs, sweep_opts):
+        check_single_log_options(env, episode, plugin_specs)
+        return stats_sweep(logs, steps=steps, as_json=as_json, **sweep_opts)
+    log = logs[0]
     from moetape.replay import plugins
     from moetape.replay.analysis import summary
     from moetape.schema.reader import open_log
@@ -299,7 +318,7 @@ def stats(
 
 
 @click.command()
-@log_argument
+@click.argument("log", required=False, type=click.Path(dir_okay=False))
 @click.option(
     "-o",
     "--out",
@@ -308,11 +327,22 @@ def stats(
     type=click.Path(file_okay=False),
     help="Folder for the PNGs (created if missing).",
 )
+@click.option(
+    "--table",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Instead of a log, draw a sweep table (moetape stats LOG... --table) as sweep.png.",
+)
 @click.option("--env", type=int, default=0, show_default=True, help="Env to plot.")
 @steps_option
 @click.option("--force", is_flag=True, help="Overwrite existing PNGs.")
 def plot(
-    log: str, out_dir: str, env: int, steps: Optional[Tuple[Optional[int], Optional[int]]], force: bool
+    log: Optional[str],
+    out_dir: str,
+    table: Optional[str],
+    env: int,
+    steps: Optional[Tuple[Optional[int], Optional[int]]],
+    force: bool,
 ) -> None:
     """Write PNG plots of the gate weights, entropy and EE error of one env.
 
@@ -324,7 +354,17 @@ def plot(
     Example:
       moetape plot runs/demo/log.h5 -o runs/demo/plots --env 0
       moetape plot runs/demo/log.h5 -o runs/demo/plots_early --steps :100
+      moetape plot --table sweep.csv -o sweep_plots
+
+    With --table: sweep.png, gate usage per expert and mean EE error per group (a --group-by
+    table, error bars the spread over its logs) or per log.
     """
+    if (log is None) == (table is None):
+        raise click.UsageError(
+            "give either a LOG or --table TABLE (a sweep table from moetape stats --table)."
+        )
+    if table is not None:
+        return plot_sweep(table, out_dir, force=force)
     from moetape.replay.plots import plot_all
     from moetape.schema.reader import open_log
 

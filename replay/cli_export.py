@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import click
 
 from moetape.replay.cli_analysis import StepRange
+from moetape.replay.cli_sweep import derive_sweep_options, maybe_derive_sweep
 from moetape.replay.legacy_map import ROWS_MODES
 from moetape.replay.progress import ProgressBar
 
@@ -199,7 +200,7 @@ class _StageBars:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@log_argument
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
     "--out",
     "-o",
@@ -207,6 +208,7 @@ class _StageBars:
     default=None,
     help="Folder for the derived files [the log's folder].",
 )
+@derive_sweep_options
 @rows_option
 @click.option("--no-video", "no_video", is_flag=True, help="Do not render video.mp4.")
 @no_weights_option
@@ -214,7 +216,7 @@ class _StageBars:
 @quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print the derived.json manifest on stdout.")
 def derive(
-    log: str,
+    logs: Tuple[str, ...],
     out: Optional[str],
     rows: str,
     no_video: bool,
@@ -222,6 +224,7 @@ def derive(
     force: bool,
     quiet: bool,
     as_json: bool,
+    **sweep_opts: Any,
 ) -> None:
     """Derive every legacy file, video, summary and plots into a folder.
 
@@ -233,7 +236,18 @@ def derive(
     \b
     Example:
       moetape derive runs/demo/log.h5 --out runs/demo/derived --no-video
+      moetape derive runs/*/log.h5 --out-root derived --no-video --workers 8
+
+    Several logs (or --out-root/--scheduler/--workers) are derived in parallel on dask (pip install
+    'moetape[sweep]'), each into its folder under --out-root; a bad log is reported and exit 1
+    after the others.
     """
+    common = dict(
+        rows=rows, no_video=no_video, no_weights=no_weights, force=force, quiet=quiet, as_json=as_json
+    )
+    if maybe_derive_sweep(logs, out, sweep_opts, **common):
+        return
+    log = logs[0]
     from moetape.replay.derive import MANIFEST
     from moetape.replay.derive import derive as do_derive
 
