@@ -1,0 +1,520 @@
+"""The MuJoCo Warp backend: E envs of the EE-tracking task as worlds of one ``mujoco_warp`` model.
+
+The robot, the task and the log fields are the MuJoCo backend's (moetape.record.mujoco_backend,
+moetape.record.mujoco_task): 200 Hz physics, decimation 4, PD targets ``default + 0.25 * action``,
+7 s episodes, the 109-dim observation, the reward terms, the terminations, per-env resets to the
+spawn pose, and on every reset the trajectory episode drawn from (seed, env, episode)
+(moetape.record.targets.episode_trajectory). The same seed, robot and trajectories give the same
+initial states and targets on both backends; the physics differ in precision (MuJoCo Warp computes in
+float32, MuJoCo in float64), see tests/record/test_warp_backend.py for the measured agreement.
+
+Everything per step stays on the device: the simulator's arrays are torch tensors without a copy
+(``wp.to_torch``), and the observation, targets, rewards, terminations and resets are torch
+operations on them (moetape.record.warp_task). Only what the log keeps leaves the device, once per
+step (:class:`HostCopy`): on CUDA, one asynchronous copy per field into pinned host memory on a copy
+stream, then one event wait (the step's one synchronisation point); on warp's CPU device the fields
+are already host memory and the frame rows are written straight into the log's batch rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import mujoco
+import numpy as np
+import torch
+import warp as wp
+
+from moetape.record import warp_task as wt
+from moetape.record.backend import FUTURE_TARGET_OFFSETS_S, PRE_FIELDS, BackendInfo, StepResult, frame_fields
+from moetape.record.mujoco_model import BUNDLED_XML, JOINT_NAMES, ModelIndices, load_model
+from moetape.record.mujoco_task import (
+    ACTION_SCALE,
+    DECIMATION,
+    OBS_DIM,
+    POLICY_DT_S,
+    SIM_DT_S,
+    TARGET_TIMES_S,
+    TERM_NAMES,
+)
+from moetape.record.targets import TargetTable, episode_trajectory
+from moetape.record.trajectory import Trajectories
+from moetape.schema.errors import InputError
+
+wp.config.log_level = wp.LOG_WARNING  # warp prints every module it compiles or loads otherwise
+import mujoco_warp as mjw  # noqa: E402  (after warp's configuration)
+
+_TORCH_DTYPES = {"float32": torch.float32, "int32": torch.int32, "bool": torch.bool}
+_STEP_FIELDS = {"obs": ((OBS_DIM,), "float32"), "done": ((), "bool"), "timeout": ((), "bool")}
+_OOM_WORDS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation")
+
+
+def warp_device(device: str) -> str:
+    """Check that warp has ``device`` (cpu, cuda or cuda:N) and return warp's name for it.
+
+    Raises:
+        InputError: no CUDA device (or not that one) is visible to warp.
+    """
+    if device == "cpu":
+        level, wp.config.log_level = wp.config.log_level, wp.LOG_ERROR  # no "no CUDA driver" warning
+        try:
+            _init()
+        finally:
+            wp.config.log_level = level
+        return "cpu"
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    _init()
+    count = wp.get_cuda_device_count()
+    if index >= count:
+        raise InputError(
+            f"--device {device}: MuJoCo Warp sees {count} CUDA device(s) here, expected cuda:{index}; "
+            "pass --device cpu to test on warp's CPU device (slow)"
+        )
+    return f"cuda:{index}"
+
+
+def _init() -> None:
+    wp.init()
+
+
+def log_size_line(spec: Any, num_steps: int) -> str:
+    """One line: the bytes the log gets per policy step and in total for ``num_steps`` (uncompressed)."""
+    from moetape.schema import layout
+
+    fps = spec.frames_per_step
+    per_step = sum(
+        int(np.prod(shape, dtype=np.int64))
+        * np.dtype(dtype).itemsize
+        * (fps if layout.stream_of(path) else 1)
+        for path, (shape, dtype) in spec.datasets().items()
+    )
+    return f"log size: {_human(per_step)} per policy step ({spec.n_envs} envs, {fps} frame row(s) per step), {_human(per_step * num_steps)} for {num_steps} steps"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"
+
+
+class HostCopy:
+    """Device tensors the log keeps, and their host copies: one copy per field per step.
+
+    CUDA: ``start()`` queues a non-blocking copy of every field into pinned host memory on a copy
+    stream that first waits for the compute stream; ``wait()`` waits on one event. CPU: the device
+    tensors are host memory; nothing is copied.
+    """
+
+    def __init__(self, device: torch.device, fields: Dict[str, Tuple[Tuple[int, ...], torch.dtype]]) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.dev = {k: torch.zeros(s, dtype=t, device=device) for k, (s, t) in fields.items()}
+        if self.cuda:
+            self.host = {k: torch.zeros(s, dtype=t, pin_memory=True) for k, (s, t) in fields.items()}
+            self.stream = torch.cuda.Stream(device)
+            self.event = torch.cuda.Event()
+        else:
+            self.host = self.dev
+
+    def start(self, names: Any = None) -> None:
+        """Queue the copies of ``names`` (default: every field) after the work queued so far."""
+        if not self.cuda:
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for k in names if names is not None else self.dev:
+                self.host[k].copy_(self.dev[k], non_blocking=True)
+        self.event.record(self.stream)
+
+    def wait(self) -> Dict[str, np.ndarray]:
+        """Wait for the copies (the step's synchronisation point); numpy views of the host copies."""
+        if self.cuda:
+            self.event.synchronize()
+        return {k: v.numpy() for k, v in self.host.items()}
+
+
+class WarpBackend:
+    """E envs of the EE-tracking task in MuJoCo Warp; implements moetape.record.backend.Backend.
+
+    Args:
+        trajectories: EE targets, N episodes of T samples at 200 Hz (world frame).
+        n_envs: E, number of worlds.
+        robot_xml: a self-contained MJCF as for MujocoBackend (default: the bundled model).
+        seed: the run's seed; with (env, episode) it picks each episode's trajectory.
+        episode_length_s: time limit of an episode.
+        device: ``cpu`` (warp's CPU device, for tests) or ``cuda``/``cuda:N``.
+        notice: called with one line for the user (the CPU device is for testing, first compile).
+    """
+
+    def __init__(
+        self,
+        trajectories: Trajectories,
+        *,
+        n_envs: int = 1,
+        robot_xml: Optional[str] = None,
+        seed: int = 0,
+        episode_length_s: float = 7.0,
+        device: str = "cpu",
+        notice: Callable[[str], None] = lambda msg: None,
+    ) -> None:
+        if n_envs < 1:
+            raise InputError(f"n_envs must be >= 1, got {n_envs}")
+        path = robot_xml or BUNDLED_XML
+        self.model, xml = load_model(path)
+        self.model.opt.timestep = SIM_DT_S
+        self.ix = ix = ModelIndices(self.model, path)
+        self.n_envs = E = int(n_envs)
+        self.seed = int(seed)
+        self.max_steps = int(round(episode_length_s / POLICY_DT_S))
+        self.wp_device = warp_device(device)
+        if self.wp_device == "cpu":
+            notice("--backend warp --device cpu: MuJoCo Warp on warp's CPU device is for testing; it is slow")
+        self.torch_device = torch.device(self.wp_device)
+        self._traj = TargetTable(trajectories)
+        self._closed = False
+        with wp.ScopedDevice(self.wp_device):
+            self.m, self.d = _put(self.model, E, path, self.wp_device)
+        self.info = BackendInfo(
+            name="warp",
+            n_envs=E,
+            obs_dim=OBS_DIM,
+            action_dim=18,
+            joint_names=list(JOINT_NAMES),
+            body_names=list(ix.body_names),
+            term_names=list(TERM_NAMES),
+            sim_dt_s=SIM_DT_S,
+            decimation=DECIMATION,
+            episode_length_s=float(episode_length_s),
+            versions={
+                "mujoco": mujoco.__version__,
+                "mujoco_warp": _version("mujoco-warp"),
+                "warp": wp.__version__,
+            },
+            model_xml=xml,
+            model_sha256=hashlib.sha256(xml.encode("utf-8")).hexdigest(),
+            device=self.wp_device,
+        )
+        dev, f64 = self.torch_device, torch.float64
+        d = self.d
+        # The simulator's arrays as torch tensors (no copy): written and read in place.
+        self.s = wt.SimViews(
+            qpos=wp.to_torch(d.qpos),
+            qvel=wp.to_torch(d.qvel),
+            ctrl=wp.to_torch(d.ctrl),
+            xpos=wp.to_torch(d.xpos),
+            xquat=wp.to_torch(d.xquat),
+            site_xpos=wp.to_torch(d.site_xpos),
+            cfrc_ext=wp.to_torch(d.cfrc_ext),
+            actuator_force=wp.to_torch(d.actuator_force),
+        )
+        self.c = wt.TaskConstants.build(ix, self.model, dev)
+        self._rows = torch.as_tensor(self._traj._rows, dtype=f64, device=dev)
+        self._n_samples = int(self._traj._n_samples)
+        self._done = torch.zeros(E, dtype=torch.bool, device=dev)
+        self._done_wp = wp.from_torch(self._done, dtype=wp.bool)
+        self.episode = torch.zeros(E, dtype=torch.int32, device=dev)
+        self.step_in_episode = torch.zeros(E, dtype=torch.int32, device=dev)
+        self.last_action = torch.zeros((E, 18), dtype=torch.float32, device=dev)
+        self.target_pos = torch.zeros((E, len(TARGET_TIMES_S), 3), dtype=f64, device=dev)
+        self.target_quat = torch.zeros((E, len(TARGET_TIMES_S), 4), dtype=f64, device=dev)
+        self._envs = torch.arange(E, device=dev)
+        self._traj_index = torch.zeros(E, dtype=torch.int64, device=dev)  # drawn on reset
+        self._draws = torch.zeros((E, 0), dtype=torch.int64, device=dev)  # trajectory per (env, episode)
+        self._draws_np = np.zeros((E, 0), np.int64)
+        self._ensure_draws(0)
+        self._offsets = {
+            n: torch.as_tensor(
+                np.concatenate(
+                    [
+                        (np.arange(n)[:, None] * SIM_DT_S + FUTURE_TARGET_OFFSETS_S).ravel(),
+                        POLICY_DT_S + TARGET_TIMES_S,
+                    ]
+                ),
+                dtype=f64,
+                device=dev,
+            )
+            for n in (1, DECIMATION)
+        }
+        self._target_times = torch.as_tensor(TARGET_TIMES_S, dtype=f64, device=dev)
+        self._frame_fields = frame_fields(18, len(ix.bodies))
+        fields: Dict[str, Tuple[Tuple[int, ...], torch.dtype]] = {}
+        for k, (shape, dt) in self._frame_fields.items():
+            fields["frames/" + k] = ((DECIMATION, E) + shape, _TORCH_DTYPES[dt])
+        for k, (shape, dt) in dict(PRE_FIELDS, **_STEP_FIELDS).items():
+            fields[k] = ((E,) + shape, _TORCH_DTYPES[dt])
+        fields["terms"] = ((len(TERM_NAMES), E), torch.float32)
+        fields["overflow"] = ((E,), torch.int32)
+        self.out = HostCopy(dev, fields)
+        self._stream = _warp_stream(dev)
+        self.reset()
+
+    # ---- protocol ------------------------------------------------------------------------------
+
+    def reset(self) -> np.ndarray:
+        """Reset every env to the spawn pose and return the observation, float32 (E, 109)."""
+        self._check_open()
+        with self._scope():
+            self.episode.zero_()
+            self._done.fill_(True)
+            self._reset_done()
+            self._observe_into(self.out.dev["obs"])
+            self.out.start(["obs"])
+        return self.out.wait()["obs"].copy()
+
+    @property
+    def trajectory_index(self) -> np.ndarray:
+        """int64 (E,): the trajectory episode each env plays in its current episode (a copy)."""
+        return self._traj_index.cpu().numpy().copy()
+
+    @property
+    def obs_tensor(self) -> torch.Tensor:
+        """float32 (E, 109) on the device: the observation the last reset() or step() returned.
+
+        For a policy on the same device (no host round trip); valid until the next step."""
+        return self.out.dev["obs"]
+
+    def step(
+        self,
+        action: Any,
+        *,
+        substep_frames: bool,
+        frames_out: Optional[Dict[str, np.ndarray]] = None,
+    ) -> StepResult:
+        """Apply ``action`` float32 (E, 18), numpy or a torch tensor (on the device: no copy), for one
+        policy step and return what happened (numpy; frame rows in ``frames_out`` when given)."""
+        self._check_open()
+        a = torch.as_tensor(action, dtype=torch.float32, device=self.torch_device)
+        if tuple(a.shape) != (self.n_envs, 18):
+            raise ValueError(f"action: shape {tuple(a.shape)}, expected ({self.n_envs}, 18)")
+        n_rows = DECIMATION if substep_frames else 1
+        with self._scope():
+            self._device_step(a, n_rows)
+            names = [k for k in self.out.dev if not k.startswith("frames/")]
+            self.out.start(names + ["frames/" + k for k in self._frame_fields])
+        host = self.out.wait()
+        if int(host["overflow"].max()) != 0:
+            raise InputError(
+                "MuJoCo Warp: contact or constraint buffers overflowed (overflow flags {}) in env(s) {}; "
+                "the robot model makes more contacts than MuJoCo Warp allocated for it".format(
+                    int(host["overflow"].max()), np.flatnonzero(host["overflow"])[:8].tolist()
+                )
+            )
+        frames = frames_out if frames_out is not None else self._new_frames(n_rows)
+        for k in self._frame_fields:
+            np.copyto(frames[k], host["frames/" + k][:n_rows])
+        episode_after = host["episode"].astype(np.int64) + host["done"]
+        self._ensure_draws(int(episode_after.max()) + 1)
+        terms = host["terms"].copy()
+        return StepResult(
+            obs=host["obs"].copy(),
+            reward=terms[TERM_NAMES.index("reward_total")],
+            done=host["done"].copy(),
+            timeout=host["timeout"].copy(),
+            terms=dict(zip(TERM_NAMES, terms)),
+            pre={k: host[k].copy() for k in PRE_FIELDS},
+            frames=frames,
+        )
+
+    def close(self) -> None:
+        """Release the device arrays; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.s = None  # type: ignore[assignment]
+        self.out = None  # type: ignore[assignment]
+        self.m = self.d = None
+        self._done_wp = None
+
+    # ---- device work ---------------------------------------------------------------------------
+
+    def _device_step(self, a: torch.Tensor, n_rows: int) -> None:
+        """Everything of one policy step on the device, into ``self.out.dev``."""
+        s, c, out = self.s, self.c, self.out.dev
+        wt.pre_fields(
+            self._pose(), self.target_pos, self.target_quat, self.episode, self.step_in_episode, out
+        )
+        s.ctrl[:, c.act] = (c.default_pos + ACTION_SCALE * a.double()).float()
+        t = self.step_in_episode.double() * POLICY_DT_S
+        pos, quat = wt.interpolate(
+            self._rows, self._n_samples, self._traj.dt_s, self._traj_index, t[:, None] + self._offsets[n_rows]
+        )
+        n = n_rows * len(FUTURE_TARGET_OFFSETS_S)
+        wt.frame_targets(
+            pos[:, :n], quat[:, :n], out["frames/target_future_pos"], out["frames/target_future_quat_xyzw"]
+        )
+        for k in range(n_rows):
+            state = (s.qpos.clone(), s.qvel.clone())  # before row k's substep
+            mjw.step(self.m, self.d)
+            mjw.rne_postconstraint(self.m, self.d)  # cfrc_ext: net contact force per body
+            wt.frame_row(s, c, state, t + k * SIM_DT_S, out, k)
+        rest = DECIMATION - n_rows
+        for _ in range(rest):
+            mjw.step(self.m, self.d)
+        if rest:
+            mjw.rne_postconstraint(self.m, self.d)
+        mjw.kinematics(self.m, self.d)  # poses of the new state
+        ee_pos, ee_quat, base_mat = self._pose()
+        trunk_force = s.cfrc_ext[:, c.root_body, 3:6].double()
+        self.step_in_episode += 1
+        self.target_pos.copy_(pos[:, n:])
+        self.target_quat.copy_(quat[:, n:])
+        terminated = wt.evaluate(
+            s.qpos.double(), ee_pos, ee_quat, base_mat, self.target_pos, self.target_quat,
+            trunk_force, a, self.last_action, c, out["terms"],
+        )  # fmt: skip
+        torch.ge(self.step_in_episode, self.max_steps, out=out["timeout"])
+        torch.logical_or(terminated, out["timeout"], out=self._done)
+        out["done"].copy_(self._done)
+        self.last_action.copy_(a)
+        self.episode += self._done.int()
+        self._reset_done()
+        out["overflow"].copy_(wp.to_torch(self.d.overflow))
+        self._observe_into(out["obs"])
+
+    def _reset_done(self) -> None:
+        """Start the current episode of the envs in ``self._done``: spawn pose, zero velocity, its
+        trajectory episode (from the draw table), step_in_episode 0, targets looked up at time 0."""
+        s, c, done = self.s, self.c, self._done
+        mjw.reset_data(self.m, self.d, reset=self._done_wp)
+        col = done[:, None]
+        spawn = torch.where(col, c.spawn_qpos, s.qpos)
+        spawn[:, c.qpos] = torch.where(col, c.default_pos32, spawn[:, c.qpos])
+        s.qpos.copy_(spawn)
+        ctrl = s.ctrl.clone()
+        ctrl[:, c.act] = torch.where(col, c.default_pos32, ctrl[:, c.act])
+        s.ctrl.copy_(ctrl)
+        mjw.kinematics(self.m, self.d)
+        self.step_in_episode.masked_fill_(done, 0)
+        self.last_action.masked_fill_(col, 0.0)
+        drawn = self._draws[self._envs, self.episode.long()]
+        self._traj_index = torch.where(done, drawn, self._traj_index)
+        pos, quat = wt.interpolate(
+            self._rows,
+            self._n_samples,
+            self._traj.dt_s,
+            self._traj_index,
+            (self.step_in_episode.double() * POLICY_DT_S)[:, None] + self._target_times,
+        )
+        self.target_pos.copy_(torch.where(col[:, :, None], pos, self.target_pos))
+        self.target_quat.copy_(torch.where(col[:, :, None], quat, self.target_quat))
+
+    def _pose(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EE position, EE quaternion (wxyz) and base rotation matrix of the current kinematics, float64."""
+        return wt.poses(self.s, self.c)
+
+    def _observe_into(self, obs: torch.Tensor) -> None:
+        ee_pos, ee_quat, base_mat = self._pose()
+        wt.observe(
+            self.s.qpos.double(), self.s.qvel.double(), ee_pos, ee_quat, base_mat,
+            self.target_pos, self.target_quat, self.last_action, self.c, obs,
+        )  # fmt: skip
+
+    def _ensure_draws(self, n_episodes: int) -> None:
+        """Have the trajectory draws of every env's episodes 0..n_episodes (at least) on the device."""
+        have = self._draws_np.shape[1]
+        if n_episodes < have:
+            return
+        want = max(16, 2 * have, n_episodes + 1)
+        n = self._traj.n_episodes
+        new = np.array(
+            [[episode_trajectory(self.seed, e, k, n) for k in range(have, want)] for e in range(self.n_envs)],
+            np.int64,
+        ).reshape(self.n_envs, want - have)
+        self._draws_np = np.concatenate([self._draws_np, new], axis=1)
+        self._draws = torch.as_tensor(self._draws_np, device=self.torch_device)
+
+    def _new_frames(self, n_rows: int) -> Dict[str, np.ndarray]:
+        return {
+            k: np.empty((n_rows, self.n_envs) + shape, np.float32)
+            for k, (shape, _) in self._frame_fields.items()
+        }
+
+    def _scope(self) -> Any:
+        return wt.Scope(self.wp_device, self._stream)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("WarpBackend used after close()")
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+def _warp_stream(dev: torch.device) -> Any:
+    """On CUDA, warp launches on torch's current stream, so both queue in one order."""
+    if dev.type != "cuda":
+        return None
+    return wp.stream_from_torch(torch.cuda.current_stream(dev))
+
+
+def _put(model: mujoco.MjModel, n_envs: int, path: str, device: str) -> Tuple[Any, Any]:
+    """The MuJoCo Warp model and data of ``n_envs`` worlds, or one line on what stops it.
+
+    Raises:
+        InputError: MuJoCo Warp cannot simulate a feature of the model (named), or the device has
+            too little memory (with how many envs would fit).
+    """
+    try:
+        m = mjw.put_model(model)
+    except (NotImplementedError, ValueError) as e:
+        raise InputError(
+            f"{path}: MuJoCo Warp cannot simulate this model: {_one_line(e)}. Use --backend mujoco, or remove "
+            "that feature from the MJCF"
+        ) from e
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    try:
+        d = mjw.put_data(model, data, nworld=n_envs)
+    except (RuntimeError, MemoryError) as e:
+        if not any(w in str(e).lower() for w in _OOM_WORDS) and not isinstance(e, MemoryError):
+            raise
+        raise InputError(
+            f"--num_envs {n_envs}: out of memory on {device} for {n_envs} MuJoCo Warp worlds "
+            f"({_one_line(e)}); about {_fits(model, device)} envs would fit. Pass a smaller --num_envs"
+        ) from e
+    return m, d
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _fits(model: mujoco.MjModel, device: str) -> int:
+    """How many worlds of ``model`` fit in the free memory of ``device`` (from a 1- and 2-world data)."""
+    data = mujoco.MjData(model)
+    sizes = []
+    for n in (1, 2):
+        d = mjw.put_data(model, data, nworld=n)
+        sizes.append(_data_bytes(d))
+        del d
+    per_world = max(1, sizes[1] - sizes[0])
+    if device.startswith("cuda"):
+        free = int(wp.get_device(device).free_memory)
+    else:
+        import os
+
+        free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return max(0, int(0.9 * (free - sizes[0])) // per_world)
+
+
+def _data_bytes(obj: Any, seen: Optional[set] = None) -> int:
+    """Bytes of every warp array held by a MuJoCo Warp Data (and its nested structs)."""
+    seen = set() if seen is None else seen
+    total = 0
+    for v in vars(obj).values():
+        if isinstance(v, wp.array):
+            if id(v) not in seen:
+                seen.add(id(v))
+                total += int(v.capacity)
+        elif hasattr(v, "__dict__") and type(v).__module__.startswith("mujoco_warp"):
+            total += _data_bytes(v, seen)
+    return total
