@@ -180,7 +180,13 @@ def _frames_help() -> str:
     is_flag=True,
     help="After the run, render video.mp4 into the run folder from the log.",
 )
-@click.option("--backend", type=click.Choice(["mujoco", "isaacgym"]), default="mujoco", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["mujoco", "warp", "isaacgym"]),
+    default="mujoco",
+    show_default=True,
+    help="mujoco (CPU), warp (MuJoCo Warp on --device cuda:N; cpu for tests) or isaacgym.",
+)
 @click.option(
     "--robot", type=click.Path(), help="MJCF of the robot (same joint names); default: the bundled model."
 )
@@ -321,8 +327,9 @@ def record(
 def demo(out: str, num_envs: int, num_steps: int, record_video: bool, force: bool, quiet: bool) -> None:
     """Make the demo checkpoint, its two experts and the trajectory, then record 4 envs x 500 steps.
 
-    The demo policy is an untrained, seeded MoE network (variant B layout) with small
-    actions, so the robot stands while its arm moves and the gate shifts between experts.
+    The demo policy is a trained MoE (variant B layout, committed with the package, trained
+    by scripts/train_demo_policy.py with PPO): the robot stands, its arm tracks the EE
+    target, and the learned gate shares the action between the base and arm experts.
     Its experts are also written alone (demo_base_expert.pt, demo_arm_expert.pt), plain
     rsl_rl expert checkpoints, and the demo plays them as --base_ckpt_path / --arm_ckpt_path
     (same weights, same actions); at the end it prints the legacy full script's command on
@@ -344,9 +351,9 @@ def demo(out: str, num_envs: int, num_steps: int, record_video: bool, force: boo
     for path in (ckpt, traj) + tuple(experts.values()):
         if os.path.exists(path):
             os.remove(path)
-    make_demo_checkpoint(ckpt, seed=0)
+    make_demo_checkpoint(ckpt)
     for role, path in experts.items():
-        make_demo_expert_checkpoint(path, role, seed=0)
+        make_demo_expert_checkpoint(path, role)
     make_demo_trajectory(traj, seed=0)
     legacy = ["python", os.path.join("scripts", "play_moe_ee_task.py"), "--moe_ckpt_path", ckpt]
     legacy += ["--base_ckpt_path", experts["base"], "--arm_ckpt_path", experts["arm"]]

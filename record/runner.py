@@ -244,7 +244,23 @@ def build_backend(cfg: RunConfig, trajectories: Any, device: str) -> Backend:
             keep_terminations=cfg.keep_terminations,
             codebase=cfg.codebase,
         )
-    raise InputError(f"--backend {cfg.backend}: unknown backend; expected mujoco or isaacgym")
+    if cfg.backend == "warp":
+        try:
+            from moetape.record.warp_backend import WarpBackend
+        except ImportError as e:
+            raise InputError(
+                f"--backend warp needs mujoco-warp and warp-lang ({e}): pip install 'moetape[gpu]'"
+            ) from e
+        seed = 0 if cfg.seed is None else cfg.seed
+        return WarpBackend(
+            trajectories,
+            n_envs=cfg.num_envs,
+            robot_xml=cfg.robot,
+            seed=seed,
+            device=device,
+            notice=lambda msg: print(msg, file=sys.stderr),
+        )
+    raise InputError(f"--backend {cfg.backend}: unknown backend; expected mujoco, warp or isaacgym")
 
 
 def provenance(cfg: RunConfig, backend: Backend, policy: Any, device: str) -> Dict[str, Any]:
@@ -366,6 +382,10 @@ def _record_into(
             frames_per_step=info.decimation if substep else 1,
             backend=info.name,
         )
+        if info.name == "warp":  # at thousands of envs: what the run will write, before it starts
+            from moetape.record.warp_backend import log_size_line
+
+            print(log_size_line(spec, cfg.num_steps), file=sys.stderr)
         meta = {
             "command_line": command_line
             if command_line is not None
