@@ -47,6 +47,7 @@ setup(
     ],
     extras_require={
         "record": ["torch>=1.10", "mujoco>=3.0", "numba>=0.56"],
+        "rerun": ["rerun-sdk==0.41.0"],
         "sweep": [
             "dask[distributed]==2026.8.0; python_version>='3.10'",
             "pyarrow>=14; python_version>='3.10'",

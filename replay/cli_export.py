@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import click
 
 from moetape.replay.cli_analysis import StepRange
+from moetape.replay.cli_rerun import export_rerun_cmd
 from moetape.replay.cli_sweep import derive_sweep_options, maybe_derive_sweep
 from moetape.replay.legacy_map import ROWS_MODES
 from moetape.replay.progress import ProgressBar
@@ -156,6 +157,9 @@ def zarr_cmd(
       moetape export zarr runs/demo/log.h5 -o logs.zarr --rows substep
     """
     _run_export("zarr", log, out, quiet, rows=rows, weights=not no_weights, force=force, steps=steps, env=env)
+
+
+export.add_command(export_rerun_cmd)  # rerun-sdk itself loads only when the command runs
 
 
 @export.command("pkl")

@@ -95,18 +95,34 @@ def render(
 @click.argument("log", type=click.Path(dir_okay=False))
 @click.option("--env", default=0, show_default=True, type=int, help="Env shown first.")
 @click.option("--follow", is_flag=True, help="Tail a log that is still being recorded.")
-def view(log: str, env: int, follow: bool) -> None:
+@click.option(
+    "--rerun", "use_rerun", is_flag=True, help="Open Rerun's native viewer instead (extra 'rerun')."
+)
+@click.option("--web", is_flag=True, help="Serve Rerun's web viewer on 127.0.0.1 and print its URL.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Web viewer port for --web [a free one]."
+)
+def view(log: str, env: int, follow: bool, use_rerun: bool, web: bool, port: Optional[int]) -> None:
     """Open a window: robot, gate timeline, scrubbing; --follow a live log.
 
     The window shows the re-rendered robot, the gate weights, entropy and EE error over time with a
     cursor, a slider to scrub, play/pause and an env selector. Needs a display; on a headless machine
-    use `moetape render`.
+    use `moetape render`. --rerun streams the log into Rerun's native viewer, --web serves Rerun's web
+    viewer on localhost (nothing leaves the machine; Rerun's usage data collection is turned off).
 
     \b
     Example:
       moetape view runs/demo/log.h5 --env 2
       moetape view runs/live/log.h5 --follow
+      moetape view runs/demo/log.h5 --web --port 9090
     """
+    if use_rerun or web:
+        from moetape.replay.cli_rerun import run_rerun_view
+
+        run_rerun_view(log, env=str(env), web=web, port=port, follow=follow)
+        return
+    if port is not None:
+        raise click.UsageError("--port goes with --web.")
     from moetape.replay.viewer import run_viewer
 
     run_viewer(log, env=env, follow=follow)
