@@ -365,6 +365,7 @@ def plot(
         )
     if table is not None:
         return plot_sweep(table, out_dir, force=force)
+    assert log is not None
     from moetape.replay.plots import plot_all
     from moetape.schema.reader import open_log
 

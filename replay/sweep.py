@@ -188,15 +188,41 @@ def open_client(
             yield client
         return
     n = workers or max(1, min(os.cpu_count() or 1, n_tasks or os.cpu_count() or 1))
-    with LocalCluster(
-        host=LOOPBACK,
-        dashboard_address=f"{LOOPBACK}:0",  # its HTTP server (metrics, and the dashboard with bokeh)
-        processes=True,
-        n_workers=n,
-        threads_per_worker=1,
-        silence_logs=logging.ERROR,
-    ) as cluster, distributed.Client(cluster) as client:
+    with _sigint_deferred() as interrupted:  # a cluster half started cannot be closed cleanly
+        cluster = LocalCluster(
+            host=LOOPBACK,
+            dashboard_address=f"{LOOPBACK}:0",  # its HTTP server (metrics; the dashboard with bokeh)
+            processes=True,
+            n_workers=n,
+            threads_per_worker=1,
+            silence_logs=logging.ERROR,
+        )
+        try:
+            client = distributed.Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+    with cluster, client:
+        if interrupted:
+            raise KeyboardInterrupt
         yield client
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[List[int]]:
+    """Hold Ctrl-C (SIGINT) back until the block ends; yield a list that is non-empty if one came."""
+    import signal
+    import threading
+
+    got: List[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def dashboard_link(client: Any) -> Optional[str]:
