@@ -61,8 +61,106 @@ def stored_eof(path: str) -> Optional[int]:
     return int(struct.unpack("<Q", head[28:36])[0])
 
 
-def open_for_read(path: str, *, check_length: bool = True) -> h5py.File:
-    """Open a log read-only, in SWMR mode so crashed and still-being-written logs open too.
+SWMR_READ_ATTEMPTS = 24
+"""Metadata read attempts of a SWMR reader (HDF5's default is 100). HDF5 sleeps between attempts,
+doubling from 1 ns, so N attempts wait about 2**N ns in all on a block whose checksum fails: 24 is
+~17 ms, ample for a block the writer is rewriting at that moment, while the default 100 makes a
+damaged block hang the reader for good (30 attempts already take 1 s, 35 take 34 s)."""
+
+WRITE_ACCESS_FLAGS = 0x01 | 0x04
+"""Superblock v3 file-consistency flags: opened for writing (0x01), for SWMR writing (0x04).
+HDF5 clears them on a clean close; a killed writer leaves them set."""
+
+
+class Superblock(NamedTuple):
+    """What a version 2/3 superblock (the kind moetape writes) says about its file."""
+
+    version: int
+    flags: int
+    """File-consistency flags (WRITE_ACCESS_FLAGS); 0 once the writer closed the file."""
+    eof: int
+    checksum_ok: bool
+
+
+def read_superblock(path: str) -> Optional[Superblock]:
+    """Return the version 2/3 superblock at offset 0 (8-byte addresses), or None for another kind."""
+    with open(path, "rb") as f:
+        head = f.read(48)
+    if len(head) < 48 or head[:8] != HDF5_SIGNATURE or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    stored = struct.unpack("<I", head[44:48])[0]
+    return Superblock(
+        version=head[8],
+        flags=head[11],
+        eof=int(struct.unpack("<Q", head[28:36])[0]),
+        checksum_ok=lookup3(head[:44]) == stored,
+    )
+
+
+def lookup3(data: bytes, initval: int = 0) -> int:
+    """Return Bob Jenkins' lookup3 hashlittle of ``data``: HDF5's metadata checksum."""
+    mask = 0xFFFFFFFF
+
+    def rot(x: int, k: int) -> int:
+        return ((x << k) | (x >> (32 - k))) & mask
+
+    n = len(data)
+    a = b = c = (0xDEADBEEF + n + initval) & mask
+    i = 0
+    while n > 12:
+        x, y, z = struct.unpack_from("<III", data, i)
+        a, b, c = (a + x) & mask, (b + y) & mask, (c + z) & mask
+        a = (a - c) & mask ^ rot(c, 4)
+        c = (c + b) & mask
+        b = (b - a) & mask ^ rot(a, 6)
+        a = (a + c) & mask
+        c = (c - b) & mask ^ rot(b, 8)
+        b = (b + a) & mask
+        a = (a - c) & mask ^ rot(c, 16)
+        c = (c + b) & mask
+        b = (b - a) & mask ^ rot(a, 19)
+        a = (a + c) & mask
+        c = (c - b) & mask ^ rot(b, 4)
+        b = (b + a) & mask
+        n -= 12
+        i += 12
+    if n == 0:
+        return c
+    x, y, z = struct.unpack("<III", data[i:] + bytes(12 - n))
+    a, b, c = (a + x) & mask, (b + y) & mask, (c + z) & mask
+    c = (c ^ b) - rot(b, 14) & mask
+    a = (a ^ c) - rot(c, 11) & mask
+    b = (b ^ a) - rot(a, 25) & mask
+    c = (c ^ b) - rot(b, 16) & mask
+    a = (a ^ c) - rot(c, 4) & mask
+    b = (b ^ a) - rot(a, 14) & mask
+    c = (c ^ b) - rot(b, 24) & mask
+    return c
+
+
+def needs_swmr(path: str) -> bool:
+    """Return True if the log must be opened as a SWMR reader: a writer holds it open, or was killed.
+
+    A log whose writer closed it (consistency flags 0) opens as a plain reader, which fails at once
+    on damaged metadata instead of retrying. A superblock that fails its checksum is read again a
+    few times (a live writer may be rewriting it); a damaged one opens plainly, so HDF5 refuses it.
+    """
+    for attempt in range(5):
+        sb = read_superblock(path)
+        if sb is None:
+            return False
+        if sb.checksum_ok:
+            return bool(sb.flags & WRITE_ACCESS_FLAGS)
+        time.sleep(0.01 * (attempt + 1))
+    return False
+
+
+def open_for_read(path: str, *, check_length: bool = True, swmr: Optional[bool] = None) -> h5py.File:
+    """Open a log read-only: plainly if its writer closed it, else as a SWMR reader with bounded retries.
+
+    Args:
+        swmr: force SWMR reading on (a log that may still be written) or off; None decides from the
+            superblock's consistency flags (``needs_swmr``).
 
     Raises:
         LogReadError: missing, a directory, not HDF5, truncated or otherwise unreadable.
@@ -76,23 +174,114 @@ def open_for_read(path: str, *, check_length: bool = True) -> h5py.File:
         raise LogReadError(f"{path}: empty file, expected a moetape .h5 log. It was never written.")
     try:
         is_hdf5 = looks_like_hdf5(path)
+        use_swmr = needs_swmr(path) if swmr is None else swmr
     except OSError as e:
         raise LogReadError(f"{path}: cannot read ({e.strerror or e}).") from e
     if not is_hdf5:
         raise LogReadError(f"{path}: not an HDF5 file (no HDF5 signature), expected a moetape .h5 log.")
-    if check_length and is_short(path):
+    short = is_short(path)
+    if short and swmr is None:
+        use_swmr = True  # a plain reader refuses a short file outright; a SWMR reader reads what is there
+    if check_length and short:
         _probe_short_file(path)
     try:
-        return h5py.File(path, "r", swmr=True, **LOCKING)
-    except OSError as e:
-        pass_e = e
-    try:  # a file never written in SWMR mode may refuse the SWMR flag on some HDF5 builds
+        if use_swmr:
+            return _open_swmr_reader(path)
         return h5py.File(path, "r", **LOCKING)
-    except OSError as e:
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        first = e
+    if not use_swmr and "already open for write" in str(first):
+        try:  # flags set after all: the superblock changed between our look and HDF5's
+            return _open_swmr_reader(path)
+        except (OSError, RuntimeError, ValueError, KeyError):
+            pass
+    raise LogReadError(
+        f"{path}: HDF5 file cannot be opened ({_short(first)}); its {_damaged_part(first)} is damaged or "
+        "the file is truncated. Restore a copy; `moetape salvage` recovers what is still readable."
+    ) from first
+
+
+def _damaged_part(e: BaseException) -> str:
+    """Name the part of an HDF5 file an open error points at, in a few words."""
+    text = str(e)
+    if "superblock" in text or "signature" in text:
+        return "superblock (the file's first bytes)"
+    return "metadata (superblock, object headers or B-tree nodes)"
+
+
+def _open_swmr_reader(path: str) -> h5py.File:
+    """Open ``path`` as a SWMR reader whose metadata retries are bounded (SWMR_READ_ATTEMPTS).
+
+    h5py has no call for H5Pset_metadata_read_attempts, so it is called in the HDF5 library h5py
+    loaded (ctypes). Where that library cannot be found, a child process opens the file first,
+    with a timeout, so a damaged file is refused instead of hanging this one.
+    """
+    from h5py._hl.files import make_fapl
+
+    fapl = make_fapl(None, locking=LOCKING.get("locking"))
+    if not _bound_read_attempts(fapl):
+        _probe_open(path)
+        return h5py.File(path, "r", swmr=True, **LOCKING)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
+    return h5py.File(fid)
+
+
+_SET_ATTEMPTS: List[Any] = []
+"""The ctypes H5Pset_metadata_read_attempts of h5py's HDF5, or None once it proved unavailable."""
+
+
+def _bound_read_attempts(fapl: Any) -> bool:
+    """Set SWMR_READ_ATTEMPTS on ``fapl``; return False if h5py's HDF5 library cannot be reached."""
+    if not _SET_ATTEMPTS:
+        _SET_ATTEMPTS.append(_find_set_attempts())
+    setter = _SET_ATTEMPTS[0]
+    return setter is not None and setter(fapl.id, SWMR_READ_ATTEMPTS) >= 0
+
+
+def _find_set_attempts() -> Any:
+    """Return H5Pset_metadata_read_attempts from the one libhdf5 this process has loaded, else None."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:  # Linux: the libraries mapped into this process
+            libs = {line.split()[-1] for line in f if "/libhdf5" in line and "_hl" not in line}
+    except OSError:
+        return None
+    if len(libs) != 1:  # none found, or two HDF5 libraries: which one h5py uses is unknown
+        return None
+    try:
+        lib = ctypes.CDLL(libs.pop())  # already loaded: the same library and ids as h5py's
+        setter = lib.H5Pset_metadata_read_attempts
+        getter = lib.H5Pget_metadata_read_attempts
+    except (OSError, AttributeError):
+        return None
+    setter.argtypes, setter.restype = [ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+    getter.argtypes, getter.restype = [ctypes.c_int64, ctypes.POINTER(ctypes.c_uint)], ctypes.c_int
+    probe = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    got = ctypes.c_uint()
+    if setter(probe.id, 7) < 0 or getter(probe.id, ctypes.byref(got)) < 0 or got.value != 7:
+        return None
+    return setter
+
+
+def _probe_open(path: str) -> None:
+    """Open ``path`` as a SWMR reader in a child process, with a timeout; raise if it fails or hangs."""
+    import subprocess
+    import sys
+
+    code = f"import sys, h5py; h5py.File(sys.argv[1], 'r', swmr=True, **{LOCKING!r}).close()"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, path], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
+        why = _short(RuntimeError(proc.stderr.strip().splitlines()[-1])) if proc.returncode else ""
+    except subprocess.TimeoutExpired:
+        why = f"no answer in {PROBE_TIMEOUT_S:.0f} s: HDF5 kept retrying a block whose checksum fails"
+    if why:
         raise LogReadError(
-            f"{path}: HDF5 file cannot be opened ({_short(pass_e)}); it may be truncated or corrupt. "
-            "Run `moetape verify` on it or restore a copy."
-        ) from e
+            f"{path}: HDF5 file cannot be opened ({why}); its metadata is damaged or the file is "
+            "truncated. Restore a copy; `moetape salvage` recovers what is still readable."
+        )
 
 
 def is_short(path: str) -> bool:
@@ -204,11 +393,16 @@ def _locked_hint(e: BaseException) -> str:
     )
 
 
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+"""What h5py raises on damaged metadata or data: OSError mostly, KeyError when opening an object,
+RuntimeError while visiting, ValueError/TypeError for a garbled datatype or dataspace message."""
+
+
 def read_dataset(ds: Any, selection: Any, where: str) -> Any:
     """Read ``ds[selection]``, turning HDF5 read failures (bad checksum, truncation) into LogReadError."""
     try:
         return ds[selection]
-    except OSError as e:
+    except (OSError, RuntimeError, KeyError) as e:
         raise LogReadError(
             f"{where}: {ds.name}: cannot read data ({_short(e)}); the file is corrupt or truncated. "
             "Run `moetape verify` for details."

@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
 import numpy as np
 
 from moetape.schema import layout
-from moetape.schema.errors import LogFormatError, LogReadError, NewerFormatError
-from moetape.schema.io import open_for_read, read_dataset
+from moetape.schema.errors import LogError, LogFormatError, LogReadError, NewerFormatError
+from moetape.schema.io import H5_ERRORS, open_for_read, read_dataset
 from moetape.schema.upcast import upcast
 from moetape.schema.version import FORMAT_VERSION, OLDEST_READABLE
 
@@ -51,15 +51,51 @@ def _decode(value: Any) -> Any:
 class Log:
     """An open event log. Use ``open_log(path)``; close it or use it as a context manager."""
 
-    def __init__(self, path: str, *, check_length: bool = True) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        check_length: bool = True,
+        swmr: Optional[bool] = None,
+        tolerant: bool = False,
+    ) -> None:
+        """Open ``path``; see ``open_log``.
+
+        Args:
+            swmr: passed to io.open_for_read (None: SWMR only while a writer holds the file or was killed).
+            tolerant: for verify and salvage: a dataset whose object header cannot be read is listed in
+                ``unreadable`` instead of refusing the log, and a short file is opened as it is.
+        """
         self.path = os.fspath(path)
         self.recovered: Set[str] = set()  # datasets whose torn last chunk was read without its checksum
-        self._f = open_for_read(self.path, check_length=check_length)
+        self.unreadable: Dict[str, str] = {}  # tolerant: HDF5 path -> why the dataset cannot be opened
+        self._tolerant = tolerant
+        self._ds: Dict[str, Any] = {}
+        self._f = self._open(check_length=check_length and not tolerant, swmr=swmr)
+        if swmr is None and not self._f.swmr_mode and self.run_status == layout.STATUS_RUNNING:
+            # Closed by its writer but still "running": a writer process may be about to reopen it
+            # for appending (or was killed after closing it); follow it as a SWMR reader.
+            self._f.close()
+            self._f = self._open(check_length=False, swmr=True)
+
+    def _open(self, *, check_length: bool, swmr: Optional[bool]) -> Any:
+        f = open_for_read(self.path, check_length=check_length, swmr=swmr)
+        self._f = f
         try:
             self._load()
-        except BaseException:
-            self._f.close()
+        except LogError:
+            f.close()
             raise
+        except H5_ERRORS as e:
+            f.close()
+            raise LogReadError(
+                f"{self.path}: the log's metadata is damaged ({_first_line(e)}). Restore a copy; "
+                "`moetape salvage` recovers what is still readable."
+            ) from e
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     # ------------------------------------------------------------------ opening
     def _load(self) -> None:
@@ -92,20 +128,37 @@ class Log:
             if name not in f:
                 raise LogFormatError(f"{p}: dataset '{name}' missing; expected a complete moetape log.")
         self._paths = self._field_paths()
-        absent = [fp for fp in self._paths.values() if fp not in f]
-        if absent:
+        self._ds = {}
+        absent: List[str] = []
+        for fp in self._paths.values():
+            try:
+                self._ds[fp] = f[fp]
+            except H5_ERRORS as e:
+                if isinstance(e, KeyError) and "doesn't exist" in str(e):
+                    absent.append(fp)
+                elif self._tolerant:
+                    self.unreadable[fp] = f"object header or group index damaged ({_first_line(e)})"
+                else:
+                    raise LogReadError(
+                        f"{p}: {fp}: cannot open the dataset ({_first_line(e)}); its object header or "
+                        "the group index is damaged. `moetape verify` lists every damaged part; "
+                        "`moetape salvage` keeps the other fields."
+                    ) from e
+        if absent and self._tolerant:
+            self.unreadable.update({fp: "missing" for fp in absent})
+        elif absent:
             raise LogFormatError(
                 "{}: {} dataset(s) missing: {}. The file is damaged or not written by "
                 "moetape; run `moetape verify`.".format(p, len(absent), ", ".join(absent[:5]))
             )
         self.refresh()
-        self._check_extent()
+        if not self._tolerant:
+            self._check_extent()
 
     def _check_extent(self) -> None:
         """Refuse a truncated file: the chunk holding each dataset's last committed row must lie inside it."""
         size = os.path.getsize(self.path)
-        for fp in self._paths.values():
-            ds = self._f[fp]
+        for fp, ds in self._ds.items():
             n = self.n_frames if layout.stream_of(fp) else self.n_steps
             if n == 0 or ds.chunks is None:
                 continue
@@ -144,19 +197,35 @@ class Log:
         """Re-read the commit counter and run status (a writer may still be appending)."""
         f = self._f
         for name in (layout.N_COMMITTED, layout.RUN_STATUS, layout.END_TIME):
-            if name in f:
+            if f.swmr_mode and name in f:
                 f[name].refresh()
         counts = read_dataset(f[layout.N_COMMITTED], (), self.path)
         self.n_steps = int(counts[0])
         self.n_frames = int(counts[1])
         self.run_status = _decode(f[layout.RUN_STATUS][()]).strip("\x00 ")
         self.end_time_utc = _decode(f[layout.END_TIME][()]).strip("\x00 ") if layout.END_TIME in f else ""
-        for fp in self._paths.values():
-            f[fp].refresh()
+        for fp, ds in list(self._ds.items()):
+            try:
+                if f.swmr_mode:
+                    ds.refresh()
+                rows = ds.shape[0]
+            except H5_ERRORS as e:
+                if not self._tolerant:
+                    raise LogReadError(
+                        f"{self.path}: {fp}: cannot read the dataset's extent ({_first_line(e)}); its object "
+                        "header is damaged. `moetape salvage` keeps the other fields."
+                    ) from e
+                self.unreadable[fp] = f"object header damaged ({_first_line(e)})"
+                del self._ds[fp]
+                continue
             n = self.n_frames if layout.stream_of(fp) else self.n_steps
-            if f[fp].shape[0] < n:
+            if rows < n:
+                if self._tolerant:
+                    self.unreadable[fp] = f"{rows} rows but n_committed says {n}"
+                    del self._ds[fp]
+                    continue
                 raise LogFormatError(
-                    f"{self.path}: n_committed says {n} rows but {fp} has {f[fp].shape[0]}; the file is damaged. "
+                    f"{self.path}: n_committed says {n} rows but {fp} has {rows}; the file is damaged. "
                     "Run `moetape verify` for details."
                 )
 
@@ -227,25 +296,51 @@ class Log:
     @property
     def model_xml(self) -> Optional[str]:
         """Return the robot MJCF stored in the log, or None (e.g. Isaac Gym runs)."""
-        if layout.MODEL_MJCF not in self._f:
-            return None
-        raw = read_dataset(self._f[layout.MODEL_MJCF], (), self.path)
-        return bytes(np.asarray(raw, dtype=np.uint8)).decode("utf-8")
+        try:
+            if layout.MODEL_MJCF not in self._f:
+                return None
+            raw = read_dataset(self._f[layout.MODEL_MJCF], (), self.path)
+            return bytes(np.asarray(raw, dtype=np.uint8)).decode("utf-8")
+        except H5_ERRORS + (UnicodeDecodeError,) as e:
+            raise self._damaged(layout.MODEL_MJCF, e) from e
+
+    @property
+    def has_model(self) -> bool:
+        """Return True if the log stores its robot model (False if that part is unreadable)."""
+        try:
+            return layout.MODEL_MJCF in self._f
+        except H5_ERRORS:
+            return False
 
     def trajectory(self) -> Optional[Dict[str, Any]]:
         """Return {"ee_pos", "ee_axis_angle" float32 (n,T,3), "dt_s"} if stored, else None."""
-        if layout.TRAJ_EE_POS not in self._f:
-            return None
-        ds = self._f[layout.TRAJ_EE_POS]
-        return {
-            "ee_pos": read_dataset(ds, (), self.path),
-            "ee_axis_angle": read_dataset(self._f[layout.TRAJ_EE_AXIS_ANGLE], (), self.path),
-            "dt_s": float(ds.attrs["dt_s"]),
-        }
+        try:
+            if layout.TRAJ_EE_POS not in self._f:
+                return None
+            ds = self._f[layout.TRAJ_EE_POS]
+            return {
+                "ee_pos": read_dataset(ds, (), self.path),
+                "ee_axis_angle": read_dataset(self._f[layout.TRAJ_EE_AXIS_ANGLE], (), self.path),
+                "dt_s": float(ds.attrs["dt_s"]),
+            }
+        except H5_ERRORS as e:
+            raise self._damaged("trajectory", e) from e
+
+    def _damaged(self, where: str, e: BaseException) -> LogReadError:
+        if isinstance(e, LogReadError):
+            return e
+        return LogReadError(
+            f"{self.path}: {where}: cannot be read ({_first_line(e)}); that part of the file is damaged. "
+            "Restore a copy; `moetape salvage` keeps what is still readable."
+        )
 
     def fields(self) -> List[str]:
-        """Return every readable field name."""
-        return list(self._paths)
+        """Return every field name (tolerant: only those whose dataset could be opened)."""
+        return [name for name, fp in self._paths.items() if fp in self._ds]
+
+    def field_path(self, field: str) -> str:
+        """Return the HDF5 path of ``field`` ("obs" -> "steps/obs")."""
+        return self._path(field)
 
     def has_field(self, name: str) -> bool:
         return name in self._paths
@@ -293,7 +388,7 @@ class Log:
             rows = slice(start * fps, stop * fps)
         else:
             rows = slice(start, stop)
-        ds = self._f[path]
+        ds = self._dataset_at(path)
         env_sel = self._env_index(env) if ds.ndim > 1 else None
         try:
             if ds.ndim == 1:
@@ -353,7 +448,7 @@ class Log:
         """Return the bytes one policy step of ``fields`` takes (all envs)."""
         total = 0
         for name in fields:
-            ds = self._f[self._path(name)]
+            ds = self._dataset_at(self._path(name))
             rows = self.frames_per_step if layout.stream_of(ds.name.lstrip("/")) else 1
             total += int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize * rows
         return max(1, total)
@@ -406,7 +501,15 @@ class Log:
 
     def dataset(self, field: str) -> Any:
         """Return the raw h5py dataset of ``field`` (for verify and tools; mind n_committed)."""
-        return self._f[self._path(field)]
+        return self._dataset_at(self._path(field))
+
+    def _dataset_at(self, path: str) -> Any:
+        try:
+            return self._ds[path]
+        except KeyError:
+            raise LogReadError(
+                f"{self.path}: {path}: {self.unreadable.get(path, 'not opened')}; this field cannot be read."
+            ) from None
 
     @property
     def h5(self) -> Any:
@@ -443,7 +546,7 @@ class Log:
             "frames_per_step": self.frames_per_step,
             "frame_rate_hz": self.frame_rate_hz,
             "duration_s": self.n_steps * self.policy_dt_s,
-            "has_model": layout.MODEL_MJCF in self._f,
+            "has_model": self.has_model,
             "command_line": self.meta.get("command_line"),
             "provenance": prov,
             "size_bytes": os.path.getsize(self.path),
@@ -457,6 +560,11 @@ class Log:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().strip("'\"").splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def open_log(path: str) -> Log:
