@@ -68,6 +68,14 @@ bench: install
 demo: install
 	$(BIN)/moetape demo --force
 
+# Train the demo policy (record/assets/demo_policy/; about 15-20 min on 2 CPU cores). rsl-rl-lib goes in
+# without its declared deps (torchvision, onnx: never imported), which would replace the CPU torch.
+.PHONY: train-demo
+train-demo: install
+	$(BIN)/python -m pip install -q --no-deps "rsl-rl-lib==2.3.3"
+	$(BIN)/python -m pip install -q "GitPython>=3.1"
+	$(BIN)/python scripts/train_demo_policy.py --out-dir record/assets/demo_policy --force
+
 golden: install
 	$(BIN)/python tests/data/make_v1.py
 

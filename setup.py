@@ -32,7 +32,10 @@ setup(
     python_requires=">=3.8",
     package_dir={"moetape": "."},
     packages=["moetape", "moetape.schema", "moetape.record", "moetape.replay"],
-    package_data={"moetape": ["py.typed"], "moetape.record": ["assets/*.xml"]},
+    package_data={
+        "moetape": ["py.typed"],
+        "moetape.record": ["assets/*.xml", "assets/demo_policy/*"],
+    },
     cmdclass={"build_py": BuildPy},
     install_requires=[
         "click>=8.0",
@@ -48,6 +51,10 @@ setup(
     extras_require={
         "record": ["torch>=1.10", "mujoco>=3.0", "numba>=0.56"],
         "rerun": ["rerun-sdk==0.41.0"],
+        # Training the demo policy needs rsl-rl-lib==2.3.3 too, installed with --no-deps: it declares
+        # torchvision and onnx (never imported by its PPO), which would replace the pinned CPU torch with
+        # a CUDA build. What it does import beyond torch and numpy is GitPython.
+        "train": ["GitPython>=3.1"],
         "sweep": [
             "dask[distributed]==2026.8.0; python_version>='3.10'",
             "pyarrow>=14; python_version>='3.10'",
