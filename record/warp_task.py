@@ -266,7 +266,7 @@ def observe(
     """The observation ``obs`` float32 (E, 109), term by term as mujoco_task.OBS_LAYOUT (kernels.observe)."""
     r, v = c.root_qpos, c.root_dof
     o = {n: OBS[n] for n in _OBS_TERMS}
-    obs[:, o["dof_pos"]] = qpos[:, c.qpos] - c.default_pos
+    obs[:, o["dof_pos"]] = qpos[:, c.qpos].float() - c.default_pos32  # the state's own precision: 0 at reset
     obs[:, o["dof_vel"]] = qvel[:, c.dof] * OBS_SCALES["dof_vel"]
     obs[:, o["projected_gravity"]] = -base_mat[:, 2]
     obs[:, o["base_ang_vel"]] = qvel[:, v + 3 : v + 6] * OBS_SCALES["base_ang_vel"]
