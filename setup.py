@@ -59,6 +59,9 @@ setup(
             "dask[distributed]==2026.8.0; python_version>='3.10'",
             "pyarrow>=14; python_version>='3.10'",
         ],
+        # MuJoCo Warp (--backend warp): mujoco-warp 4.0.0 runs with the mujoco 4.0.x that 'record' installs
+        # and needs Python 3.11+; warp-lang brings its own CUDA runtime and also runs on the CPU.
+        "gpu": ["mujoco-warp==4.0.0; python_version>='3.11'", "warp-lang==1.19.0; python_version>='3.11'"],
         "dev": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "mypy>=1.5", "import-linter>=2.0", "vermin>=1.6"],
     },
     entry_points={"console_scripts": ["moetape=moetape.cli:cli"]},
