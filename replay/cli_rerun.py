@@ -6,6 +6,7 @@ rerun-sdk is the optional extra ``rerun``; this module imports it only through
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any, Dict, Optional
 
@@ -20,7 +21,7 @@ INSTALL_HINT = "pip install 'moetape[rerun]'"
 def load_rerun_export(command: str) -> ModuleType:
     """Import moetape.replay.rerun_export, or fail in one line saying how to install rerun-sdk."""
     try:
-        from moetape.replay import rerun_export
+        rerun_export = importlib.import_module("moetape.replay.rerun_export")
     except ImportError as e:
         top = (getattr(e, "name", "") or "").split(".")[0]
         if top in ("rerun", "rerun_bindings", "rerun_cli", "pyarrow"):

@@ -154,7 +154,12 @@ def _geom_batches(geoms: Sequence[Any]) -> Dict[str, Any]:
                 dtype=np.float32,
             )
             out[kind] = rr.Capsules3D(
-                lengths=2 * size[:, 1], radii=size[:, 0], translations=start, quaternions=quat, colors=colors
+                lengths=2 * size[:, 1],
+                radii=size[:, 0],
+                translations=start,
+                quaternions=quat,
+                colors=colors,
+                fill_mode="solid",
             )
     return out
 
