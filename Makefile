@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 PYTEST_NOT_SLOW := -m "not slow"
 
-.PHONY: install system-deps test test-all test-notorch lint wheel-check bench demo golden clean
+.PHONY: install system-deps browser test test-all test-notorch lint wheel-check bench demo golden clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): setup.py pyproject.toml
 	touch $(STAMP)
 
 # Headless MuJoCo rendering (EGL, OSMesa fallback) and video encoding need a few system libraries.
-system-deps:
+system-deps: browser
 	@missing=""; \
 	for lib in libEGL.so.1 libOpenGL.so.0 libOSMesa.so; do \
 	  ldconfig -p 2>/dev/null | grep -q "$$lib" || missing="$$missing $$lib"; \
@@ -32,6 +32,17 @@ system-deps:
 	    || echo "warning: apt-get failed; headless rendering may not work"; \
 	else \
 	  echo "note: for headless rendering install: libegl1 libopengl0 libgl1-mesa-dri libosmesa6 (missing:$$missing)"; \
+	fi
+
+# The web viewer test (tests/replay/test_rerun.py) drives headless Chromium; Debian's package has it.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (headless browser for the Rerun web viewer test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: apt-get install chromium failed; the web viewer test will be skipped"; \
+	else \
+	  echo "note: install chromium for the Rerun web viewer test (apt-get install chromium)"; \
 	fi
 
 test: install
