@@ -1,0 +1,136 @@
+"""How `moetape export rerun` compares with reading the same fields from the log.
+
+Builds (once, cached in bench/out/) a synthetic log of E envs x S policy steps (default 64 x 15625 =
+1M env-steps; frames_per_step=1, 3 bodies, ``moetape.schema.synthetic``), plus a quarter-length one,
+to show that peak RSS does not grow with the log. Each measurement runs in a fresh subprocess:
+
+    read_s          read every field the export reads (RecordingWriter.fields()), same env selection,
+                    in the export's chunks (Log.iter_chunks)
+    export_s        ``export_rerun(log, out.rrd, env=...)``
+    ratio           export_s / read_s                                           goal <= 3
+    rrd_bytes       size of the .rrd
+    rss_mb          peak RSS of the export subprocess (ru_maxrss)
+for one env (--env 0) and for all envs, on the full and the quarter-length log.
+
+    python bench/rerun.py [--json] [--steps S] [--envs E]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Dict
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+
+_CHILD = r"""
+import json, os, resource, sys, time
+mode, log_path, out, env = sys.argv[1:5]
+env = None if env == "all" else int(env)
+from moetape.replay import rerun_export as rx
+from moetape.schema.reader import open_log
+t0 = time.perf_counter()
+if mode == "read":
+    with open_log(log_path) as log:
+        envs = rx.select_envs(log, env)
+        w = rx.RecordingWriter.__new__(rx.RecordingWriter)
+        w.log, w.envs = log, envs
+        w.scalar_metrics = [m for m in log.metric_names if log.dataset("metrics/" + m).ndim == 2]
+        fields = rx.RecordingWriter.fields(w)
+        sel = rx._env_selection(envs)
+        per = max(1, min(rx.EXPORT_CHUNK_STEPS, (8 << 20) // log.step_bytes(fields) * log.n_envs // len(envs)))
+        n = 0
+        for chunk in log.iter_chunks(fields, env=sel, chunk_steps=per):
+            n += sum(a.nbytes for a in chunk.data.values())
+    extra = {"bytes_read": n}
+else:
+    info = rx.export_rerun(log_path, out, env=env, force=True)
+    extra = {"rrd_bytes": info["bytes"]}
+    os.remove(out)
+dt = time.perf_counter() - t0
+print(json.dumps(dict(extra, seconds=dt, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)))
+"""
+
+
+def build_log(path: str, n_steps: int, n_envs: int) -> None:
+    """Write the synthetic bench log under a temporary name, then rename it into place."""
+    from moetape.schema.synthetic import small_spec, synthetic_step
+    from moetape.schema.writer import LogWriter
+
+    spec = small_spec(n_envs, frames_per_step=1)
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    with LogWriter(tmp, spec, meta={"command_line": "bench/rerun.py"}) as log:
+        for s in range(n_steps):
+            log.append(*synthetic_step(spec, s, 0))
+    os.replace(tmp, path)
+
+
+def cached_log(n_steps: int, n_envs: int) -> str:
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, f"rerun_{n_envs}x{n_steps}.h5")
+    if not os.path.exists(path):
+        t0 = time.perf_counter()
+        build_log(path, n_steps, n_envs)
+        print(f"built {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return path
+
+
+def run_child(mode: str, log_path: str, env: str) -> Dict[str, Any]:
+    out = os.path.join(OUT, "bench.rrd")
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode, log_path, out, env],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def measure(log_path: str, env: str) -> Dict[str, Any]:
+    read = run_child("read", log_path, env)
+    exp = run_child("export", log_path, env)
+    return {
+        "read_s": round(read["seconds"], 3),
+        "export_s": round(exp["seconds"], 3),
+        "ratio": round(exp["seconds"] / max(read["seconds"], 1e-9), 2),
+        "bytes_read": read["bytes_read"],
+        "rrd_bytes": exp["rrd_bytes"],
+        "rss_mb": round(exp["rss_mb"], 1),
+        "read_rss_mb": round(read["rss_mb"], 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+    parser.add_argument("--steps", type=int, default=15625)
+    parser.add_argument("--envs", type=int, default=64)
+    args = parser.parse_args()
+    full = cached_log(args.steps, args.envs)
+    quarter = cached_log(max(1, args.steps // 4), args.envs)
+    result = {
+        "log": {
+            "envs": args.envs,
+            "steps": args.steps,
+            "env_steps": args.envs * args.steps,
+            "frames_per_step": 1,
+        },
+        "one_env": measure(full, "0"),
+        "all_envs": measure(full, "all"),
+        "quarter_log": {"one_env": measure(quarter, "0"), "all_envs": measure(quarter, "all")},
+        "goal": "export_s <= 3 x read_s; rss_mb about the same for the full and the quarter-length log",
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
