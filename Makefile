@@ -16,7 +16,7 @@ $(STAMP): setup.py pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	# Pin torch first: an unpinned torch pulls a CUDA build of several GB.
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e '.[record,dev]' --config-settings editable_mode=strict
+	$(BIN)/python -m pip install -q -e '.[record,dev,rerun,sweep,gpu,train]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 # Headless MuJoCo rendering (EGL, OSMesa fallback) and video encoding need a few system libraries.
