@@ -226,11 +226,11 @@ def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
       moetape verify runs/demo/log.h5
     """
     from moetape.schema.errors import LogError
-    from moetape.schema.reader import open_log
+    from moetape.schema.reader import Log
 
     skipped = QUICK_SKIPS if quick else []
     try:
-        with open_log(log) as lg:
+        with Log(log, tolerant=True) as lg:
             n_steps, status = lg.n_steps, lg.run_status
         show = not (quiet or as_json or quick)
         notes: List[str] = []
@@ -247,7 +247,10 @@ def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
     for note in notes:
         click.echo("note: " + note, err=True)
     if as_json:
-        found = [{"where": p.where, "what": p.what} for p in problems]
+        found = [
+            dict({"where": p.where, "what": p.what}, **({"damage": p.damage} if p.damage else {}))
+            for p in problems
+        ]
         click.echo(json.dumps(_verify_doc(log, not problems, n_steps, status, found, skipped)))
     elif problems:
         click.echo(

@@ -64,14 +64,15 @@ class Log:
         Args:
             swmr: passed to io.open_for_read (None: SWMR only while a writer holds the file or was killed).
             tolerant: for verify and salvage: a dataset whose object header cannot be read is listed in
-                ``unreadable`` instead of refusing the log, and a short file is opened as it is.
+                ``unreadable`` instead of refusing the log, and the truncation check of every
+                dataset's last chunk is left to the reads (check_length=False skips the file's too).
         """
         self.path = os.fspath(path)
         self.recovered: Set[str] = set()  # datasets whose torn last chunk was read without its checksum
         self.unreadable: Dict[str, str] = {}  # tolerant: HDF5 path -> why the dataset cannot be opened
         self._tolerant = tolerant
         self._ds: Dict[str, Any] = {}
-        self._f = self._open(check_length=check_length and not tolerant, swmr=swmr)
+        self._f = self._open(check_length=check_length, swmr=swmr)
         if swmr is None and not self._f.swmr_mode and self.run_status == layout.STATUS_RUNNING:
             # Closed by its writer but still "running": a writer process may be about to reopen it
             # for appending (or was killed after closing it); follow it as a SWMR reader.

@@ -6,13 +6,14 @@ file cannot be opened as a moetape log at all.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import numpy as np
 
 from moetape.schema import layout
 from moetape.schema.errors import LogError, LogReadError
-from moetape.schema.reader import STREAM_BYTES, Log, open_log
+from moetape.schema.io import H5_ERRORS, read_dataset
+from moetape.schema.reader import STREAM_BYTES, Log
 
 GATE_SUM_TOL = 1e-3
 MAX_PROBLEMS = 50
@@ -20,13 +21,71 @@ ENTROPY_TOL = 1e-3
 
 
 class Problem(NamedTuple):
-    """One thing wrong with a log: where (an HDF5 path or attribute) and what."""
+    """One thing wrong with a log: where (an HDF5 path or attribute) and what.
+
+    ``damage`` is set for a damaged region of a dataset (see ``Damage.as_dict``), None otherwise.
+    """
 
     where: str
     what: str
+    damage: Optional[Dict[str, Any]] = None
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
+
+
+CHECKSUM = "checksum"
+"""A data chunk is where the index says but its bytes fail their fletcher32 checksum."""
+STRUCTURE = "structure"
+"""HDF5 metadata (object header, chunk index) cannot be read, so the data cannot even be located."""
+
+
+class BadChunk(NamedTuple):
+    """One HDF5 chunk of a dataset that cannot be read."""
+
+    path: str
+    rows: Tuple[int, int]
+    """[first, last] row of the dataset the chunk holds (committed rows only)."""
+    steps: Tuple[int, int]
+    """[first, last] policy step those rows belong to."""
+    envs: Optional[Tuple[int, int]]
+    """[first, last] env the chunk holds; None for a dataset without an env axis."""
+    offset: Optional[int]
+    size: Optional[int]
+    kind: str
+    """CHECKSUM or STRUCTURE."""
+    cause: str
+
+
+class Damage(NamedTuple):
+    """A damaged region: adjacent unreadable chunks of one dataset (or a whole unreadable dataset)."""
+
+    path: str
+    kind: str
+    steps: Tuple[int, int]
+    envs: Optional[Tuple[int, int]]
+    chunks: List[BadChunk]
+    cause: str
+
+    def as_dict(self, intact_before: bool) -> Dict[str, Any]:
+        return {
+            "dataset": self.path,
+            "group": self.path.rsplit("/", 1)[0] if "/" in self.path else "",
+            "kind": self.kind,
+            "steps": list(self.steps),
+            "envs": None if self.envs is None else list(self.envs),
+            "chunks": [
+                {
+                    "rows": list(c.rows),
+                    "envs": None if c.envs is None else list(c.envs),
+                    "offset": c.offset,
+                    "size": c.size,
+                }
+                for c in self.chunks
+            ],
+            "intact_before": intact_before,
+            "cause": self.cause,
+        }
 
 
 def validate(
@@ -38,6 +97,10 @@ def validate(
 ) -> List[Problem]:
     """Return every problem found in the log at ``path`` (empty list: the log is valid).
 
+    Every damaged region is its own problem (dataset, chunks, steps, envs, checksum or structure,
+    whether the committed steps before it are intact): a dataset whose object header cannot be
+    read, and each run of adjacent chunks that cannot be read.
+
     Args:
         check_data: read every committed row (fletcher32 checksums, gate sums, continuity).
         progress: called with the number of steps checked after each chunk.
@@ -46,10 +109,17 @@ def validate(
     Raises:
         LogError: the file cannot be opened as a moetape log at all (see reader.open_log).
     """
-    with open_log(path) as log:
+    with Log(path, tolerant=True) as log:
+        damages = [
+            Damage(fp, STRUCTURE, (0, max(0, log.n_steps - 1)), None, [], why)
+            for fp, why in sorted(log.unreadable.items())
+        ]
         problems = _check_structure(log)
         if check_data and not problems:
-            problems += _check_data(log, progress)
+            bad, found = _check_data(log, progress)
+            problems += found
+            damages += _regions(bad)
+        problems = _damage_problems(log, damages) + problems
         if notes is not None:
             for ds in sorted(log.recovered):
                 notes.append(
@@ -61,7 +131,6 @@ def validate(
 
 def _check_structure(log: Log) -> List[Problem]:
     """Attributes, dataset presence, dtype, shape, chunking, filters and counters."""
-    f = log.h5
     problems: List[Problem] = []
     meta = log.meta
     for name in layout.LIST_ATTRS:
@@ -94,9 +163,10 @@ def _check_structure(log: Log) -> List[Problem]:
         "J": len(log.joint_names),
         "B": len(log.body_names),
     }
+    datasets = {log.field_path(name): log.dataset(name) for name in log.fields()}
     metrics = {}
     for name in log.metric_names:
-        ds = f.get(layout.METRICS + "/" + name)
+        ds = datasets.get(layout.METRICS + "/" + name)
         if ds is not None:
             metrics[name] = (tuple(ds.shape[2:]), str(ds.dtype))
     expected = layout.field_specs(sizes, log.term_names, metrics)
@@ -107,10 +177,9 @@ def _check_structure(log: Log) -> List[Problem]:
             )
         )
     for path, (shape, dtype) in expected.items():
-        if path not in f:
-            problems.append(Problem(path, "missing"))
-            continue
-        ds = f[path]
+        if path in log.unreadable:
+            continue  # a damaged region, reported with the others
+        ds = datasets[path]
         if ds.dtype != np.dtype(dtype):
             problems.append(Problem(path, f"dtype {ds.dtype}, expected {dtype}"))
         if tuple(ds.shape[1:]) != shape:
@@ -119,129 +188,259 @@ def _check_structure(log: Log) -> List[Problem]:
             problems.append(Problem(path, f"not a chunked growable dataset (maxshape {ds.maxshape})"))
         if not ds.fletcher32:
             problems.append(Problem(path, "no fletcher32 checksum filter"))
-        n = log.n_frames if layout.stream_of(path) else log.n_steps
-        if ds.shape[0] < n:
-            problems.append(Problem(path, f"{ds.shape[0]} rows but n_committed says {n}"))
     return problems
 
 
-def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> List[Problem]:
+CONTINUITY_FIELDS = ("episode", "step_in_episode", "done")
+
+
+def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> Tuple[List[BadChunk], List[Problem]]:
     """Read every committed row: checksums, gate rows sum to 1, entropy, step continuity.
 
-    A range that fails to read is narrowed down to the HDF5 chunks that fail (one problem per
-    dataset chunk), and checking goes on with the next range, so every damaged chunk is listed.
+    Each field is read on its own; a range of a field that fails to read is narrowed down to the
+    HDF5 chunks that fail, and checking goes on with the next range, so every damaged chunk of
+    every dataset is found. Returns (bad chunks, other problems).
     """
     problems: List[Problem] = []
+    bad: List[BadChunk] = []
     fields = log.fields()
     fps = log.frames_per_step
     prev: Optional[dict] = None
-    reported: Set[Tuple[str, int]] = set()
-    per = max(1, STREAM_BYTES // log.step_bytes(fields))
+    reported: Set[Tuple[str, int, int]] = set()
+    per = max(1, STREAM_BYTES // log.step_bytes(fields)) if fields else log.n_steps
     start = 0
     while start < log.n_steps:
         stop = min(log.n_steps, start + per)
-        try:
-            d = {name: log.read(name, start, stop) for name in fields}
-        except LogReadError:
-            problems += _locate_bad_chunks(log, fields, start, stop, reported)
-            prev = None  # continuity cannot be checked across an unreadable range
+        d: Dict[str, Any] = {}
+        for name in fields:
+            try:
+                d[name] = log.read(name, start, stop)
+            except LogReadError as e:
+                bad += _locate_bad_chunks(log, name, start, stop, reported, e)
+        if len(problems) <= MAX_PROBLEMS:
+            problems += _check_chunk(start, stop, d, prev, fps)
+        if all(k in d for k in CONTINUITY_FIELDS):
+            prev = {k: d[k][-1] for k in CONTINUITY_FIELDS if len(d[k])}
         else:
-            problems += _check_chunk(start, d, prev, fps)
-            prev = {k: d[k][-1] for k in ("episode", "step_in_episode", "done") if len(d[k])}
+            prev = None  # continuity cannot be checked across an unreadable range
         if progress is not None:
             progress(stop)
-        if len(problems) > MAX_PROBLEMS:
-            problems.append(Problem(log.path, f"more than {MAX_PROBLEMS} problems; stopped checking"))
-            break
         start = stop
-    return problems
+    if len(problems) > MAX_PROBLEMS:
+        problems = problems[:MAX_PROBLEMS] + [
+            Problem(log.path, f"more than {MAX_PROBLEMS} consistency problems; the rest are not listed")
+        ]
+    return bad, problems
 
 
 def _locate_bad_chunks(
-    log: Log, fields: List[str], start: int, stop: int, reported: Set[Tuple[str, int]]
-) -> List[Problem]:
-    """Return one problem per HDF5 chunk of ``fields`` in steps [start, stop) that cannot be read.
+    log: Log, name: str, start: int, stop: int, reported: Set[Tuple[str, int, int]], error: LogError
+) -> List[BadChunk]:
+    """Return the HDF5 chunks of field ``name`` in steps [start, stop) that cannot be read.
 
-    ``reported`` holds the (dataset, first row) of chunks already reported by an earlier range.
+    ``reported`` holds the (dataset, first row, first env) of chunks already found by an earlier range.
     """
-    found = False
-    problems: List[Problem] = []
-    fps = log.frames_per_step
-    for name in fields:
-        ds = log.dataset(name)
-        path = ds.name.lstrip("/")
-        per_row = fps if layout.stream_of(path) else 1
-        rows = ds.chunks[0] if ds.chunks else max(1, stop - start)
-        first = (start * per_row // rows) * rows
-        for r0 in range(first, stop * per_row, rows):
-            s0, s1 = max(start, r0 // per_row), min(stop, -(-(r0 + rows) // per_row))
+    ds = log.dataset(name)
+    path = ds.name.lstrip("/")
+    per_row = log.frames_per_step if layout.stream_of(path) else 1
+    n_rows = log.n_frames if layout.stream_of(path) else log.n_steps
+    chunks = ds.chunks or ds.shape
+    rows = max(1, chunks[0])
+    env_step = chunks[1] if ds.ndim > 1 and path not in NO_ENV_AXIS else None
+    env_origins = range(0, ds.shape[1], env_step) if env_step else [None]
+    found: List[BadChunk] = []
+    failed = False
+    r_stop = min(stop * per_row, n_rows)
+    for r0 in range((start * per_row // rows) * rows, r_stop, rows):
+        r1 = min(r0 + rows, n_rows)
+        for e0 in env_origins:
+            sel: Tuple[Any, ...] = (slice(max(r0, start * per_row), min(r1, r_stop)),)
+            if e0 is not None:
+                sel += (slice(e0, min(e0 + (env_step or 1), ds.shape[1])),)
             try:
-                log.read(name, s0, s1)
+                read_dataset(ds, sel, log.path)
+                continue
             except LogReadError as e:
-                found = True
-                if (path, r0) not in reported:
-                    reported.add((path, r0))
-                    problems.append(Problem(path, _bad_chunk_text(log, ds, r0, rows, per_row, e)))
-    if not found:  # the range failed as a whole but no single dataset does: report the range
-        problems.append(
-            Problem(
-                log.path, f"checksum or read failure in steps {start}-{stop - 1}; each dataset reads alone"
+                if _tail_reads(log, name, path, r0, r1, per_row):
+                    continue
+                cause = str(e)
+            failed = True
+            key = (path, r0, e0 or 0)
+            if key in reported:
+                continue
+            reported.add(key)
+            found.append(_bad_chunk(log, ds, path, r0, r1, e0, env_step, per_row, cause))
+    if not failed:  # the range fails but no chunk alone does
+        found.append(
+            BadChunk(
+                path,
+                (start * per_row, stop * per_row - 1),
+                (start, stop - 1),
+                None,
+                None,
+                None,
+                STRUCTURE,
+                _cause(str(error)),
             )
         )
-    return problems
+    return found
 
 
-def _bad_chunk_text(log: Log, ds: Any, r0: int, rows: int, per_row: int, e: LogError) -> str:
-    """Say which steps of a dataset are lost and what can still be done, without pointing at verify."""
-    where = ""
+NO_ENV_AXIS = {layout.step_path("t_wall_s"), layout.frame_path("step"), layout.frame_path("substep")}
+
+
+def _tail_reads(log: Log, name: str, path: str, r0: int, r1: int, per_row: int) -> bool:
+    """True if a crashed run's torn last chunk, read without its checksum, holds these rows."""
+    if log.ended_cleanly:
+        return False
     try:
-        info = ds.id.get_chunk_info_by_coord((r0,) + (0,) * (ds.ndim - 1))
+        log.read(name, r0 // per_row, -(-r1 // per_row))
+        return True
+    except LogReadError:
+        return False
+
+
+def _bad_chunk(
+    log: Log,
+    ds: Any,
+    path: str,
+    r0: int,
+    r1: int,
+    e0: Optional[int],
+    env_step: Optional[int],
+    per_row: int,
+    cause: str,
+) -> BadChunk:
+    offset = size = None
+    try:
+        info = ds.id.get_chunk_info_by_coord(
+            (r0,) + ((e0 or 0),) + (0,) * (ds.ndim - 2) if ds.ndim > 1 else (r0,)
+        )
         if info.byte_offset is not None:
-            where = f", {info.size} bytes at file offset {info.byte_offset}"
-    except (OSError, ValueError, RuntimeError):
+            offset, size = int(info.byte_offset), int(info.size)
+    except H5_ERRORS:
         pass
-    text = str(e)
-    cause = text.split("cannot read data (", 1)[1].rsplit(");", 1)[0] if "cannot read data (" in text else ""
-    last_row = min(r0 + rows, log.n_steps * per_row) - 1
-    s0, s1 = r0 // per_row, last_row // per_row + 1
+    text = _cause(cause)
+    kind = CHECKSUM if ("filter" in text or "fletcher" in text.lower()) and offset is not None else STRUCTURE
+    envs = None if e0 is None else (e0, min(e0 + (env_step or 1), ds.shape[1]) - 1)
+    return BadChunk(path, (r0, r1 - 1), (r0 // per_row, (r1 - 1) // per_row), envs, offset, size, kind, text)
+
+
+def _cause(text: str) -> str:
+    if "cannot read data (" in text:
+        return text.split("cannot read data (", 1)[1].rsplit(");", 1)[0]
+    return text.split(": ", 1)[-1][:200]
+
+
+def _regions(bad: List[BadChunk]) -> List[Damage]:
+    """Merge each dataset's chunks whose steps touch or overlap (and are of one kind) into regions."""
+    out: List[Damage] = []
+    for c in sorted(bad, key=lambda c: (c.path, c.steps, c.envs or (0, 0))):
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.path == c.path
+            and last.kind == c.kind
+            and c.steps[0] <= last.steps[1] + 1
+        ):
+            envs = _union(last.envs, c.envs)
+            out[-1] = last._replace(
+                steps=(last.steps[0], max(last.steps[1], c.steps[1])), envs=envs, chunks=last.chunks + [c]
+            )
+        else:
+            out.append(Damage(c.path, c.kind, c.steps, c.envs, [c], c.cause))
+    return out
+
+
+def _union(a: Optional[Tuple[int, int]], b: Optional[Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    if a is None or b is None:
+        return None
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def _damage_problems(log: Log, damages: List[Damage]) -> List[Problem]:
+    """Turn damaged regions into problems, each saying whether the steps before it are intact."""
+    first = min((d.steps[0] for d in damages), default=None)
+    out = []
+    for d in sorted(damages, key=lambda d: (d.steps[0], d.path)):
+        intact = first is None or d.steps[0] <= first
+        out.append(Problem(d.path, _damage_text(log, d, intact), d.as_dict(intact)))
+    return out
+
+
+def _damage_text(log: Log, d: Damage, intact_before: bool) -> str:
+    """Say what a damaged region holds, what kind of damage it is, and what can still be done."""
+    s0, s1 = d.steps
+    envs = (
+        "all envs"
+        if d.envs is None
+        else (f"env {d.envs[0]}" if d.envs[0] == d.envs[1] else f"envs {d.envs[0]}-{d.envs[1]}")
+    )
+    if not d.chunks:
+        what = f"the whole dataset is unreadable, steps {s0}-{s1}, {envs} ({d.cause}; structure: its object header cannot be read)"
+    else:
+        rows = f"rows {d.chunks[0].rows[0]}-{d.chunks[-1].rows[1]}"
+        at = [f"{c.size} bytes at file offset {c.offset}" for c in d.chunks if c.offset is not None]
+        n = len(d.chunks)
+        place = f"HDF5 chunk of {rows}" if n == 1 else f"{n} HDF5 chunks, {rows}"
+        kind = (
+            "checksum: the data fails its fletcher32 checksum"
+            if d.kind == CHECKSUM
+            else "structure: the chunk index or object header cannot be read"
+        )
+        what = (
+            f"checksum or read failure in steps {s0}-{s1} ({place}, {envs}"
+            + (f", {'; '.join(at[:3])}{', ...' if len(at) > 3 else ''}" if at else "")
+            + f"; {d.cause}; {kind})"
+        )
+    if s0 == 0:
+        before = "it starts at the first step"
+    elif intact_before:
+        before = f"the committed steps before {s0} are intact in every field"
+    else:
+        before = f"steps before {s0} are damaged too (listed above)"
     return (
-        f"checksum or read failure in steps {s0}-{s1 - 1} (HDF5 chunk of rows {r0}-{last_row}{where}"
-        + (f"; {cause}" if cause else "")
-        + "). Those rows are lost in this file and moetape cannot repair them (there is no salvage "
-        "command): restore the log from a copy. Commands that read other fields, or other steps "
-        "(`moetape stats --steps A:B`), still work"
+        f"{what}; {before}. Those rows are lost in this file: restore the log from a copy, or "
+        "`moetape salvage LOG OUT` writes every readable step and field to a new log. Commands that "
+        "read other fields, or other steps (`moetape stats --steps A:B`), still work"
     )
 
 
-def _check_chunk(start: int, d: Any, prev: Optional[dict], fps: int) -> List[Problem]:
+def _check_chunk(start: int, stop: int, d: Dict[str, Any], prev: Optional[dict], fps: int) -> List[Problem]:
+    """Gate sums, entropy, frame counters and episode continuity of the fields read for [start, stop)."""
     problems: List[Problem] = []
-    n = len(d["obs"])
-    gate = d["gate"].astype(np.float64)
-    bad = np.abs(gate.sum(axis=-1) - 1.0) > GATE_SUM_TOL
-    if bad.any():
-        s, e = np.argwhere(bad)[0]
-        problems.append(
-            Problem(
-                "steps/gate", f"step {start + s} env {e}: weights sum to {gate[s, e].sum():.4f}, expected 1"
+    n = stop - start
+    if "gate" in d:
+        gate = d["gate"].astype(np.float64)
+        bad = np.abs(gate.sum(axis=-1) - 1.0) > GATE_SUM_TOL
+        if bad.any():
+            s, e = np.argwhere(bad)[0]
+            problems.append(
+                Problem(
+                    "steps/gate",
+                    f"step {start + s} env {e}: weights sum to {gate[s, e].sum():.4f}, expected 1",
+                )
             )
-        )
-    ent = -(gate * np.log(gate + 1e-8)).sum(axis=-1)
-    bad = np.abs(ent - d["gate_entropy"]) > ENTROPY_TOL
-    if bad.any():
-        s, e = np.argwhere(bad)[0]
-        problems.append(
-            Problem(
-                "steps/gate_entropy",
-                "step {} env {}: {:.4f}, gate gives {:.4f}".format(
-                    start + s, e, d["gate_entropy"][s, e], ent[s, e]
-                ),
-            )
-        )
+        if "gate_entropy" in d:
+            ent = -(gate * np.log(gate + 1e-8)).sum(axis=-1)
+            bad = np.abs(ent - d["gate_entropy"]) > ENTROPY_TOL
+            if bad.any():
+                s, e = np.argwhere(bad)[0]
+                problems.append(
+                    Problem(
+                        "steps/gate_entropy",
+                        "step {} env {}: {:.4f}, gate gives {:.4f}".format(
+                            start + s, e, d["gate_entropy"][s, e], ent[s, e]
+                        ),
+                    )
+                )
     rows = np.arange(start * fps, (start + n) * fps)
-    if not np.array_equal(d["frames/step"], rows // fps):
+    if "frames/step" in d and not np.array_equal(d["frames/step"], rows // fps):
         problems.append(Problem("frames/step", f"not continuous from step {start}"))
-    if not np.array_equal(d["frames/substep"], rows % fps):
+    if "frames/substep" in d and not np.array_equal(d["frames/substep"], rows % fps):
         problems.append(Problem("frames/substep", f"not 0..{fps - 1} per step from step {start}"))
+    if not all(k in d for k in CONTINUITY_FIELDS):
+        return problems
     ep, sie, done = d["episode"], d["step_in_episode"], d["done"]
     if prev is not None:
         ep = np.concatenate([prev["episode"][None], ep])
