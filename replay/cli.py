@@ -247,7 +247,7 @@ def verify(log: str, as_json: bool, quick: bool, quiet: bool) -> None:
     for note in notes:
         click.echo("note: " + note, err=True)
     if as_json:
-        found = [
+        found: List[Dict[str, Any]] = [
             dict({"where": p.where, "what": p.what}, **({"damage": p.damage} if p.damage else {}))
             for p in problems
         ]
@@ -276,7 +276,7 @@ def _verify_doc(
     ok: bool,
     n_steps: Optional[int],
     status: Optional[str],
-    problems: List[Dict[str, str]],
+    problems: List[Dict[str, Any]],
     skipped: List[str],
 ) -> Dict[str, Any]:
     """Return verify's --json document."""
