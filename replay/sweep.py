@@ -188,7 +188,12 @@ def open_client(
             yield client
         return
     n = workers or max(1, min(os.cpu_count() or 1, n_tasks or os.cpu_count() or 1))
-    with _sigint_deferred() as interrupted:  # a cluster half started cannot be closed cleanly
+    import dask
+
+    # dask sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's adaptive mmap
+    # threshold: every chunk-sized numpy array is then a fresh mmap (page faults on each chunk).
+    no_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with _sigint_deferred() as interrupted, dask.config.set(no_trim):  # a half-started cluster cannot close
         cluster = LocalCluster(
             host=LOOPBACK,
             dashboard_address=f"{LOOPBACK}:0",  # its HTTP server (metrics; the dashboard with bokeh)
