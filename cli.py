@@ -27,6 +27,10 @@ COMMANDS: Dict[str, tuple] = {
         "moetape.replay.cli:upgrade",
         "Write an older log as a new file at the current format version.",
     ),
+    "salvage": (
+        "moetape.replay.cli:salvage",
+        "Write every readable step of a damaged log to a new, clean log.",
+    ),
     "record": (
         "moetape.record.cli:record",
         "Play an MoE checkpoint on MuJoCo or Isaac Gym, every step into a log.",

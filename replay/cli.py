@@ -330,3 +330,63 @@ def upgrade(old: str, new: str, dry_run: bool, force: bool, as_json: bool) -> No
             "wrote {output}: format_version {from_version} -> {to_version}, {n_steps} steps".format(**plan),
             err=True,
         )
+
+
+def _steps_text(ranges: List[List[int]]) -> str:
+    shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:8])
+    return shown + (f", ... ({len(ranges)} ranges)" if len(ranges) > 8 else "")
+
+
+def _print_salvage(r: Dict[str, Any]) -> None:
+    """Say what salvage wrote and exactly what was lost, on stderr."""
+    lost = r["source_n_steps"] - r["n_steps"]
+    click.echo(
+        "wrote {output}: {n_steps} of {source_n_steps} committed steps x {n_envs} envs, marked salvaged "
+        "(provenance 'salvage'); {src} is unchanged".format(src=r["source"], **r),
+        err=True,
+    )
+    if not lost and not r["missing_fields"]:
+        click.echo("lost: nothing (every committed step of every field was read)", err=True)
+    if lost:
+        click.echo(f"lost: {lost} steps ({_steps_text(r['lost_steps'])}), every field; damaged:", err=True)
+        for d in r["lost"]:
+            envs = "all envs" if d["envs"] is None else "envs {}-{}".format(*d["envs"])
+            click.echo(
+                "  {}: steps {}-{}, {} ({})".format(
+                    d["dataset"], d["steps"][0], d["steps"][1], envs, d["kind"]
+                ),
+                err=True,
+            )
+    for path, m in r["missing_fields"].items():
+        click.echo(
+            f"missing field: {path}, every kept step ({_steps_text(m['steps'])}), written as fill values "
+            f"(NaN, False or -1): {m['reason']}",
+            err=True,
+        )
+
+
+@click.command()
+@click.argument("damaged", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists (a file only, never a folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def salvage(damaged: str, out: str, force: bool, as_json: bool, quiet: bool) -> None:
+    """Write every committed step of a damaged log that can still be read to a new, clean log OUT.
+
+    Steps inside damaged chunks are dropped in every field; a field that cannot be read at all is
+    written as fill values and named as missing. OUT is at the current format version and its
+    provenance says it was salvaged and what was lost. DAMAGED is never modified.
+
+    \b
+    Example:
+      moetape verify runs/demo/log.h5          # lists the damaged regions
+      moetape salvage runs/demo/log.h5 runs/demo/log.salvaged.h5
+    """
+    from moetape.schema.salvage import salvage as do_salvage
+
+    with ProgressBar("salvaging (read, then write)", None, quiet=quiet or as_json) as bar:
+        report = do_salvage(damaged, out, force=force, progress=bar)
+    if as_json:
+        click.echo(json.dumps(dict(report, format_version=FORMAT_VERSION), sort_keys=True))
+    _print_salvage(report)

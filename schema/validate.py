@@ -194,6 +194,22 @@ def _check_structure(log: Log) -> List[Problem]:
 CONTINUITY_FIELDS = ("episode", "step_in_episode", "done")
 
 
+def _salvage_marks(log: Log) -> Tuple[Set[int], Set[str]]:
+    """Return a salvaged log's gaps (first step of each kept run after the first) and filled fields.
+
+    ``moetape salvage`` drops the steps of damaged chunks, so episodes do not continue across a gap,
+    and writes fill values for a field that was lost whole (see schema/salvage.py).
+    """
+    try:
+        info = log.provenance.get("salvage")
+        if not isinstance(info, dict):
+            return set(), set()
+        gaps = {int(run[2]) for run in info.get("kept", []) if int(run[2]) > 0}
+        return gaps, set(info.get("missing_fields", {}))
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return set(), set()
+
+
 def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> Tuple[List[BadChunk], List[Problem]]:
     """Read every committed row: checksums, gate rows sum to 1, entropy, step continuity.
 
@@ -205,6 +221,7 @@ def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> Tuple[Li
     bad: List[BadChunk] = []
     fields = log.fields()
     fps = log.frames_per_step
+    gaps, filled = _salvage_marks(log)
     prev: Optional[dict] = None
     reported: Set[Tuple[str, int, int]] = set()
     per = max(1, STREAM_BYTES // log.step_bytes(fields)) if fields else log.n_steps
@@ -218,7 +235,8 @@ def _check_data(log: Log, progress: Optional[Callable[[int], None]]) -> Tuple[Li
             except LogReadError as e:
                 bad += _locate_bad_chunks(log, name, start, stop, reported, e)
         if len(problems) <= MAX_PROBLEMS:
-            problems += _check_chunk(start, stop, d, prev, fps)
+            checked = {k: v for k, v in d.items() if log.field_path(k) not in filled}
+            problems += _check_chunk(start, stop, checked, prev, fps, gaps)
         if all(k in d for k in CONTINUITY_FIELDS):
             prev = {k: d[k][-1] for k in CONTINUITY_FIELDS if len(d[k])}
         else:
@@ -406,7 +424,9 @@ def _damage_text(log: Log, d: Damage, intact_before: bool) -> str:
     )
 
 
-def _check_chunk(start: int, stop: int, d: Dict[str, Any], prev: Optional[dict], fps: int) -> List[Problem]:
+def _check_chunk(
+    start: int, stop: int, d: Dict[str, Any], prev: Optional[dict], fps: int, gaps: Optional[Set[int]] = None
+) -> List[Problem]:
     """Gate sums, entropy, frame counters and episode continuity of the fields read for [start, stop)."""
     problems: List[Problem] = []
     n = stop - start
@@ -453,6 +473,9 @@ def _check_chunk(start: int, stop: int, d: Dict[str, Any], prev: Optional[dict],
     want_sie = np.where(ended, 0, sie[:-1] + 1)
     want_ep = np.where(ended, ep[:-1] + 1, ep[:-1])
     bad = (sie[1:] != want_sie) | (ep[1:] != want_ep)
+    for g in gaps or ():  # a salvaged log's kept runs: the step after a gap follows nothing
+        if 0 <= g - offset - 1 < len(bad):
+            bad[g - offset - 1] = False
     if bad.any():
         s, e = np.argwhere(bad)[0]
         problems.append(
