@@ -259,7 +259,7 @@ class WarpBackend:
         with self._scope():
             self.episode.zero_()
             self._done.fill_(True)
-            self._reset_done()
+            self._reset_done(full=True)
             self._observe_into(self.out.dev["obs"])
             self.out.start(["obs"])
         return self.out.wait()["obs"].copy()
@@ -370,23 +370,38 @@ class WarpBackend:
         out["done"].copy_(self._done)
         self.last_action.copy_(a)
         self.episode += self._done.int()
+        overflow = wp.to_torch(self.d.overflow)
+        out["overflow"].copy_(overflow)  # of this step's substeps, before any reset
         self._reset_done()
-        out["overflow"].copy_(wp.to_torch(self.d.overflow))
         self._observe_into(out["obs"])
 
-    def _reset_done(self) -> None:
+    def _reset_done(self, full: bool = False) -> None:
         """Start the current episode of the envs in ``self._done``: spawn pose, zero velocity, its
-        trajectory episode (from the draw table), step_in_episode 0, targets looked up at time 0."""
+        trajectory episode (from the draw table), step_in_episode 0, targets looked up at time 0.
+
+        ``full`` (every env, at reset()): MuJoCo Warp's own reset_data and kinematics, then a snapshot
+        of the spawn state. Otherwise (ended envs, every step, with nothing known on the host) the
+        same by masked writes from that snapshot: the state MuJoCo Warp carries from one step to the
+        next (qpos, qvel, ctrl, act, the solver's warm start, time) and the spawn pose's kinematics."""
         s, c, done = self.s, self.c, self._done
-        mjw.reset_data(self.m, self.d, reset=self._done_wp)
         col = done[:, None]
-        spawn = torch.where(col, c.spawn_qpos, s.qpos)
-        spawn[:, c.qpos] = torch.where(col, c.default_pos32, spawn[:, c.qpos])
-        s.qpos.copy_(spawn)
-        ctrl = s.ctrl.clone()
-        ctrl[:, c.act] = torch.where(col, c.default_pos32, ctrl[:, c.act])
-        s.ctrl.copy_(ctrl)
-        mjw.kinematics(self.m, self.d)
+        if full:
+            mjw.reset_data(self.m, self.d, reset=self._done_wp)
+            spawn = torch.where(col, c.spawn_qpos, s.qpos)
+            s.qpos.copy_(spawn)
+            ctrl = s.ctrl.clone()
+            ctrl[:, c.act] = torch.where(col, c.default_pos32, ctrl[:, c.act])
+            s.ctrl.copy_(ctrl)
+            mjw.kinematics(self.m, self.d)
+            carried = (self.d.qvel, self.d.act, self.d.qacc_warmstart, self.d.time, self.d.overflow)
+            self._carried = [wp.to_torch(a) for a in carried]
+            self._spawn = [(t, t[0].clone()) for t in (s.qpos, s.ctrl, s.xpos, s.xquat, s.site_xpos)]
+        else:
+            for t in self._carried:
+                if t.numel():
+                    t.masked_fill_(done.view((-1,) + (1,) * (t.dim() - 1)), 0)
+            for t, value in self._spawn:
+                t.copy_(torch.where(done.view((-1,) + (1,) * (t.dim() - 1)), value, t))
         self.step_in_episode.masked_fill_(done, 0)
         self.last_action.masked_fill_(col, 0.0)
         drawn = self._draws[self._envs, self.episode.long()]
