@@ -42,7 +42,7 @@ if mode == "read":
         w.scalar_metrics = [m for m in log.metric_names if log.dataset("metrics/" + m).ndim == 2]
         fields = rx.RecordingWriter.fields(w)
         sel = rx._env_selection(envs)
-        per = max(1, min(rx.EXPORT_CHUNK_STEPS, (8 << 20) // log.step_bytes(fields) * log.n_envs // len(envs)))
+        per = rx.chunk_steps_for(log, fields, len(envs))
         n = 0
         for chunk in log.iter_chunks(fields, env=sel, chunk_steps=per):
             n += sum(a.nbytes for a in chunk.data.values())

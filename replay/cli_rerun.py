@@ -1,7 +1,8 @@
 """`moetape export rerun` and `moetape view --rerun / --web`: parse, call one function, print.
 
 rerun-sdk is the optional extra ``rerun``; this module imports it only through
-``moetape.replay.rerun_export``, inside the commands, so a missing extra is one actionable line.
+``moetape.replay.rerun_export`` / ``rerun_view``, inside the commands, so a missing extra is one
+actionable line.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from moetape.replay.progress import ProgressBar
 INSTALL_HINT = "pip install 'moetape[rerun]'"
 
 
-def load_rerun_export(command: str) -> ModuleType:
-    """Import moetape.replay.rerun_export, or fail in one line saying how to install rerun-sdk."""
+def load_rerun_export(command: str, module: str = "rerun_export") -> ModuleType:
+    """Import moetape.replay.<module>, or fail in one line saying how to install rerun-sdk."""
     try:
-        rerun_export = importlib.import_module("moetape.replay.rerun_export")
+        rerun_export = importlib.import_module("moetape.replay." + module)
     except ImportError as e:
         top = (getattr(e, "name", "") or "").split(".")[0]
         if top in ("rerun", "rerun_bindings", "rerun_cli", "pyarrow"):
@@ -53,7 +54,7 @@ def export_rerun_cmd(log: str, out: str, env: str, steps: Any, force: bool, quie
 
     The robot is drawn from the MJCF stored in the log (a skeleton of the recorded bodies when the log
     has none), each body posed per frame row; the gate weights, entropy, action, rewards, terms and
-    EE errors are time series per env, on the timelines step, sim_time and wall_time. Open it with
+    EE errors are time series per env, on the timelines step and sim_time. Open it with
     `rerun FILE.rrd` (needs the `rerun` extra).
 
     \b
@@ -112,7 +113,7 @@ def _notes(info: Dict[str, Any]) -> None:
 
 def run_rerun_view(log: str, *, env: str, web: bool, port: Optional[int], follow: bool) -> None:
     """The `view --rerun / --web` path: start the viewer, print where it is, stream, wait for Ctrl-C."""
-    rx = load_rerun_export("view --web" if web else "view --rerun")
+    rv = load_rerun_export("view --web" if web else "view --rerun", "rerun_view")
 
     def ready(info: Dict[str, Any]) -> None:
         if web:
@@ -124,6 +125,6 @@ def run_rerun_view(log: str, *, env: str, web: bool, port: Optional[int], follow
         else:
             click.echo(f"opened Rerun's viewer (usage data collection off), streaming {log}.", err=True)
 
-    info = rx.view_rerun(log, env=env, web=web, port=port, follow=follow, on_ready=ready)
+    info = rv.view_rerun(log, env=env, web=web, port=port, follow=follow, on_ready=ready)
     if info.get("interrupted"):
         click.echo("stopped.", err=True)

@@ -32,7 +32,9 @@ import pyarrow as pa  # noqa: E402 - rerun-sdk's dependency
 from rerun.chunk import RrdReader  # noqa: E402
 
 from moetape.replay import rerun_export as rx  # noqa: E402
+from moetape.replay import rerun_view as rv  # noqa: E402
 from moetape.replay.mjcf import parse_mjcf  # noqa: E402
+from moetape.replay.rerun_scene import GATE_COLORS  # noqa: E402
 
 # body0 is the root (a box and a capsule), body1 a sphere + cylinder, body2 an ellipsoid in a <frame>.
 MODEL = """<mujoco model="three_bodies"><compiler angle="radian"/>
@@ -95,7 +97,7 @@ def run_cli(args):
 
 # ------------------------------------------------------------------------------------------ export
 def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_path):
-    """The .rrd holds per-env entities on step/sim_time/wall_time with the log's gate, poses and episodes."""
+    """The .rrd holds per-env entities on step/sim_time with the log's gate, poses and episodes."""
     out = tmp_path / "run.rrd"
     res = run_cli(["export", "rerun", model_log, "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
@@ -111,7 +113,6 @@ def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_pa
             assert set(next(en for en in data[f"{p}/gate/base"] if not en["static"])["timelines"]) == {
                 "step",
                 "sim_time",
-                "wall_time",
             }
             ent, _ = column(data[f"{p}/gate_entropy"], "Scalars:scalars")
             np.testing.assert_allclose(np.ravel(ent), log.read("gate_entropy", env=e), rtol=1e-6)
@@ -295,10 +296,10 @@ def test_replay_modules_import_without_rerun():
 def test_viewer_env_turns_rerun_usage_data_off(tmp_path, monkeypatch):
     """The environment moetape gives Rerun's viewer makes `rerun analytics config` report it disabled."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    env = rx.viewer_env()
+    env = rv.viewer_env()
     assert env["RERUN_ANALYTICS"] == "0" and env["XDG_CONFIG_HOME"].startswith(str(tmp_path))
     res = subprocess.run(
-        [rx.rerun_executable(), "analytics", "config"], env=env, capture_output=True, text=True, timeout=120
+        [rv.rerun_executable(), "analytics", "config"], env=env, capture_output=True, text=True, timeout=120
     )
     assert json.loads(res.stdout)["analytics_enabled"] is False
 
@@ -498,7 +499,7 @@ def test_web_viewer_in_headless_chromium_shows_robot_and_plots(bundled_robot_log
                 img[: int(0.6 * h), int(0.62 * w) :],
             )
             robot = count_near(scene, (242, 140, 38))  # the trunk's orange material
-            plots = count_near(side, rx.GATE_COLORS[0], 30) + count_near(side, rx.GATE_COLORS[1], 30)
+            plots = count_near(side, GATE_COLORS[0], 30) + count_near(side, GATE_COLORS[1], 30)
             if robot > 20 and plots > 200:
                 break
         (tmp_path / "viewer.png").write_bytes(shot)

@@ -1,0 +1,187 @@
+"""The static parts of a log's Rerun recording: geoms, styles, recording properties, the layout.
+
+Used by ``moetape.replay.rerun_export`` (see its docstring for the entity paths); imports rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import rerun as rr
+import rerun.blueprint as rrb
+
+from moetape.replay import skeleton
+from moetape.replay.mjcf import RobotModel
+from moetape.schema.reader import Log
+
+AXIS_LENGTH_M = 0.08
+GATE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5  # the legacy video camera, as `moetape render` uses
+
+
+def _rgba8(rgba: Sequence[float]) -> List[int]:
+    return [int(round(255 * min(1.0, max(0.0, float(c))))) for c in rgba]
+
+
+def _geom_batches(geoms: Sequence[Any]) -> Dict[str, Any]:
+    """Return one Rerun archetype per geom kind for the geoms of one body (in the body frame)."""
+    out: Dict[str, Any] = {}
+    kinds: Dict[str, List[Any]] = {}
+    for g in geoms:
+        kinds.setdefault(g.kind, []).append(g)
+    for kind, gs in kinds.items():
+        pos = np.array([g.pos for g in gs], dtype=np.float32)
+        quat = np.array([g.quat_xyzw for g in gs], dtype=np.float32)
+        size = np.array([g.size for g in gs], dtype=np.float32)
+        colors = np.array([_rgba8(g.rgba) for g in gs], dtype=np.uint8)
+        if kind == "box":
+            out[kind] = rr.Boxes3D(
+                half_sizes=size, centers=pos, quaternions=quat, colors=colors, fill_mode="solid"
+            )
+        elif kind == "plane":  # infinite planes (size 0) are left to the 3D view's own ground grid
+            half = size.copy()
+            half[:, 2] = 0.0005
+            out[kind] = rr.Boxes3D(
+                half_sizes=half, centers=pos, quaternions=quat, colors=colors, fill_mode="solid"
+            )
+        elif kind in ("sphere", "ellipsoid"):
+            half = np.repeat(size[:, :1], 3, axis=1) if kind == "sphere" else size
+            out[kind] = rr.Ellipsoids3D(
+                half_sizes=half, centers=pos, quaternions=quat, colors=colors, fill_mode="solid"
+            )
+        elif kind == "cylinder":
+            out[kind] = rr.Cylinders3D(
+                lengths=2 * size[:, 1],
+                radii=size[:, 0],
+                centers=pos,
+                quaternions=quat,
+                colors=colors,
+                fill_mode="solid",
+            )
+        elif kind == "capsule":
+            # Rerun's capsule starts at its translation and runs along +z; MuJoCo's is centred.
+            start = np.array(
+                [g.pos - _rotate_xyzw(g.quat_xyzw, np.array([0.0, 0.0, g.size[1]])) for g in gs],
+                dtype=np.float32,
+            )
+            out[kind] = rr.Capsules3D(
+                lengths=2 * size[:, 1],
+                radii=size[:, 0],
+                translations=start,
+                quaternions=quat,
+                colors=colors,
+                fill_mode="solid",
+            )
+    return out
+
+
+def _rotate_xyzw(q: npt.ArrayLike, v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return skeleton.quat_xyzw_to_mat(q) @ v
+
+
+def _flat_properties(log: Log) -> Dict[str, str]:
+    """Return the recording properties: provenance flattened to dotted keys, values as text."""
+    prov = log.provenance
+    out = {
+        "log_id": log.log_id,
+        "log_path": os.path.abspath(log.path),
+        "format_version": str(log.format_version),
+        "moetape_version": str(log.meta.get("moetape_version", "")),
+        "command_line": str(log.meta.get("command_line", "")),
+        "created_utc": str(log.meta.get("created_utc", "")),
+        "run_status": log.run_status,
+        "backend": str(log.meta.get("backend", "")),
+        "experts": ", ".join(log.expert_names),
+        "provenance_json": json.dumps(prov, sort_keys=True),
+    }
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out["provenance." + prefix] = value if isinstance(value, str) else json.dumps(value)
+
+    walk("", prov)
+    return out
+
+
+def blueprint(log: Log, env: int, *, model: bool = True) -> rrb.Blueprint:
+    """Return the default layout, close to ``moetape view``: the 3D scene beside gate / entropy / error.
+
+    The 3D camera starts where ``moetape render``'s does (root + [0.8, 0.3, 0.3] * 1.5, looking at the
+    root in the first frame) and follows the root body.
+    """
+    p = f"/env{env}"
+    root = f"{p}/robot/{log.body_names[0]}" if model and log.body_names else f"{p}/skeleton/bodies"
+    eye = rrb.EyeControls3D(tracking_entity=root)
+    if log.n_frames > 0:
+        r0 = np.asarray(log.read("frames/root_pos", 0, 1, env=env)[0], np.float64)
+        if np.all(np.isfinite(r0)):
+            eye = rrb.EyeControls3D(
+                position=r0 + CAMERA_OFFSET_M, look_target=r0, eye_up=[0, 0, 1], tracking_entity=root
+            )
+    return rrb.Blueprint(
+        rrb.Horizontal(
+            rrb.Spatial3DView(origin="/", name="robot", eye_controls=eye),
+            rrb.Vertical(
+                rrb.TimeSeriesView(origin=f"{p}/gate", name="gate weights"),
+                rrb.TimeSeriesView(origin=f"{p}/gate_entropy", name="gate entropy (nat)"),
+                rrb.TimeSeriesView(origin=f"{p}/error", name="EE error"),
+            ),
+            column_shares=[3, 2],
+        ),
+        rrb.BlueprintPanel(state="collapsed"),
+        rrb.SelectionPanel(state="collapsed"),
+        rrb.TimePanel(state="expanded"),
+    )
+
+
+def send_static(
+    rec: rr.RecordingStream,
+    log: Log,
+    envs: Sequence[int],
+    model: Optional[RobotModel],
+    drawn_bodies: Sequence[int],
+) -> None:
+    """Send the recording properties, the geoms, the axes, the markers and the series styles (static).
+
+    Every archetype is built once and sent under each env's path (building is the costly part).
+    """
+    rec.send_recording_name(os.path.basename(log.path))
+    rec.send_property("moetape", rr.AnyValues(**_flat_properties(log)))
+    by_body = model.by_body() if model is not None else {}
+    for kind, arch in _geom_batches(by_body.get("", [])).items():
+        rec.log(f"world/geoms/{kind}", arch, static=True)
+    per_env: List[Any] = []  # (path below env<e>, archetype)
+    for i in drawn_bodies:
+        name = log.body_names[i]
+        per_env += [(f"robot/{name}/{kind}", arch) for kind, arch in _geom_batches(by_body[name]).items()]
+    axes = rr.TransformAxes3D(AXIS_LENGTH_M)
+    for what, color in (("ee", (0.2, 0.9, 0.2)), ("target", (1.0, 0.85, 0.1))):
+        per_env.append((what, axes))
+        # a child of the pose: it moves with it, with no rows of its own
+        per_env.append(
+            (f"{what}/marker", rr.Points3D([[0, 0, 0]], radii=0.012, colors=[_rgba8(color + (1.0,))]))
+        )
+    per_env += [
+        ("ee_to_target", rr.LineStrips3D([], colors=[[255, 216, 26, 255]], radii=0.003)),
+        ("future_targets", rr.Points3D(np.zeros((0, 3)), colors=[[255, 170, 0, 200]], radii=0.01)),
+    ]
+    for k, name in enumerate(log.expert_names):
+        per_env.append(
+            (f"gate/{name}", rr.SeriesLines(names=name, colors=[GATE_COLORS[k % len(GATE_COLORS)]]))
+        )
+    per_env += [
+        ("gate_entropy", rr.SeriesLines(names="entropy", colors=[[90, 90, 90]])),
+        ("action", rr.SeriesLines(names=log.joint_names)),
+        ("error/ee_pos_m", rr.SeriesLines(names="position error (m)")),
+        ("error/ee_rot_rad", rr.SeriesLines(names="orientation error (rad)")),
+    ]
+    for e in envs:
+        for path, arch in per_env:
+            rec.log(f"env{e}/{path}", arch, static=True)
