@@ -1,6 +1,6 @@
-"""Write the untrained demo MoE checkpoint (rsl_rl variant B layout).
+"""Write the trained demo MoE checkpoint (rsl_rl variant B layout; scripts/train_demo_policy.py made it).
 
-Example: python scripts/make_demo_checkpoint.py --out demo/model_demo.pt --seed 0
+Example: python scripts/make_demo_checkpoint.py --out demo/model_demo.pt
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = parser.parse_args(argv)
     if os.path.exists(args.out) and not args.force:
@@ -28,7 +27,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     from moetape.record.demo import make_demo_checkpoint
 
-    print(make_demo_checkpoint(args.out, seed=args.seed))
+    print(make_demo_checkpoint(args.out))
     return 0
 
 

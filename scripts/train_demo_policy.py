@@ -25,6 +25,9 @@ def parse(argv):
     p.add_argument("--n-envs", type=int, default=128, help="parallel MuJoCo envs (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument(
+        "--demo-steps", type=int, default=500, help="steps of the closing demo evaluation (default 500)"
+    )
     p.add_argument("--every", type=int, default=10, help="print a progress line every N iterations")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs in --out-dir")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
         result["policy"], cfg.iterations, {"moetape_demo": True, "trained": True, **meta}
     )
     train_moe.save_checkpoint(ckpt, paths["ckpt"])
-    meta["demo_figures"] = train_moe.evaluate_demo(paths["ckpt"])
+    meta["demo_figures"] = train_moe.evaluate_demo(paths["ckpt"], n_steps=args.demo_steps)
     train_moe.write_json(paths["meta"], meta)
     tmp_png = paths["png"] + f".tmp{os.getpid()}.png"
     train_moe.save_curves_png(result["curves"], tmp_png, title=f"demo MoE, PPO, seed {cfg.seed}")

@@ -35,7 +35,7 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_plain_expert_checkpoints(demo_run):
     """The demo writes demo_base_expert.pt and demo_arm_expert.pt: plain rsl_rl expert dicts of the MoE's experts."""
     out, _ = demo_run
-    moe = demo_state_dict(0)
+    moe = demo_state_dict()
     for role in ("base", "arm"):
         ckpt = read_checkpoint(os.path.join(out, f"demo_{role}_expert.pt"))
         assert set(ckpt) == {"model_state_dict", "optimizer_state_dict", "iter", "infos"}

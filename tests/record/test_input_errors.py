@@ -19,7 +19,7 @@ from moetape.schema.errors import InputError  # noqa: E402
 def demo_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
     ckpt, traj = str(d / "moe.pt"), str(d / "traj.pkl")
-    make_demo_checkpoint(ckpt, seed=0)
+    make_demo_checkpoint(ckpt)
     make_demo_trajectory(traj, seed=0)
     return ckpt, traj
 
