@@ -17,6 +17,9 @@ $(STAMP): setup.py pyproject.toml
 	# Pin torch first: an unpinned torch pulls a CUDA build of several GB.
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
 	$(BIN)/python -m pip install -q -e '.[record,dev,rerun,sweep,gpu,train]' --config-settings editable_mode=strict
+	# rsl-rl-lib (PPO for `make train-demo`) without its declared torchvision/onnx, which would replace
+	# the pinned CPU torch; what it imports is in the 'train' extra.
+	$(BIN)/python -m pip install -q --no-deps "rsl-rl-lib==2.3.3"
 	touch $(STAMP)
 
 # Headless MuJoCo rendering (EGL, OSMesa fallback) and video encoding need a few system libraries.
@@ -75,6 +78,9 @@ bench: install
 	$(BIN)/python bench/write.py
 	@if [ -f bench/record.py ]; then $(BIN)/python bench/record.py; fi
 	@if [ -f bench/derive.py ]; then $(BIN)/python bench/derive.py; fi
+	$(BIN)/python bench/rerun.py
+	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/gpu.py
 
 demo: install
 	$(BIN)/moetape demo --force
