@@ -4,8 +4,9 @@ Per env count, after one warm-up step of each kind (kernels compiled or loaded f
 
   bare      MuJoCo Warp physics (4 substeps of ``mujoco_warp.step``) + the MoE policy on the device,
             fed the device observation tensor; no task maths, no host copy, no log
-  backend   ``moetape record``'s loop without the log: numpy obs -> policy -> WarpBackend.step
-            (task maths on the device, the log's fields copied to the host once per step)
+  backend   ``moetape record``'s loop without the log: the policy on the device observation tensor,
+            its action tensor -> WarpBackend.launch_step (task maths on the device), the log's fields
+            copied to the host once per step, step t's copy waited for after step t + 1 is launched
   record    the same loop with the log: LogWriter (writer process), frames written into its batch
             rows (frames_out), every step committed before the clock stops
 
@@ -117,19 +118,18 @@ def bare_loop(backend, policy, n_steps, mem):
 
 
 def loop(backend, policy, n_steps, substep, writer=None):
-    """moetape record's loop (runner._loop, without display): seconds for n_steps, all committed."""
+    """moetape record's loop (runner._device_loop, without display): the policy on the device
+    observation tensor, its action tensor back to the backend, step t appended after step t + 1 is
+    launched. Seconds for n_steps, all committed (with a writer)."""
     from moetape.schema.writer import gate_entropy
 
-    obs = backend.reset()
-    t = time.perf_counter()
-    for _ in range(n_steps):
-        action, gate = policy.policy_step(obs)
-        frames_out = writer.frame_rows() if writer is not None else None
-        res = backend.step(action, substep_frames=substep, frames_out=frames_out)
+    def append(pending, obs):
+        res = pending.wait(writer.frame_rows() if writer is not None else None)
         if writer is not None:
+            gate = res.kept["gate"]
             step = {
                 "obs": obs,
-                "action": action,
+                "action": res.kept["action"],
                 "gate": gate,
                 "gate_entropy": gate_entropy(gate),
                 "reward": res.reward,
@@ -139,7 +139,18 @@ def loop(backend, policy, n_steps, substep, writer=None):
             step.update(res.pre)
             step.update({"terms/" + k: v for k, v in res.terms.items()})
             writer.append(step, res.frames)
-        obs = res.obs
+        return res.obs
+
+    obs = backend.reset()
+    t = time.perf_counter()
+    pending = None
+    for _ in range(n_steps):
+        action, gate = policy.policy_step_tensor(backend.obs_tensor)
+        launched = backend.launch_step(action, substep_frames=substep, keep={"action": action, "gate": gate})
+        if pending is not None:
+            obs = append(pending, obs)
+        pending = launched
+    append(pending, obs)
     if writer is not None:
         writer.flush()
     return time.perf_counter() - t

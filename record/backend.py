@@ -13,7 +13,7 @@ Timing contract (shared by every backend and by the log, see moetape.schema.layo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -89,6 +89,7 @@ class StepResult:
     terms: Dict[str, np.ndarray]  # name -> float32 (E,), names = BackendInfo.term_names
     pre: Dict[str, np.ndarray]  # PRE_FIELDS, each (E, *shape)
     frames: Dict[str, np.ndarray]  # frame_fields(...), each (F, E, *shape), F = decimation or 1
+    kept: Dict[str, np.ndarray] = field(default_factory=dict)  # DeviceBackend: host copies of ``keep``
 
 
 class Backend(Protocol):
@@ -117,4 +118,39 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the simulator."""
+        ...
+
+
+class PendingStep(Protocol):
+    """A policy step queued on the device whose log fields are on their way to the host."""
+
+    def wait(self, frames_out: Optional[Dict[str, np.ndarray]] = None) -> StepResult:
+        """Wait for the host copy (the step's one synchronisation point) and return the step.
+
+        Frame rows go into ``frames_out`` when given (as for Backend.step). Idempotent. The arrays
+        are views of the backend's host copy, valid until two more steps are launched, except
+        ``obs``, a copy.
+        """
+        ...
+
+
+class DeviceBackend(Backend, Protocol):
+    """A backend whose state lives on the policy's torch device (MuJoCo Warp).
+
+    The recorder feeds the policy ``obs_tensor`` and passes the action tensor back, with no host
+    round trip, and launches step t + 1 before it waits for step t's copy to the host, so that copy
+    overlaps the next step's compute (record/runner.py ``_device_loop``).
+    """
+
+    @property
+    def obs_tensor(self) -> Any:
+        """float32 (E, O) torch tensor on the device: the last reset's or launched step's observation."""
+        ...
+
+    def launch_step(
+        self, action: Any, *, substep_frames: bool, keep: Optional[Dict[str, Any]] = None
+    ) -> PendingStep:
+        """Queue one policy step of ``action`` (E, A) on the device and the copy of its log fields, and
+        of the ``keep`` tensors (StepResult.kept), to the host; return without waiting. At most two
+        steps may be launched and not waited."""
         ...

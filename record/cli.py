@@ -133,7 +133,8 @@ def _legacy_option(name: str, **kwargs: Any) -> Callable[[Any], Any]:
 def _frames_help() -> str:
     return (
         "rate of the simulator-state stream: substep = every physics substep (4 rows per policy step, "
-        "like the legacy headless logs.zarr; default), policy = one row per step (4x smaller, for thousands of envs)"
+        "like the legacy headless logs.zarr), policy = one row per step (4x smaller, for thousands of envs), "
+        "auto = policy on --backend warp, substep on mujoco and isaacgym"
     )
 
 
@@ -232,7 +233,7 @@ def _frames_help() -> str:
     help="Commit buffered steps at least this often: a killed run loses at most this much (0: every step).",
 )
 @click.option(
-    "--frames", type=click.Choice(FRAMES_CHOICES), default="substep", show_default=True, help=_frames_help()
+    "--frames", type=click.Choice(FRAMES_CHOICES), default="auto", show_default=True, help=_frames_help()
 )
 @click.option(
     "--force",

@@ -145,6 +145,19 @@ class LoadedPolicy:
             gate.cpu().numpy().astype(np.float32, copy=False),
         )
 
+    def policy_step_tensor(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the policy once on a tensor on ``device``, without leaving it (no host round trip).
+
+        Args:
+            obs: float32 (E, O) on ``device`` (a device backend's ``obs_tensor``).
+        Returns:
+            action, gate: float32 (E, A) and (E, K) on ``device``, as :meth:`policy_step` computes them.
+        """
+        with torch.no_grad():
+            gate = self.module.get_moe_weights(obs)
+            action = self.module.blend(obs, gate)
+        return action, gate
+
 
 def check_dims(policy: LoadedPolicy, obs_dim: int, action_dim: int, env_name: str) -> None:
     """Raise InputError unless the policy's obs and action sizes equal the environment's."""

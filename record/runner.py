@@ -31,7 +31,23 @@ from moetape.schema.errors import InputError
 from moetape.schema.io import sha256_file
 from moetape.schema.writer import LogSpec, LogWriter, gate_entropy
 
-FRAMES_CHOICES = ("substep", "policy")
+FRAMES_CHOICES = ("auto", "substep", "policy")
+POLICY_RATE_BACKENDS = ("warp",)
+"""Backends whose ``--frames auto`` is one frame row per policy step: they run thousands of envs, where
+substep rows (about 6.4 KB per env-step, 26 MB per policy step at 4096 envs) would swamp the disk."""
+
+
+def resolve_frames(frames: str, backend: str) -> str:
+    """Return the frame rate a run records: ``auto`` is ``policy`` on warp, ``substep`` elsewhere.
+
+    Raises:
+        InputError: ``frames`` is not one of FRAMES_CHOICES.
+    """
+    if frames not in FRAMES_CHOICES:
+        raise InputError("--frames {}: expected one of {}".format(frames, ", ".join(FRAMES_CHOICES)))
+    if frames != "auto":
+        return frames
+    return "policy" if backend in POLICY_RATE_BACKENDS else "substep"
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class RunConfig:
     robot: Optional[str] = None
     seed: Optional[int] = None  # None: 0 on MuJoCo, the training's (config.pkl) on Isaac Gym
     flush_seconds: float = 1.0
-    frames: str = "substep"
+    frames: str = "auto"  # resolve_frames: policy on warp, substep elsewhere; the log stores the result
     visualize: bool = False
     show_weights: bool = False
     record_video: bool = False
@@ -319,8 +335,7 @@ def record(
     from moetape.record.policy import load_policy
     from moetape.record.trajectory import load_trajectories
 
-    if cfg.frames not in FRAMES_CHOICES:
-        raise InputError("--frames {}: expected one of {}".format(cfg.frames, ", ".join(FRAMES_CHOICES)))
+    resolve_frames(cfg.frames, cfg.backend)  # a bad value fails before anything loads
     if cfg.num_envs < 1 or cfg.num_steps < 1:
         raise InputError(f"--num_envs and --num_steps must be >= 1, got {cfg.num_envs} and {cfg.num_steps}")
     check_inputs(cfg)
@@ -367,7 +382,8 @@ def _record_into(
     try:
         info = backend.info
         check_dims(policy, info.obs_dim, info.action_dim, info.name)
-        substep = cfg.frames == "substep"
+        frames = resolve_frames(cfg.frames, cfg.backend)
+        substep = frames == "substep"
         spec = LogSpec(
             n_envs=info.n_envs,
             obs_dim=info.obs_dim,
@@ -385,12 +401,13 @@ def _record_into(
         if info.name == "warp":  # at thousands of envs: what the run will write, before it starts
             from moetape.record.warp_backend import log_size_line
 
-            print(log_size_line(spec, cfg.num_steps), file=sys.stderr)
+            why = " (--frames auto: policy rate on warp; --frames substep for every substep)"
+            print(log_size_line(spec, cfg.num_steps) + (why if cfg.frames == "auto" else ""), file=sys.stderr)
         meta = {
             "command_line": command_line
             if command_line is not None
             else " ".join(shlex.quote(a) for a in sys.argv),
-            "config": dict(asdict(cfg), device=device),
+            "config": dict(asdict(cfg), device=device, frames=frames),
             "provenance": provenance(cfg, backend, policy, device),
         }
         traj = (trajectories.ee_pos, trajectories.ee_axis_angle, trajectories.dt_s)
@@ -410,6 +427,8 @@ def _record_into(
             if viewer is not None:
                 viewer.close()
             raise
+        if hasattr(backend, "launch_step"):  # a DeviceBackend: the policy stays on the device
+            return _device_loop(cfg, backend, policy, writer, metrics, substep, on_step, folder.start)
         return _loop(cfg, backend, policy, writer, metrics, substep, on_step, viewer, folder.start)
     finally:
         backend.close()
@@ -516,6 +535,114 @@ def _loop(
     return RunResult(
         writer.path,
         writer.n_committed,  # what the log holds, not what the loop went through
+        status,
+        time.monotonic() - t0,
+        summary.result(list(writer.spec.expert_names)),
+    )
+
+
+class _Launched:
+    """A step launched on a DeviceBackend and not yet appended: its index, its PendingStep, and where
+    its observation row comes from (the reset's, or the previous step's result, once waited)."""
+
+    __slots__ = ("step", "pending", "source")
+
+    def __init__(self, step: int, pending: Any, source: Any) -> None:
+        self.step = step
+        self.pending = pending
+        self.source = source  # np.ndarray, or the previous _Launched
+
+    def obs(self) -> np.ndarray:
+        if isinstance(self.source, _Launched):
+            self.source = self.source.pending.wait().obs  # waited already: no device wait here
+        return self.source  # type: ignore[no-any-return]
+
+
+def _device_loop(
+    cfg: RunConfig,
+    backend: Any,
+    policy: Any,
+    writer: LogWriter,
+    metrics: Sequence[Metric],
+    substep: bool,
+    on_step: Optional[Callable[[StepReport], None]],
+    started: Callable[[], None],
+) -> RunResult:
+    """``_loop`` for a DeviceBackend (MuJoCo Warp): the policy runs on the observation tensor on the
+    device and its action tensor goes back to the backend, with no host round trip.
+
+    Step t + 1 is launched before step t is waited for and appended, so step t's copy to the host
+    (pinned memory, a copy stream) overlaps step t + 1's compute. The step's one synchronisation
+    point is ``PendingStep.wait()`` in ``append``: the log's rows, then the writer's batch rows.
+    With metrics each step is appended before the next is launched (a metric reads the backend's
+    state after its own step). Ctrl-C appends the launched steps not yet in the log, then closes it.
+    """
+    summary = GateSummary()
+    status = layout.STATUS_CLEAN
+    t0 = time.monotonic()
+    ahead = 0 if metrics else 1  # steps launched past the one being appended
+    flight: List[_Launched] = []
+
+    def append(item: _Launched) -> None:
+        result = item.pending.wait(writer.frame_rows())
+        gate = result.kept["gate"]
+        entropy = gate_entropy(gate)
+        step: Dict[str, np.ndarray] = {
+            "obs": item.obs(),
+            "action": result.kept["action"],
+            "gate": gate,
+            "gate_entropy": entropy,
+            "reward": result.reward,
+            "done": result.done,
+            "timeout": result.timeout,
+        }
+        step.update(result.pre)
+        for name, value in result.terms.items():
+            step["terms/" + name] = value
+        for m in metrics:
+            step["metrics/" + m.name] = np.asarray(m.compute(backend, result), dtype=m.dtype)
+        writer.append(step, result.frames)
+        if item.step == 0:
+            started()
+        summary.update(gate, entropy)
+        if on_step is not None:
+            elapsed = time.monotonic() - t0
+            on_step(
+                StepReport(
+                    item.step,
+                    cfg.num_steps,
+                    gate,
+                    entropy,
+                    (item.step + 1) / max(elapsed, 1e-9),
+                    writer.n_committed,
+                )
+            )
+
+    with writer:
+        try:
+            source: Any = backend.reset()
+            for s in range(cfg.num_steps):
+                action, gate = policy.policy_step_tensor(backend.obs_tensor)
+                pending = backend.launch_step(
+                    action, substep_frames=substep, keep={"action": action, "gate": gate}
+                )
+                source = _Launched(s, pending, source)
+                flight.append(source)
+                while len(flight) > ahead:
+                    append(flight[0])
+                    del flight[0]
+            while flight:
+                append(flight[0])
+                del flight[0]
+        except KeyboardInterrupt:
+            status = layout.STATUS_INTERRUPTED
+            for item in flight:  # launched before the interrupt: into the log with the rest
+                if writer.n_appended == item.step:
+                    append(item)
+            writer.close(status)
+    return RunResult(
+        writer.path,
+        writer.n_committed,
         status,
         time.monotonic() - t0,
         summary.result(list(writer.spec.expert_names)),

@@ -101,17 +101,23 @@ def _human(n: float) -> str:
 
 
 class HostCopy:
-    """Device tensors the log keeps, and their host copies: one copy per field per step.
+    """One step's device tensors the log keeps, and their host copies: one copy per field per step.
 
     CUDA: ``start()`` queues a non-blocking copy of every field into pinned host memory on a copy
-    stream that first waits for the compute stream; ``wait()`` waits on one event. CPU: the device
-    tensors are host memory; nothing is copied.
+    stream that first waits for the compute stream, and records an event; ``wait()`` waits on that
+    event. CPU: the device tensors are host memory; nothing is copied. The backend holds two (a ring):
+    the copy of step t overlaps the compute of step t + 1, which fills the other one.
+
+    ``keep`` tensors (the policy's action and gate) are copied with the step's own fields, straight
+    from the caller's tensors; their host buffers are made on first use (shapes known then).
     """
 
     def __init__(self, device: torch.device, fields: Dict[str, Tuple[Tuple[int, ...], torch.dtype]]) -> None:
         self.cuda = device.type == "cuda"
         self.device = device
         self.dev = {k: torch.zeros(s, dtype=t, device=device) for k, (s, t) in fields.items()}
+        self.keep_host: Dict[str, torch.Tensor] = {}
+        self.pending: Optional[PendingStep] = None  # launched into this copy, not yet waited
         if self.cuda:
             self.host = {k: torch.zeros(s, dtype=t, pin_memory=True) for k, (s, t) in fields.items()}
             self.stream = torch.cuda.Stream(device)
@@ -119,21 +125,80 @@ class HostCopy:
         else:
             self.host = self.dev
 
-    def start(self, names: Any = None) -> None:
-        """Queue the copies of ``names`` (default: every field) after the work queued so far."""
+    def claim(self) -> None:
+        """Let the compute stream write ``dev`` again: after the copy of the step it held (on CUDA, a
+        wait queued on the device, not on the host)."""
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_event(self.event)
+
+    def start(
+        self, names: Any = None, keep: Optional[Dict[str, torch.Tensor]] = None, frame_rows: int = 0
+    ) -> None:
+        """Queue the copies of ``names`` (default: every field) and of ``keep`` after the work queued so
+        far; of ``frames/`` fields only the first ``frame_rows`` rows (0: all)."""
+        keep = keep or {}
         if not self.cuda:
+            self.keep_host = {k: v.detach() for k, v in keep.items()}
             return
+        for k, v in keep.items():
+            have = self.keep_host.get(k)
+            if have is None or have.shape != v.shape or have.dtype != v.dtype:
+                self.keep_host[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+        for k in [k for k in self.keep_host if k not in keep]:
+            del self.keep_host[k]
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             for k in names if names is not None else self.dev:
-                self.host[k].copy_(self.dev[k], non_blocking=True)
+                if frame_rows and k.startswith("frames/"):
+                    self.host[k][:frame_rows].copy_(self.dev[k][:frame_rows], non_blocking=True)
+                else:
+                    self.host[k].copy_(self.dev[k], non_blocking=True)
+            for k, v in keep.items():
+                self.keep_host[k].copy_(v.detach(), non_blocking=True)
         self.event.record(self.stream)
 
-    def wait(self) -> Dict[str, np.ndarray]:
-        """Wait for the copies (the step's synchronisation point); numpy views of the host copies."""
+    def wait(self) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """Wait for the copies (the step's one synchronisation point); numpy views of the host copies
+        of the fields and of ``keep``."""
         if self.cuda:
             self.event.synchronize()
-        return {k: v.numpy() for k, v in self.host.items()}
+        return (
+            {k: v.numpy() for k, v in self.host.items()},
+            {k: v.numpy() for k, v in self.keep_host.items()},
+        )
+
+
+class PendingStep:
+    """A launched policy step whose log fields are on their way to the host (WarpBackend.launch_step).
+
+    ``wait()`` materialises them once (later calls return the same result). Its arrays are views of
+    the host copy, valid until two more steps are launched, except ``obs``, a copy (the runner
+    logs it with the next step).
+    """
+
+    def __init__(
+        self, backend: WarpBackend, copy: HostCopy, n_rows: int, keep: Dict[str, torch.Tensor]
+    ) -> None:
+        self._backend = backend
+        self._copy = copy
+        self._n_rows = n_rows
+        self._keep = keep  # the caller's tensors stay alive (unreused by the allocator) until copied
+        self._result: Optional[StepResult] = None
+
+    def wait(self, frames_out: Optional[Dict[str, np.ndarray]] = None) -> StepResult:
+        """Wait for the host copy and return the step (frame rows copied into ``frames_out`` when given).
+
+        Raises:
+            InputError: MuJoCo Warp's contact or constraint buffers overflowed during the step.
+        """
+        if self._result is not None:
+            return self._result
+        host, kept = self._copy.wait()
+        self._result = self._backend._finish(host, kept, self._n_rows, frames_out)
+        self._keep = {}
+        if self._copy.pending is self:
+            self._copy.pending = None
+        return self._result
 
 
 class WarpBackend:
@@ -247,7 +312,13 @@ class WarpBackend:
             fields[k] = ((E,) + shape, _TORCH_DTYPES[dt])
         fields["terms"] = ((len(TERM_NAMES), E), torch.float32)
         fields["overflow"] = ((E,), torch.int32)
-        self.out = HostCopy(dev, fields)
+        # Two host copies, a ring: step t's copy to the host overlaps step t + 1's compute.
+        self._copies = [HostCopy(dev, fields) for _ in range(2)]
+        self._next = 0  # the copy the next reset() or launch_step() fills
+        self._obs = self._copies[0].dev["obs"]
+        self._names = [k for k in fields if not k.startswith("frames/")] + [
+            "frames/" + k for k in self._frame_fields
+        ]
         self._stream = _warp_stream(dev)
         self.reset()
 
@@ -256,13 +327,15 @@ class WarpBackend:
     def reset(self) -> np.ndarray:
         """Reset every env to the spawn pose and return the observation, float32 (E, 109)."""
         self._check_open()
+        out = self._take_copy()
         with self._scope():
+            out.claim()
             self.episode.zero_()
             self._done.fill_(True)
             self._reset_done(full=True)
-            self._observe_into(self.out.dev["obs"])
-            self.out.start(["obs"])
-        return self.out.wait()["obs"].copy()
+            self._observe_into(out.dev["obs"])
+            out.start(["obs"])
+        return out.wait()[0]["obs"].copy()
 
     @property
     def trajectory_index(self) -> np.ndarray:
@@ -271,10 +344,10 @@ class WarpBackend:
 
     @property
     def obs_tensor(self) -> torch.Tensor:
-        """float32 (E, 109) on the device: the observation the last reset() or step() returned.
+        """float32 (E, 109) on the device: the observation of the last reset() or launched step.
 
-        For a policy on the same device (no host round trip); valid until the next step."""
-        return self.out.dev["obs"]
+        For a policy on the same device (no host round trip); valid until two more steps are launched."""
+        return self._obs
 
     def step(
         self,
@@ -284,17 +357,74 @@ class WarpBackend:
         frames_out: Optional[Dict[str, np.ndarray]] = None,
     ) -> StepResult:
         """Apply ``action`` float32 (E, 18), numpy or a torch tensor (on the device: no copy), for one
-        policy step and return what happened (numpy; frame rows in ``frames_out`` when given)."""
+        policy step and return what happened (numpy copies; frame rows in ``frames_out`` when given).
+
+        launch_step() then wait() at once: no overlap (the recorder's loop overlaps them)."""
+        r = self.launch_step(action, substep_frames=substep_frames).wait(frames_out)
+        terms = {k: v.copy() for k, v in r.terms.items()}
+        return StepResult(
+            obs=r.obs,
+            reward=terms["reward_total"],
+            done=r.done.copy(),
+            timeout=r.timeout.copy(),
+            terms=terms,
+            pre={k: v.copy() for k, v in r.pre.items()},
+            frames=r.frames,
+        )
+
+    def launch_step(
+        self, action: Any, *, substep_frames: bool, keep: Optional[Dict[str, torch.Tensor]] = None
+    ) -> PendingStep:
+        """Queue one policy step of ``action`` float32 (E, 18) on the device and the copy of its log
+        fields (and of the ``keep`` tensors, e.g. the policy's action and gate) to the host; return at
+        once. ``PendingStep.wait()`` gives the StepResult (``kept``: the host copies of ``keep``).
+
+        At most two steps may be launched and not waited: the third launch raises RuntimeError.
+        """
         self._check_open()
         a = torch.as_tensor(action, dtype=torch.float32, device=self.torch_device)
         if tuple(a.shape) != (self.n_envs, 18):
             raise ValueError(f"action: shape {tuple(a.shape)}, expected ({self.n_envs}, 18)")
         n_rows = DECIMATION if substep_frames else 1
+        keep = dict(keep or {})
+        out = self._take_copy()
         with self._scope():
-            self._device_step(a, n_rows)
-            names = [k for k in self.out.dev if not k.startswith("frames/")]
-            self.out.start(names + ["frames/" + k for k in self._frame_fields])
-        host = self.out.wait()
+            out.claim()
+            self._device_step(a, n_rows, out.dev)
+            out.start(self._names, keep, frame_rows=n_rows)
+        out.pending = PendingStep(self, out, n_rows, keep)
+        return out.pending
+
+    def close(self) -> None:
+        """Release the device arrays; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.s = None  # type: ignore[assignment]
+        self._copies = []
+        self._obs = None  # type: ignore[assignment]
+        self.m = self.d = None
+        self._done_wp = None
+
+    def _take_copy(self) -> HostCopy:
+        """The next host copy of the ring, for a reset or step about to be queued."""
+        out = self._copies[self._next]
+        if out.pending is not None:
+            raise RuntimeError(
+                "WarpBackend: two steps are launched and not waited; wait() the older one before launching another"
+            )
+        self._next ^= 1
+        self._obs = out.dev["obs"]
+        return out
+
+    def _finish(
+        self,
+        host: Dict[str, np.ndarray],
+        kept: Dict[str, np.ndarray],
+        n_rows: int,
+        frames_out: Optional[Dict[str, np.ndarray]],
+    ) -> StepResult:
+        """The StepResult of a step whose fields reached the host (PendingStep.wait)."""
         if int(host["overflow"].max()) != 0:
             raise InputError(
                 "MuJoCo Warp: contact or constraint buffers overflowed (overflow flags {}) in env(s) {}; "
@@ -306,33 +436,25 @@ class WarpBackend:
         for k in self._frame_fields:
             np.copyto(frames[k], host["frames/" + k][:n_rows])
         episode_after = host["episode"].astype(np.int64) + host["done"]
-        self._ensure_draws(int(episode_after.max()) + 1)
-        terms = host["terms"].copy()
+        # +2: the step after this one may already be launched, and each step starts at most one episode
+        self._ensure_draws(int(episode_after.max()) + 2)
+        terms = host["terms"]
         return StepResult(
             obs=host["obs"].copy(),
             reward=terms[TERM_NAMES.index("reward_total")],
-            done=host["done"].copy(),
-            timeout=host["timeout"].copy(),
+            done=host["done"],
+            timeout=host["timeout"],
             terms=dict(zip(TERM_NAMES, terms)),
-            pre={k: host[k].copy() for k in PRE_FIELDS},
+            pre={k: host[k] for k in PRE_FIELDS},
             frames=frames,
+            kept=kept,
         )
-
-    def close(self) -> None:
-        """Release the device arrays; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self.s = None  # type: ignore[assignment]
-        self.out = None  # type: ignore[assignment]
-        self.m = self.d = None
-        self._done_wp = None
 
     # ---- device work ---------------------------------------------------------------------------
 
-    def _device_step(self, a: torch.Tensor, n_rows: int) -> None:
-        """Everything of one policy step on the device, into ``self.out.dev``."""
-        s, c, out = self.s, self.c, self.out.dev
+    def _device_step(self, a: torch.Tensor, n_rows: int, out: Dict[str, torch.Tensor]) -> None:
+        """Everything of one policy step on the device, into ``out`` (a HostCopy's ``dev``)."""
+        s, c = self.s, self.c
         wt.pre_fields(
             self._pose(), self.target_pos, self.target_quat, self.episode, self.step_in_episode, out
         )

@@ -276,3 +276,143 @@ def test_ctrl_c_ends_cleanly(demo_files, tmp_path, sig):
     with open_log(path) as log:
         assert log.run_status == "interrupted" and log.n_steps > 20
     assert validate(path) == []
+
+
+class _FakePending:
+    """A step of _FakeDeviceBackend in flight: its rows are the step index."""
+
+    def __init__(self, backend, s, keep):
+        self.backend, self.s, self.keep = backend, s, keep
+        self.result = None
+
+    def wait(self, frames_out=None):
+        from moetape.record.backend import PRE_FIELDS, StepResult
+
+        if self.result is not None:  # idempotent, as the protocol says
+            return self.result
+        self.backend.events.append(("wait", self.s))
+        b, s = self.backend, self.s
+        e = b.info.n_envs
+        frames = frames_out if frames_out is not None else {}
+        for v in frames.values():
+            v.fill(s)
+        reward = np.full(e, s, np.float32)
+        self.result = StepResult(
+            obs=np.full((e, b.info.obs_dim), s + 1, np.float32),
+            reward=reward,
+            done=np.zeros(e, bool),
+            timeout=np.zeros(e, bool),
+            terms={"reward_total": reward},
+            pre={
+                k: np.full((e,) + shape, 0 if k == "episode" else s, dtype)
+                for k, (shape, dtype) in PRE_FIELDS.items()
+            },
+            frames=frames,
+            kept={k: v.numpy().copy() for k, v in self.keep.items()},
+        )
+        return self.result
+
+
+class _FakeDeviceBackend:
+    """A DeviceBackend whose observation after step s is s + 1 everywhere; it notes launches and waits."""
+
+    def __init__(self, interrupt_at=None):
+        import torch
+
+        from moetape.record.backend import BackendInfo
+
+        self.torch = torch
+        self.info = BackendInfo(
+            name="fake-device", n_envs=2, obs_dim=109, action_dim=18,
+            joint_names=[f"j{i}" for i in range(18)], body_names=["trunk", "ee"],
+            term_names=["reward_total"], sim_dt_s=0.005, decimation=4, episode_length_s=7.0,
+        )  # fmt: skip
+        self.events = []
+        self.interrupt_at = interrupt_at
+        self.obs_tensor = torch.zeros((2, 109))
+        self.current = -1  # the last launched step
+
+    def reset(self):
+        self.obs_tensor = self.torch.zeros((2, 109))
+        return self.obs_tensor.numpy().copy()
+
+    def launch_step(self, action, *, substep_frames, keep=None):
+        s = self.current + 1
+        if s == self.interrupt_at:
+            raise KeyboardInterrupt
+        assert isinstance(action, self.torch.Tensor) and action.shape == (2, 18)
+        self.events.append(("launch", s))
+        self.current = s
+        self.obs_tensor = self.torch.full((2, 109), float(s + 1))
+        return _FakePending(self, s, dict(keep or {}))
+
+    def close(self):
+        pass
+
+
+def _record_fake(demo_files, tmp_path, monkeypatch, backend, metrics=()):
+    from moetape.record import runner
+
+    ckpt, traj = demo_files
+    monkeypatch.setattr(runner, "build_backend", lambda cfg, trajectories, device: backend)
+    cfg = RunConfig(moe_ckpt_path=ckpt, trajectory_file_path=traj, out=str(tmp_path / "d"), num_steps=6)
+    return record(cfg, metrics=metrics, command_line="test", notice=lambda msg: None)
+
+
+def test_device_backend_step_appended_after_the_next_is_launched(demo_files, tmp_path, monkeypatch):
+    """A DeviceBackend's step t is waited for and appended after step t + 1 is launched; rows line up."""
+    backend = _FakeDeviceBackend()
+    result = _record_fake(demo_files, tmp_path, monkeypatch, backend)
+    assert result.status == "clean" and result.steps == 6
+    order = (
+        [("launch", 0)] + [e for s in range(1, 6) for e in (("launch", s), ("wait", s - 1))] + [("wait", 5)]
+    )
+    assert backend.events == order
+    policy = load_policy(demo_files[0])
+    with open_log(result.log_path) as log:
+        obs = log.read("obs")
+        assert [float(o.min()) for o in obs] == [float(o.max()) for o in obs] == list(range(6))
+        assert log.read("reward")[:, 0].tolist() == list(range(6))
+        assert log.frames_per_step == 4  # --frames auto: substep on every backend but warp
+        np.testing.assert_array_equal(log.read("frames/root_pos")[::4, 0, 0], np.arange(6))
+        logged_action, logged_gate = log.read("action"), log.read("gate")
+    for s in range(6):  # same obs -> same outputs (the numpy entry point on the logged obs)
+        action, gate = policy.policy_step(obs[s])
+        np.testing.assert_allclose(logged_action[s], action, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(logged_gate[s], gate, rtol=0, atol=1e-6)
+
+
+def test_device_backend_with_metrics_waits_each_step(demo_files, tmp_path, monkeypatch):
+    """With a metric (it reads the backend after its own step) each step is appended before the next launch."""
+    backend = _FakeDeviceBackend()
+    seen = Metric("launched", lambda b, res: np.full(2, b.current, np.float32))
+    result = _record_fake(demo_files, tmp_path, monkeypatch, backend, metrics=[seen])
+    assert backend.events == [e for s in range(6) for e in (("launch", s), ("wait", s))]
+    with open_log(result.log_path) as log:
+        assert log.read("metrics/launched")[:, 0].tolist() == list(range(6))
+
+
+def test_device_backend_ctrl_c_appends_the_launched_step(demo_files, tmp_path, monkeypatch):
+    """Ctrl-C while step t + 1 launches: step t, launched and not yet appended, is in the log."""
+    backend = _FakeDeviceBackend(interrupt_at=4)
+    result = _record_fake(demo_files, tmp_path, monkeypatch, backend)
+    assert result.status == "interrupted" and result.steps == 4
+    with open_log(result.log_path) as log:
+        assert log.run_status == "interrupted" and log.n_steps == 4
+        assert log.read("obs")[:, 0, 0].tolist() == [0, 1, 2, 3]
+    assert validate(result.log_path) == []
+
+
+def test_frames_auto_is_policy_on_warp_only():
+    """--frames auto resolves to policy on warp, substep on mujoco and isaacgym; a bad value is one line."""
+    from moetape.record.runner import resolve_frames
+    from moetape.schema.errors import InputError
+
+    assert resolve_frames("auto", "warp") == "policy"
+    assert resolve_frames("auto", "mujoco") == resolve_frames("auto", "isaacgym") == "substep"
+    assert resolve_frames("substep", "warp") == "substep" and resolve_frames("policy", "mujoco") == "policy"
+    with pytest.raises(InputError, match=r"^--frames every: expected one of auto, substep, policy$"):
+        resolve_frames("every", "mujoco")
+    r = run("record", "--help")
+    assert r.exit_code == 0 and "auto = policy on --backend warp" in " ".join(r.stdout.split())
+    assert "[default: auto]" in " ".join(r.stdout.split())

@@ -268,6 +268,7 @@ def test_record_warp_cpu_verifies_derives_and_gate_matches(demo_files, tmp_path)
     assert r.stdout.strip() == path
     assert "warp's CPU device is for testing" in r.stderr
     assert "log size: " in r.stderr and "for 12 steps" in r.stderr
+    assert "1 frame row(s) per step" in r.stderr and "--frames auto: policy rate on warp" in r.stderr
     v = CliRunner().invoke(cli, ["verify", path])
     assert v.exit_code == 0, v.output
     d = CliRunner().invoke(cli, ["derive", path, "--out", str(tmp_path / "derived")])
@@ -284,7 +285,8 @@ def test_record_warp_cpu_verifies_derives_and_gate_matches(demo_files, tmp_path)
     with open_log(path) as log:
         assert log.n_steps == 12 and log.provenance["backend"] == "warp"
         obs, gate = log.read("obs"), log.read("gate")
-        assert log.read("frames/root_pos").shape == (48, 3, 3)
+        assert log.frames_per_step == 1 and log.config["frames"] == "policy"  # --frames auto on warp
+        assert log.read("frames/root_pos").shape == (12, 3, 3)
     policy = load_policy(ckpt, device="cpu")
     _, recomputed = policy.policy_step(obs.reshape(-1, obs.shape[-1]))
     np.testing.assert_allclose(recomputed.reshape(gate.shape), gate, rtol=0, atol=1e-6)
@@ -331,3 +333,115 @@ def test_sigkill_during_a_warp_recording_keeps_every_committed_step(demo_files, 
         obs = log.read("obs")
         assert obs.shape[0] == log.n_steps and np.isfinite(obs).all()
         assert np.isfinite(log.read("frames/root_pos")).all()
+
+
+def test_launched_steps_overlap_and_equal_waited_steps(warp):
+    """launch_step t + 1 before waiting for t gives bit for bit what step() gives; a third launch is refused."""
+    rng = np.random.default_rng(4)
+    actions = [(0.3 * rng.standard_normal((E, 18))).astype(np.float32) for _ in range(6)]
+    warp.reset()
+    want = [warp.step(a, substep_frames=True) for a in actions]
+    obs0 = warp.reset()
+    assert torch.equal(warp.obs_tensor, torch.as_tensor(obs0))
+
+    def check(w, g):  # at once: g's arrays are valid until two more steps are launched
+        np.testing.assert_array_equal(g.obs, w.obs)
+        np.testing.assert_array_equal(g.done, w.done)
+        for k in w.pre:
+            np.testing.assert_array_equal(g.pre[k], w.pre[k], err_msg=k)
+        for k in w.terms:
+            np.testing.assert_array_equal(g.terms[k], w.terms[k], err_msg=k)
+        for k in w.frames:
+            np.testing.assert_array_equal(g.frames[k], w.frames[k], err_msg=k)
+
+    got, pending = [], None
+    for a in actions:
+        launched = warp.launch_step(
+            torch.as_tensor(a), substep_frames=True, keep={"action": torch.as_tensor(a)}
+        )
+        if pending is not None:
+            got.append(pending.wait(warp._new_frames(4)))
+            check(want[len(got) - 1], got[-1])
+        pending = launched
+    got.append(pending.wait())
+    check(want[-1], got[-1])
+    assert pending.wait() is got[-1]  # idempotent
+    np.testing.assert_array_equal(got[-1].kept["action"], actions[-1])
+    a = torch.zeros((E, 18))
+    warp.launch_step(a, substep_frames=False)
+    warp.launch_step(a, substep_frames=False)
+    with pytest.raises(RuntimeError, match="two steps are launched and not waited"):
+        warp.launch_step(a, substep_frames=False)
+
+
+def test_one_step_episodes_with_a_step_in_flight_draw_their_trajectories(trajectories):
+    """Episodes of one step, launched one ahead: 40 episodes per env, each on its drawn trajectory."""
+    wb = WarpBackend(trajectories, n_envs=2, seed=SEED, episode_length_s=0.02)
+    try:
+        wb.reset()
+        a = torch.zeros((2, 18))
+        pending, episodes, ended = None, [], []
+        for _ in range(41):
+            launched = wb.launch_step(a, substep_frames=False) if len(episodes) < 39 else None
+            if pending is not None:
+                r = pending.wait()
+                episodes.append(r.pre["episode"].tolist())
+                ended.append(bool(r.done.all() and r.timeout.all()))
+            pending = launched
+        assert episodes == [[k, k] for k in range(40)] and all(ended)
+        n = len(trajectories.ee_pos)
+        assert wb.trajectory_index.tolist() == [episode_trajectory(SEED, e, 40, n) for e in range(2)]
+    finally:
+        wb.close()
+
+
+def test_record_warp_runs_the_policy_on_the_device_tensor(demo_files, tmp_path, monkeypatch):
+    """record --backend warp: the policy takes obs_tensor and the backend its action tensor; between the
+    first launch and the end no tensor is read on the host except by the host copy's wait."""
+    from moetape.record import policy as policy_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host round trip in the step loop")
+
+    monkeypatch.setattr(policy_mod.LoadedPolicy, "policy_step", refuse)
+    monkeypatch.setattr(WarpBackend, "step", refuse)
+    looping = {"on": False, "numpy": 0}
+    launch, wait = WarpBackend.launch_step, warp_backend.HostCopy.wait
+
+    def launch_step(self, action, **kw):
+        assert isinstance(action, torch.Tensor)
+        looping["on"] = True
+        return launch(self, action, **kw)
+
+    def host_wait(self):
+        looping["on"] = False  # the one place rows cross to the host
+        try:
+            return wait(self)
+        finally:
+            looping["on"] = True
+
+    monkeypatch.setattr(WarpBackend, "launch_step", launch_step)
+    monkeypatch.setattr(warp_backend.HostCopy, "wait", host_wait)
+    for name in ("cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _real=real, _name=name, **kwargs):
+            assert not looping["on"], f"Tensor.{_name} in the step loop"
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+    ckpt, traj = demo_files
+    out = str(tmp_path / "run")
+    r = CliRunner().invoke(
+        cli,
+        ["record", "--backend", "warp", "--device", "cpu", "--moe_ckpt_path", ckpt,
+         "--trajectory_file_path", traj, "--num_envs", "2", "--num_steps", "6", "--out", out, "-q"],
+    )  # fmt: skip
+    looping["on"] = False
+    assert r.exit_code == 0, r.output
+    policy = load_policy(ckpt, device="cpu")
+    with open_log(os.path.join(out, "log.h5")) as log:
+        assert log.n_steps == 6 and log.ended_cleanly
+        obs, action = log.read("obs"), log.read("action")
+    recomputed, _ = policy.policy_step_tensor(torch.as_tensor(obs.reshape(-1, obs.shape[-1])))
+    np.testing.assert_allclose(recomputed.reshape(action.shape), action, rtol=0, atol=1e-6)
