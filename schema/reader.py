@@ -58,6 +58,7 @@ class Log:
         check_length: bool = True,
         swmr: Optional[bool] = None,
         tolerant: bool = False,
+        allow_missing: bool = False,
     ) -> None:
         """Open ``path``; see ``open_log``.
 
@@ -66,11 +67,14 @@ class Log:
             tolerant: for verify and salvage: a dataset whose object header cannot be read is listed in
                 ``unreadable`` instead of refusing the log, and the truncation check of every
                 dataset's last chunk is left to the reads (check_length=False skips the file's too).
+            allow_missing: with ``tolerant``, a dataset absent from its group (deleted, or its link name
+                damaged) is listed in ``unreadable`` too, instead of refusing the log (salvage).
         """
         self.path = os.fspath(path)
         self.recovered: Set[str] = set()  # datasets whose torn last chunk was read without its checksum
         self.unreadable: Dict[str, str] = {}  # tolerant: HDF5 path -> why the dataset cannot be opened
         self._tolerant = tolerant
+        self._allow_missing = allow_missing
         self._ds: Dict[str, Any] = {}
         self._f = self._open(check_length=check_length, swmr=swmr)
         if swmr is None and not self._f.swmr_mode and self.run_status == layout.STATUS_RUNNING:
@@ -145,7 +149,7 @@ class Log:
                         "the group index is damaged. `moetape verify` lists every damaged part; "
                         "`moetape salvage` keeps the other fields."
                     ) from e
-        if absent and self._tolerant:
+        if absent and self._allow_missing:
             self.unreadable.update({fp: "missing" for fp in absent})
         elif absent:
             raise LogFormatError(

@@ -62,7 +62,7 @@ def salvage(
         raise LogFormatError(f"{out}: the output must be a new file; salvage never writes the damaged log.")
     check_output(out, force=force)
     try:
-        opened = Log(damaged, tolerant=True, check_length=False)
+        opened = Log(damaged, tolerant=True, allow_missing=True, check_length=False)
     except LogReadError as e:
         why = re.sub(r"\s*(Restore a copy; )?`moetape salvage`[^.]*\.", "", str(e)).rstrip(". ")
         raise LogReadError(
