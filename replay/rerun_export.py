@@ -1,8 +1,9 @@
 """A log as a Rerun recording: the robot in 3D, the targets, and the gate on the same timelines.
 
 ``export_rerun`` writes an .rrd file; ``moetape.replay.rerun_view`` streams the same recording to
-Rerun's viewers. This module, ``rerun_scene`` (the static parts) and ``rerun_view`` are the only
-modules of moetape that import rerun (rerun-sdk, the ``rerun`` extra).
+Rerun's viewers. This module, ``rerun_columns`` (Arrow columns from numpy), ``rerun_scene`` (the
+static parts) and ``rerun_view`` are the only modules of moetape that import rerun (rerun-sdk, the
+``rerun`` extra).
 
 Entity paths (``e`` = env index; every env under its own path):
     world/geoms/<kind>              static: geoms of <worldbody> itself (the floor)
@@ -30,23 +31,26 @@ run status, checkpoint / trajectory / model hashes and the whole provenance JSON
 
 Speed: the log is read in chunks of about ``EXPORT_CHUNK_BYTES`` of the selected envs (memory stays
 bounded whatever the log's length); each chunk goes out as one ``send_columns`` call per entity,
-its Arrow columns built straight from the numpy arrays (no per-row Python), the timelines built
-once per chunk and shared by every env. Reading the next chunk overlaps with Rerun encoding and
-writing the previous one.
+its Arrow columns built straight from the numpy arrays (no per-row Python; every env's column is
+a zero-copy slice of one array built for all envs), the timelines built once per chunk and shared
+by every env. Reading the next chunk overlaps with Rerun encoding and writing the previous one.
+The .rrd has no footer (see ``save_without_footer``): Rerun's footer keeps an entry per chunk in
+memory until the end.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 import rerun as rr
 
 from moetape.replay import skeleton
 from moetape.replay.mjcf import RobotModel, parse_mjcf
+from moetape.replay.rerun_columns import Columns, env_major
 from moetape.replay.rerun_scene import blueprint, send_static
 from moetape.schema.errors import InputError
 from moetape.schema.io import atomic_output, resolve_output
@@ -54,11 +58,12 @@ from moetape.schema.reader import Chunk, Log, open_log
 
 APP_ID = "moetape"
 RRD_NAME = "recording.rrd"
-EXPORT_CHUNK_BYTES = 32 << 20  # log bytes (of the selected envs) read and sent per chunk
+EXPORT_CHUNK_BYTES = 16 << 20  # log bytes (of the selected envs) read and sent per chunk
 
 EnvArg = Union[None, int, str, Sequence[int]]
 StepsArg = Optional[Tuple[Optional[int], Optional[int]]]
 Progress = Callable[[int, int], None]
+Send = Tuple[str, List[Any], Any]  # entity path, timelines, columns: one send_columns call
 
 
 # ---------------------------------------------------------------------------------------- selection
@@ -92,115 +97,7 @@ def select_steps(log: Log, steps: StepsArg) -> Tuple[int, int]:
     return sel.start, sel.stop
 
 
-# ---------------------------------------------------------------------------------------- columns
-_TEMPLATES: Dict[str, Tuple[Any, pa.DataType]] = {}
-
-
-def _template(component: str) -> Tuple[Any, pa.DataType]:
-    """Return (descriptor, Arrow type of the column) of a component, as Rerun's own archetypes build it."""
-    if not _TEMPLATES:
-        v3 = np.zeros((1, 3), np.float32)
-        for cols in (
-            rr.Transform3D.columns(translation=v3, quaternion=np.array([[0, 0, 0, 1]], np.float32)),
-            rr.Scalars.columns(scalars=np.zeros(1)),
-            rr.Points3D.columns(positions=v3),
-            rr.LineStrips3D.columns(strips=[np.zeros((2, 3), np.float32)]),
-        ):
-            for c in cols:
-                d = c.component_descriptor()
-                _TEMPLATES[d.component] = (d, c.as_arrow_array().type)
-    return _TEMPLATES[component]
-
-
-class ArrowColumn:
-    """A component column for ``send_columns`` whose Arrow array is already built."""
-
-    __slots__ = ("array", "descriptor")
-
-    def __init__(self, descriptor: Any, array: pa.Array) -> None:
-        self.descriptor, self.array = descriptor, array
-
-    def component_descriptor(self) -> Any:
-        """The component's descriptor (archetype, component, component type)."""
-        return self.descriptor
-
-    def as_arrow_array(self) -> pa.Array:
-        """The column: one list per row."""
-        return self.array
-
-
-def _offsets(rows: int, per_row: int) -> pa.Array:
-    return pa.array(np.arange(0, rows * per_row + 1, per_row, dtype=np.int32))
-
-
-def _vectors(values: npt.NDArray[Any], typ: pa.DataType) -> pa.Array:
-    """Flat float32 vectors of ``typ`` (a fixed-size list type) from an array (..., n)."""
-    flat = np.ascontiguousarray(values, np.float32).reshape(-1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat), type=typ)
-
-
-class Columns:
-    """One component's column for many entities at once: block b (``rows`` rows) = one entity's column.
-
-    The Arrow array is built once from a numpy array whose leading axes are the blocks; each
-    entity's column is a zero-copy slice of it.
-    """
-
-    __slots__ = ("array", "descriptor", "rows")
-
-    def __init__(self, descriptor: Any, array: pa.Array, rows: int) -> None:
-        self.descriptor, self.array, self.rows = descriptor, array, rows
-
-    def __getitem__(self, block: int) -> ArrowColumn:
-        return ArrowColumn(self.descriptor, self.array.slice(block * self.rows, self.rows))
-
-    @classmethod
-    def vectors(cls, component: str, values: npt.NDArray[Any], per_row: int = 1) -> Columns:
-        """Vectors (blocks..., rows, [per_row,] n): ``per_row`` vectors a row (Points3D, Transform3D)."""
-        desc, typ = _template(component)
-        n_rows = values.size // (values.shape[-1] * per_row)
-        inner = _vectors(values, typ.value_type)
-        lead = values.shape[: values.ndim - (2 if per_row == 1 else 3)]
-        return cls(
-            desc,
-            pa.ListArray.from_arrays(_offsets(n_rows, per_row), inner, type=typ),
-            n_rows // max(1, int(np.prod(lead))),
-        )
-
-    @classmethod
-    def scalars(cls, values: npt.NDArray[Any], per_row: int = 1) -> Columns:
-        """Scalars (blocks..., rows[, per_row]): ``per_row`` series a row."""
-        desc, typ = _template("Scalars:scalars")
-        flat = np.ascontiguousarray(values, np.float64).reshape(-1)
-        n_rows = flat.size // per_row
-        lead = values.shape[: values.ndim - (1 if per_row == 1 else 2)]
-        arr = pa.ListArray.from_arrays(_offsets(n_rows, per_row), pa.array(flat), type=typ)
-        return cls(desc, arr, n_rows // max(1, int(np.prod(lead))))
-
-    @classmethod
-    def strips(cls, values: npt.NDArray[Any]) -> Columns:
-        """LineStrips3D (blocks..., rows, strips, points, 3)."""
-        desc, typ = _template("LineStrips3D:strips")
-        strips, points = values.shape[-3:-1]
-        n_strips = values.size // (points * 3)
-        strip_typ = typ.value_type
-        inner = pa.ListArray.from_arrays(
-            _offsets(n_strips, points), _vectors(values, strip_typ.value_type), type=strip_typ
-        )
-        n_rows = n_strips // strips
-        lead = values.shape[:-4]
-        return cls(
-            desc,
-            pa.ListArray.from_arrays(_offsets(n_rows, strips), inner, type=typ),
-            n_rows // max(1, int(np.prod(lead))),
-        )
-
-
-def _env_major(a: npt.NDArray[Any], dtype: Any = None) -> npt.NDArray[Any]:
-    """(rows, envs, ...) -> a contiguous (envs, rows, ...) copy, so each env's rows are one block."""
-    return np.ascontiguousarray(np.swapaxes(a, 0, 1), dtype=dtype)
-
-
+# ---------------------------------------------------------------------------------------- errors
 def pos_error(ee: npt.NDArray[np.float32], target: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     """Return |target - ee| per row, m: float64 (n,)."""
     return np.linalg.norm(np.asarray(target, np.float64) - np.asarray(ee, np.float64), axis=-1)
@@ -266,9 +163,20 @@ class RecordingWriter:
 
     def send_chunk(self, chunk: Chunk) -> None:
         """Send policy steps [chunk.start, chunk.stop) of every selected env (chunk read with those envs)."""
+        self.send(self.columns(chunk))
+
+    def send(self, sends: List[Send]) -> None:
+        """Send what ``columns`` built: one ``send_columns`` call per entity."""
+        send = self.rec.send_columns
+        for path, indexes, columns in sends:
+            send(path, indexes=indexes, columns=columns)
+
+    def columns(self, chunk: Chunk) -> List[Send]:
+        """Return (entity path, timelines, columns) of every entity of every selected env for a chunk."""
         d, log = chunk.data, self.log
+        out: List[Send] = []
         if chunk.stop <= chunk.start:
-            return
+            return out
         steps = np.arange(chunk.start, chunk.stop, dtype=np.int64)
         idx = [
             rr.TimeColumn("step", sequence=steps),
@@ -281,7 +189,7 @@ class RecordingWriter:
             rr.TimeColumn("sim_time", duration=(fstep * log.decimation + fsub) * log.sim_dt_s),
         ]
         # every field's column for all envs at once (env-major); each env's column is a slice of it
-        em = _env_major
+        em = env_major
         scalars = {
             "gate_entropy": Columns.scalars(em(d["gate_entropy"])),
             "action": Columns.scalars(em(d["action"]), per_row=d["action"].shape[-1]),
@@ -321,24 +229,23 @@ class RecordingWriter:
         else:
             skel = self._skeleton_columns(em(d["frames/body_pos"]))
         done = np.asarray(d["done"], bool)
-        send = self.rec.send_columns
         for col, e in enumerate(self.envs):  # the chunk's env axis holds exactly self.envs, in order
             p = f"env{e}"
             if self.model is not None:
                 for i in self.drawn_bodies:
                     b = col * n_bodies + i
-                    send(f"{p}/robot/{log.body_names[i]}", indexes=fidx, columns=[body_t[b], body_q[b]])
+                    out.append((f"{p}/robot/{log.body_names[i]}", fidx, [body_t[b], body_q[b]]))
             else:
                 for path, c in skel.items():
-                    send(f"{p}/skeleton/{path}", indexes=fidx, columns=[c[col]])
-            send(f"{p}/future_targets", indexes=fidx, columns=[fut[col]])
+                    out.append((f"{p}/skeleton/{path}", fidx, [c[col]]))
+            out.append((f"{p}/future_targets", fidx, [fut[col]]))
             for what, (tr, q) in poses.items():
-                send(f"{p}/{what}", indexes=idx, columns=[tr[col], q[col]])
-            send(f"{p}/ee_to_target", indexes=idx, columns=[seg[col]])
+                out.append((f"{p}/{what}", idx, [tr[col], q[col]]))
+            out.append((f"{p}/ee_to_target", idx, [seg[col]]))
             for k, name in enumerate(log.expert_names):
-                send(f"{p}/gate/{name}", indexes=idx, columns=[gate[col * n_exp + k]])
+                out.append((f"{p}/gate/{name}", idx, [gate[col * n_exp + k]]))
             for path, c in scalars.items():
-                send(f"{p}/{path}", indexes=idx, columns=[c[col]])
+                out.append((f"{p}/{path}", idx, [c[col]]))
             ended = np.flatnonzero(done[:, col])
             if len(ended):
                 texts = [
@@ -351,7 +258,8 @@ class RecordingWriter:
                     rr.TimeColumn("step", sequence=steps[ended]),
                     rr.TimeColumn("sim_time", duration=steps[ended] * log.policy_dt_s),
                 ]
-                send(f"{p}/episode/events", indexes=sub, columns=rr.TextLog.columns(text=texts))
+                out.append((f"{p}/episode/events", sub, rr.TextLog.columns(text=texts)))
+        return out
 
     def _skeleton_columns(self, bpos: npt.NDArray[np.float32]) -> Dict[str, Columns]:
         """Bodies (env, rows, bodies, 3) as points a row, and the links to their parents as strips."""
@@ -369,6 +277,27 @@ class RecordingWriter:
 def new_recording(log: Log, *, suffix: str = "") -> rr.RecordingStream:
     """Return a RecordingStream for ``log`` (application "moetape", recording id = the log id)."""
     return rr.RecordingStream(APP_ID, recording_id=log.log_id + suffix)
+
+
+def save_without_footer(rec: rr.RecordingStream, path: str, default_blueprint: Any) -> None:
+    """Stream ``rec`` to the file ``path``, without Rerun's footer (the chunk manifest).
+
+    With the footer, Rerun keeps a manifest entry for every chunk sent until the end, so memory
+    would grow with the log's length (a few KB per entity and chunk of steps); without it memory
+    stays bounded. The file is a valid .rrd that Rerun's viewers open as usual; ``rerun rrd
+    optimize`` adds the manifest. Rerun warns about the missing footer on stderr, from its native
+    code, once, while the sink is created: that line is not shown (file descriptor 2 points to
+    /dev/null for the call).
+    """
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        rec.save(path, default_blueprint=default_blueprint, write_footer=False)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _env_selection(envs: Sequence[int]) -> Any:
@@ -396,8 +325,9 @@ def stream_steps(
 ) -> int:
     """Send steps [start, stop) in chunks (``follow``: until the run ends); return the last step sent + 1.
 
-    Each chunk is read while Rerun still encodes the one before; the stream is flushed before the
-    next chunk goes out, so at most one chunk waits in Rerun's queue (memory stays bounded).
+    Each chunk is read and converted while Rerun still encodes the chunk before; the stream is
+    flushed before the chunk goes out, so at most one chunk waits in Rerun's queue and memory holds
+    about two chunks whatever the log's length.
     """
     log = writer.log
     fields = writer.fields()
@@ -411,8 +341,10 @@ def stream_steps(
     done = start
     total = (stop if stop is not None else log.n_steps) - start
     for chunk in chunks:
-        writer.rec.flush()
-        writer.send_chunk(chunk)
+        sends = writer.columns(chunk)  # read and converted while Rerun still encodes the chunk before
+        writer.rec.flush()  # that chunk is written: at most one waits in Rerun's queue
+        writer.send(sends)
+        del sends
         done = chunk.stop
         if progress is not None:
             progress(done - start, max(total, done - start))
@@ -455,7 +387,7 @@ def export_rerun(
         with atomic_output(path, force=force, suffix=".rrd") as tmp:
             rec = new_recording(log)
             writer = RecordingWriter(rec, log, envs)
-            rec.save(tmp, default_blueprint=blueprint(log, envs[0], model=writer.model is not None))
+            save_without_footer(rec, tmp, blueprint(log, envs[0], model=writer.model is not None))
             writer.send_static()
             stream_steps(writer, start, stop, progress=progress, chunk_steps=chunk_steps)
             rec.disconnect()

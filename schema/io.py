@@ -40,6 +40,9 @@ def _no_file_locking() -> Dict[str, Any]:
 
 
 LOCKING = _no_file_locking()
+READER_CACHE: Dict[str, Any] = {"rdcc_nbytes": 1 << 20}
+"""A reader's chunk cache per dataset: 1 MiB (HDF5 2.0's default of 8 MiB per dataset made a reader
+streaming a long log hold up to 8 MiB x its fields; readers read each chunk about once)."""
 
 
 def looks_like_hdf5(path: str) -> bool:
@@ -187,7 +190,7 @@ def open_for_read(path: str, *, check_length: bool = True, swmr: Optional[bool] 
     try:
         if use_swmr:
             return _open_swmr_reader(path)
-        return h5py.File(path, "r", **LOCKING)
+        return h5py.File(path, "r", **READER_CACHE, **LOCKING)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         first = e
     if not use_swmr and "already open for write" in str(first):
@@ -218,10 +221,10 @@ def _open_swmr_reader(path: str) -> h5py.File:
     """
     from h5py._hl.files import make_fapl
 
-    fapl = make_fapl(None, locking=LOCKING.get("locking"))
+    fapl = make_fapl(None, locking=LOCKING.get("locking"), **READER_CACHE)
     if not _bound_read_attempts(fapl):
         _probe_open(path)
-        return h5py.File(path, "r", swmr=True, **LOCKING)
+        return h5py.File(path, "r", swmr=True, **READER_CACHE, **LOCKING)
     fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
     return h5py.File(fid)
 

@@ -36,6 +36,9 @@ from moetape.replay import rerun_view as rv  # noqa: E402
 from moetape.replay.mjcf import parse_mjcf  # noqa: E402
 from moetape.replay.rerun_scene import GATE_COLORS  # noqa: E402
 
+# moetape writes .rrd files without Rerun's footer (memory stays bounded); Rerun's reader says so
+pytestmark = pytest.mark.filterwarnings("ignore:RRD file has no footer")
+
 # body0 is the root (a box and a capsule), body1 a sphere + cylinder, body2 an ellipsoid in a <frame>.
 MODEL = """<mujoco model="three_bodies"><compiler angle="radian"/>
 <default><geom rgba="0.2 0.4 0.6 1"/><default class="red"><geom rgba="1 0 0 1"/></default></default>
@@ -138,6 +141,14 @@ def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_pa
             np.testing.assert_allclose(np.ravel(err), want, rtol=1e-5)
             act, _ = column(data[f"{p}/action"], "Scalars:scalars")
             np.testing.assert_allclose(np.array(act), log.read("action", env=e), rtol=1e-6)
+            # the EE-target line and the future targets, per step / frame row as recorded
+            strips, _ = column(data[f"{p}/ee_to_target"], "LineStrips3D:strips")
+            want = np.stack([log.read("ee_pos", env=e), log.read("target_pos", env=e)], axis=1)
+            np.testing.assert_allclose(np.array(strips)[:, 0], want, rtol=1e-6)
+            fut = [
+                f for en in data[f"{p}/future_targets"] if not en["static"] for f in en["Points3D:positions"]
+            ]
+            np.testing.assert_allclose(np.array(fut), log.read("frames/target_future_pos", env=e), rtol=1e-6)
         props = data["/__properties/moetape"][0]
         assert props["log_id"] == [[log.log_id]] and props["command_line"] == [["test"]]
     # the model's geoms, static under their bodies; group 4 is not drawn, the sized floor is
@@ -145,6 +156,73 @@ def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_pa
     assert "/env0/robot/body2/box" not in data and "/world/geoms/plane" in data
     rec = RrdReader(str(out))
     assert len(rec.recordings()) == 1 and len(rec.blueprints()) == 1
+
+
+def test_export_sends_each_entity_once_per_chunk_and_markers_are_static(model_log, tmp_path, monkeypatch):
+    """Chunks of 5 steps: one send_columns call per entity per chunk; the pose markers have no rows."""
+    calls = {}
+    orig = rr.RecordingStream.send_columns
+
+    def counting(self, path, **kw):
+        calls[path] = calls.get(path, 0) + 1
+        return orig(self, path, **kw)
+
+    monkeypatch.setattr(rr.RecordingStream, "send_columns", counting)
+    out = tmp_path / "chunks.rrd"
+    rx.export_rerun(model_log, str(out), chunk_steps=5)
+    assert calls["env1/gate/arm"] == 3 and calls["env0/robot/body2"] == 3 and calls["env0/ee"] == 3
+    assert not any("marker" in p for p in calls)
+    data = read_rrd(str(out))
+    assert all(en["static"] for en in data["/env0/ee/marker"]) and "/env0/ee_marker" not in data
+    _, steps = column(data["/env1/gate/arm"], "Scalars:scalars")
+    assert steps == list(range(12))
+
+
+def test_chunks_hold_a_byte_budget_of_the_selected_envs(model_log):
+    """One env gets n_envs times the steps per chunk that all envs get, both from EXPORT_CHUNK_BYTES."""
+    with open_log(model_log) as log:
+        w = rx.RecordingWriter(rx.new_recording(log, suffix="-budget"), log, [0])
+        fields = w.fields()
+        per_env = log.step_bytes(fields) / log.n_envs
+        one, both = rx.chunk_steps_for(log, fields, 1), rx.chunk_steps_for(log, fields, 2)
+        assert one == int(rx.EXPORT_CHUNK_BYTES // per_env) and both == int(
+            rx.EXPORT_CHUNK_BYTES // (2 * per_env)
+        )
+        assert rx.chunk_steps_for(log, fields, 2, budget=1) == 1
+
+
+def test_memory_stays_bounded_no_footer_and_a_small_chunk_cache(model_log, tmp_path):
+    """The .rrd has no footer (Rerun's keeps an entry per chunk in memory); the reader's chunk cache is 1 MiB."""
+    out = tmp_path / "nofooter.rrd"
+    res = run_cli(["export", "rerun", model_log, "-o", str(out), "-q"])
+    assert res.exit_code == 0
+    with pytest.warns(rr.error_utils.RerunWarning, match="no footer"):
+        RrdReader(str(out))
+    with open_log(model_log) as log:
+        assert log.h5.id.get_access_plist().get_cache()[2] == 1 << 20
+
+
+def test_export_prints_no_rerun_warning(model_log, tmp_path):
+    """A real `moetape export rerun` process writes only its 'wrote' line on stderr (no Rerun footer warning)."""
+    out = tmp_path / "quiet.rrd"
+    res = subprocess.run(
+        [sys.executable, "-m", "moetape", "export", "rerun", model_log, "-o", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0 and res.stdout == ""
+    assert res.stderr.startswith(f"wrote {out} ") and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_rerun_modules_are_split_and_small():
+    """The viewer lives in rerun_view, the scene in rerun_scene, the columns in rerun_columns; each <= 500 lines."""
+    from moetape.replay import rerun_columns, rerun_scene
+
+    assert not hasattr(rx, "view_rerun") and hasattr(rv, "view_rerun") and hasattr(rerun_scene, "blueprint")
+    for mod in (rx, rv, rerun_scene, rerun_columns):
+        with open(mod.__file__, encoding="utf-8") as f:
+            assert len(f.readlines()) <= 500, mod.__name__
 
 
 def test_export_one_env_and_a_step_range(model_log, tmp_path):
