@@ -11,6 +11,9 @@ with the log. Each measurement runs in a fresh subprocess, --repeat times (best 
     ratio           export_s / read_s                                           goal <= 3
     rrd_bytes       size of the .rrd
     rss_mb          peak RSS of the export subprocess (ru_maxrss)
+    rerun_floor_s   Rerun alone: as many rows as the export sends (entities x steps, same chunks and
+                    timelines), each a single float64 scalar of zeros, to an .rrd; floor_ratio =
+                    rerun_floor_s / read_s: what no export of that many Rerun rows can go below
 for one env (--env 0) and for all envs, on both logs. ``rss_flat`` compares the all-envs export's
 peak RSS on the two logs (flat once both are a few chunks long: chunk_steps below).
 
@@ -49,6 +52,32 @@ if mode == "read":
         for chunk in log.iter_chunks(fields, env=sel, chunk_steps=per):
             n += sum(a.nbytes for a in chunk.data.values())
     extra = {"bytes_read": n, "chunk_steps": per}
+elif mode == "floor":
+    # Rerun alone: as many rows (entities x steps, same chunks) as the export sends, each one float64
+    # scalar on the same two timelines; no log read, no conversion
+    import numpy as np
+    from moetape.replay.rerun_columns import Columns
+    with open_log(log_path) as log:
+        envs = rx.select_envs(log, env)
+        rec = rx.new_recording(log)
+        w = rx.RecordingWriter(rec, log, envs)
+        one = next(log.iter_chunks(w.fields(), env=rx._env_selection(envs), chunk_steps=1))
+        entities = len([s for s in w.columns(one) if not s[0].endswith("/events")])
+        per = rx.chunk_steps_for(log, w.fields(), len(envs))
+        n_steps = log.n_steps
+    t0 = time.perf_counter()
+    rx.save_without_footer(rec, out, None)
+    for s in range(0, n_steps, per):
+        steps = np.arange(s, min(n_steps, s + per), dtype=np.int64)
+        idx = [rx.rr.TimeColumn("step", sequence=steps), rx.rr.TimeColumn("sim_time", duration=steps * 0.02)]
+        cols = Columns.scalars(np.zeros((entities, len(steps))))
+        rec.flush()
+        for k in range(entities):
+            rec.send_columns(f"e{k}", indexes=idx, columns=[cols[k]])
+    rec.flush()
+    rec.disconnect()
+    extra = {"rrd_bytes": os.path.getsize(out), "rows": entities * n_steps}
+    os.remove(out)
 else:
     info = rx.export_rerun(log_path, out, env=env, force=True)
     extra = {"rrd_bytes": info["bytes"]}
@@ -106,10 +135,14 @@ def best(mode: str, log_path: str, env: str, repeat: int) -> Dict[str, Any]:
 def measure(log_path: str, env: str, repeat: int) -> Dict[str, Any]:
     read = best("read", log_path, env, repeat)
     exp = best("export", log_path, env, repeat)
+    floor = best("floor", log_path, env, repeat)
     return {
         "read_s": round(read["seconds"], 3),
         "export_s": round(exp["seconds"], 3),
         "ratio": round(exp["seconds"] / max(read["seconds"], 1e-9), 2),
+        "rerun_rows": floor["rows"],
+        "rerun_floor_s": round(floor["seconds"], 3),
+        "floor_ratio": round(floor["seconds"] / max(read["seconds"], 1e-9), 2),
         "bytes_read": read["bytes_read"],
         "chunk_steps": read["chunk_steps"],
         "rrd_bytes": exp["rrd_bytes"],

@@ -76,45 +76,39 @@ class Columns:
         return ArrowColumn(self.descriptor, self.array.slice(block * self.rows, self.rows))
 
     @classmethod
-    def vectors(cls, component: str, values: npt.NDArray[Any], per_row: int = 1) -> Columns:
-        """Vectors (blocks..., rows, [per_row,] n): ``per_row`` vectors a row (Points3D, Transform3D)."""
+    def _lists(cls, component: str, inner: pa.Array, row_shape: Tuple[int, ...], per_row: int) -> Columns:
+        """Rows of ``per_row`` items of ``inner``; ``row_shape`` = (blocks..., rows)."""
         desc, typ = _template(component)
-        n_rows = values.size // (values.shape[-1] * per_row)
-        inner = _vectors(values, typ.value_type)
-        lead = values.shape[: values.ndim - (2 if per_row == 1 else 3)]
-        return cls(
-            desc,
-            pa.ListArray.from_arrays(_offsets(n_rows, per_row), inner, type=typ),
-            n_rows // max(1, int(np.prod(lead))),
-        )
+        n_rows = int(np.prod(row_shape, dtype=np.int64))
+        return cls(desc, pa.ListArray.from_arrays(_offsets(n_rows, per_row), inner, type=typ), row_shape[-1])
 
     @classmethod
-    def scalars(cls, values: npt.NDArray[Any], per_row: int = 1) -> Columns:
-        """Scalars (blocks..., rows[, per_row]): ``per_row`` series a row."""
-        desc, typ = _template("Scalars:scalars")
-        flat = np.ascontiguousarray(values, np.float64).reshape(-1)
-        n_rows = flat.size // per_row
-        lead = values.shape[: values.ndim - (1 if per_row == 1 else 2)]
-        arr = pa.ListArray.from_arrays(_offsets(n_rows, per_row), pa.array(flat), type=typ)
-        return cls(desc, arr, n_rows // max(1, int(np.prod(lead))))
+    def vectors(cls, component: str, values: npt.NDArray[Any], *, batch: bool = False) -> Columns:
+        """Vectors (blocks..., rows, n), one a row; ``batch``: (blocks..., rows, m, n), m a row."""
+        _, typ = _template(component)
+        row_shape = values.shape[: values.ndim - 2] if batch else values.shape[:-1]
+        per_row = values.shape[-2] if batch else 1
+        return cls._lists(component, _vectors(values, typ.value_type), row_shape, per_row)
+
+    @classmethod
+    def scalars(cls, values: npt.NDArray[Any], *, batch: bool = False) -> Columns:
+        """Scalars (blocks..., rows), one series; ``batch``: (blocks..., rows, m), m series."""
+        flat = pa.array(np.ascontiguousarray(values, np.float64).reshape(-1))
+        row_shape = values.shape[:-1] if batch else values.shape
+        return cls._lists("Scalars:scalars", flat, row_shape, values.shape[-1] if batch else 1)
 
     @classmethod
     def strips(cls, values: npt.NDArray[Any]) -> Columns:
         """LineStrips3D (blocks..., rows, strips, points, 3)."""
-        desc, typ = _template("LineStrips3D:strips")
+        _, typ = _template("LineStrips3D:strips")
+        row_shape = values.shape[:-3]
         strips, points = values.shape[-3:-1]
-        n_strips = values.size // (points * 3)
+        n_strips = int(np.prod(row_shape, dtype=np.int64)) * strips
         strip_typ = typ.value_type
         inner = pa.ListArray.from_arrays(
             _offsets(n_strips, points), _vectors(values, strip_typ.value_type), type=strip_typ
         )
-        n_rows = n_strips // strips
-        lead = values.shape[:-4]
-        return cls(
-            desc,
-            pa.ListArray.from_arrays(_offsets(n_rows, strips), inner, type=typ),
-            n_rows // max(1, int(np.prod(lead))),
-        )
+        return cls._lists("LineStrips3D:strips", inner, row_shape, strips)
 
 
 def env_major(a: npt.NDArray[Any], dtype: Any = None) -> npt.NDArray[Any]:

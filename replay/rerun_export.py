@@ -192,7 +192,7 @@ class RecordingWriter:
         em = env_major
         scalars = {
             "gate_entropy": Columns.scalars(em(d["gate_entropy"])),
-            "action": Columns.scalars(em(d["action"]), per_row=d["action"].shape[-1]),
+            "action": Columns.scalars(em(d["action"]), batch=True),
             "reward/total": Columns.scalars(em(d["reward"])),
             "error/ee_pos_m": Columns.scalars(em(pos_error(d["ee_pos"], d["target_pos"]))),
             "error/ee_rot_rad": Columns.scalars(em(rot_error(d["ee_quat_xyzw"], d["target_quat_xyzw"]))),
@@ -216,7 +216,7 @@ class RecordingWriter:
         fut = Columns.vectors(
             "Points3D:positions",
             em(d["frames/target_future_pos"]),
-            per_row=d["frames/target_future_pos"].shape[2],
+            batch=True,
         )
         n_bodies = d["frames/body_pos"].shape[2]
         if self.model is not None:  # blocks (env, body)
@@ -265,7 +265,7 @@ class RecordingWriter:
         """Bodies (env, rows, bodies, 3) as points a row, and the links to their parents as strips."""
         if self.parents is None:
             self.parents = skeleton.infer_parents(self.log.body_names, bpos[0, 0])
-        out = {"bodies": Columns.vectors("Points3D:positions", bpos, per_row=bpos.shape[2])}
+        out = {"bodies": Columns.vectors("Points3D:positions", bpos, batch=True)}
         links = [(par, i) for i, par in enumerate(self.parents) if par >= 0]
         if links:  # (env, rows, links, 2, 3)
             seg = np.stack([bpos[:, :, [a for a, _ in links]], bpos[:, :, [c for _, c in links]]], axis=3)

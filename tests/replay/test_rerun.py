@@ -178,6 +178,21 @@ def test_export_sends_each_entity_once_per_chunk_and_markers_are_static(model_lo
     assert steps == list(range(12))
 
 
+def test_columns_blocks_and_rows_with_batches_of_one():
+    """Columns: block b is entity b's column, rows of one vector or series even when a batch holds one."""
+    from moetape.replay.rerun_columns import Columns
+
+    v = np.arange(2 * 3 * 1 * 3, dtype=np.float32).reshape(2, 3, 1, 3)  # 2 envs, 3 rows, 1 point a row
+    pts = Columns.vectors("Points3D:positions", v, batch=True)
+    assert pts[1].as_arrow_array().to_pylist() == [[list(p)] for p in v[1, :, 0]]
+    act = Columns.scalars(np.ones((2, 3, 1)), batch=True)
+    assert act[0].as_arrow_array().to_pylist() == [[1.0]] * 3
+    gate = Columns.scalars(np.arange(2 * 2 * 3.0).reshape(2, 2, 3))  # (env, expert, steps)
+    assert gate[3].as_arrow_array().to_pylist() == [[9.0], [10.0], [11.0]]
+    seg = Columns.strips(np.zeros((2, 3, 1, 2, 3)))
+    assert len(seg[1].as_arrow_array()) == 3 and seg[1].as_arrow_array()[0].as_py() == [[[0.0] * 3] * 2]
+
+
 def test_chunks_hold_a_byte_budget_of_the_selected_envs(model_log):
     """One env gets n_envs times the steps per chunk that all envs get, both from EXPORT_CHUNK_BYTES."""
     with open_log(model_log) as log:
