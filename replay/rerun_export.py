@@ -284,10 +284,10 @@ def save_without_footer(rec: rr.RecordingStream, path: str, default_blueprint: A
 
     With the footer, Rerun keeps a manifest entry for every chunk sent until the end, so memory
     would grow with the log's length (a few KB per entity and chunk of steps); without it memory
-    stays bounded. The file is a valid .rrd that Rerun's viewers open as usual; ``rerun rrd
-    optimize`` adds the manifest. Rerun warns about the missing footer on stderr, from its native
-    code, once, while the sink is created: that line is not shown (file descriptor 2 points to
-    /dev/null for the call).
+    stays bounded. The file is a valid .rrd that Rerun's viewers open as usual (``rerun rrd verify``
+    reports the missing footer; ``rerun rrd optimize FILE -o OUT`` writes a copy with one). Rerun
+    warns about the missing footer on stderr, from its native code, once, while the sink is
+    created: that line is not shown (file descriptor 2 points to /dev/null for the call).
     """
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
