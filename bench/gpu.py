@@ -19,7 +19,8 @@ Goals on a GPU at 4096 envs with policy-rate frames: overhead <= 1.05, sim_ratio
 Usage: python bench/gpu.py [--device cuda:0|cpu] [--envs 1024,4096,8192] [--steps 200]
                            [--frames policy|substep] [--dir FOLDER] [--json]
 With --device cpu (warp's CPU device; the default when no CUDA device is visible) the defaults are
-small: --envs 4,16 --steps 20.
+small: --envs 4,16 --steps 20. There the loop is the same but nothing overlaps (torch and warp run
+synchronously on the CPU): the figures check the path, the overlap shows only on CUDA.
 """
 
 from __future__ import annotations

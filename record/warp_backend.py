@@ -10,10 +10,14 @@ float32, MuJoCo in float64), see tests/record/test_warp_backend.py for the measu
 
 Everything per step stays on the device: the simulator's arrays are torch tensors without a copy
 (``wp.to_torch``), and the observation, targets, rewards, terminations and resets are torch
-operations on them (moetape.record.warp_task). Only what the log keeps leaves the device, once per
-step (:class:`HostCopy`): on CUDA, one asynchronous copy per field into pinned host memory on a copy
-stream, then one event wait (the step's one synchronisation point); on warp's CPU device the fields
-are already host memory and the frame rows are written straight into the log's batch rows.
+operations on them (moetape.record.warp_task). The policy reads ``obs_tensor`` and its action tensor
+comes back to ``launch_step`` without a copy. Only what the log keeps (and the ``keep`` tensors: the
+policy's action and gate) leaves the device, once per step (:class:`HostCopy`): on CUDA, one
+asynchronous copy per field into pinned host memory on a copy stream, queued by ``launch_step``,
+then one event wait in ``PendingStep.wait`` (the step's one synchronisation point). Two host copies
+form a ring, so the recorder launches step t + 1 before it waits for step t: step t's copy and its
+append to the log overlap step t + 1's compute. On warp's CPU device the fields are already host
+memory (the same calls, nothing to wait for); the frame rows are then copied into the log's batch rows.
 """
 
 from __future__ import annotations
