@@ -76,6 +76,9 @@ class BackendInfo:
     model_xml: Optional[str] = None  # MJCF of the robot when the backend has one (replay renders it)
     model_sha256: Optional[str] = None
     device: str = "cpu"
+    # Fields stale on the first step of every episode after an env's first (the log's optional
+    # stale_after_reset attribute, see moetape.schema.layout): steps/ and frames/ paths; none by default.
+    stale_after_reset: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -55,6 +55,18 @@ from moetape.record.poses import matrix_to_quat_xyzw
 from moetape.record.safe_pickle import PathLike
 from moetape.schema.errors import InputError
 
+STALE_AFTER_RESET = [
+    "steps/ee_pos",
+    "steps/ee_quat_xyzw",
+    "frames/body_pos",
+    "frames/body_quat_xyzw",
+    "frames/contact_force",
+]
+"""What is stale on a new episode's first step (the log's stale_after_reset attribute):
+``reset_idx`` writes root and dof state in place, but rigid-body poses and contact forces refresh
+only at the next ``gym.simulate``, so the pre-step EE pose and frame row 0's rigid-body rows hold the
+previous episode's last values. Kept as read (the legacy scripts logged the same) and marked."""
+
 SUBSTEP_FRAMES_UNSUPPORTED = (
     "this Isaac Gym env steps its {decimation} physics substeps inside env.step() and its step() takes no "
     "{kwarg!r} keyword, so substep frames cannot be read from outside; record with frames=policy "
@@ -142,6 +154,7 @@ class IsaacGymBackend:
             episode_length_s=float(_first_attr(env, names.episode_length_s)),
             versions=_versions(),
             device=self.device,
+            stale_after_reset=list(STALE_AFTER_RESET),
         )
         self._frame_fields = frame_fields(dof_pos.shape[1], body_pos.shape[1])
 

@@ -422,6 +422,7 @@ def _record_into(
                 trajectory=traj,
                 flush_seconds=cfg.flush_seconds,
                 process=True,  # h5py holds the GIL while writing: a writer thread would pause the rollout
+                stale_after_reset=getattr(info, "stale_after_reset", ()),
             )
         except BaseException:
             if viewer is not None:

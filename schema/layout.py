@@ -30,6 +30,22 @@ Root attributes (written at creation, never changed; introduced in version 1)
     frame_rate_hz       float   1 / (policy_dt_s / frames_per_step)
     backend             str     "mujoco" | "isaacgym" | a test backend's name
 
+Optional root attributes (absent means what every older log means; added without a version bump,
+since readers that do not know one ignore it)
+    stale_after_reset   str     JSON list of the fields whose rows are stale on the first step of
+                                every episode after an env's first (step_in_episode == 0 and
+                                episode > 0): they hold the previous episode's last values while
+                                root and dof state show the reset. steps/ paths name the step's row;
+                                frames/ paths name row 0 of that step (substep 0) only, later rows
+                                are fresh. Written from the backend's BackendInfo.stale_after_reset:
+                                Isaac Gym writes ["steps/ee_pos", "steps/ee_quat_xyzw",
+                                "frames/body_pos", "frames/body_quat_xyzw", "frames/contact_force"]
+                                (reset_idx writes root and dof state in place; rigid-body poses and
+                                contact forces refresh only at the next gym.simulate). Absent: no
+                                stale rows (every MuJoCo and warp log, every golden v1 file). Readers
+                                get the mask from moetape.schema.reader.stale_mask; the values are
+                                stored as the simulator gave them (the legacy scripts read the same).
+
 Commit state (datasets, rewritten in place while recording; version 1)
     n_committed         int64 (2,)  [S, N]: rows of steps/ and frames/ that are complete.
                                     Raised after the rows are written, then the file is flushed.
@@ -85,7 +101,7 @@ trajectory/  (optional) the EE target trajectories that were played
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 # Root attribute names.
 FORMAT_VERSION_ATTR = "format_version"
@@ -112,6 +128,9 @@ META_ATTRS = (
     "backend",
 )
 LIST_ATTRS = ("expert_names", "joint_names", "body_names", "term_names", "metric_names")
+STALE_AFTER_RESET_ATTR = "stale_after_reset"
+OPTIONAL_ATTRS = (STALE_AFTER_RESET_ATTR,)
+"""Root attributes a log may lack (see the module docstring); upgrade and salvage carry them over."""
 
 # Commit state.
 N_COMMITTED = "n_committed"
@@ -246,3 +265,15 @@ def field_specs(
 def stream_of(path: str) -> int:
     """Return 0 for a steps/ dataset and 1 for a frames/ dataset (the n_committed column)."""
     return 1 if path.startswith(FRAMES + "/") else 0
+
+
+def stale_rule(episode: Any, step_in_episode: Any) -> Any:
+    """Return bool (...): the rows that are the first step of an episode after the env's first.
+
+    The rows a log's ``stale_after_reset`` fields are stale on; episode and step_in_episode are the
+    steps/ fields of the same rows (any matching shape). Use moetape.schema.reader.stale_mask,
+    which also checks the attribute, rather than this alone.
+    """
+    import numpy as np
+
+    return (np.asarray(step_in_episode) == 0) & (np.asarray(episode) > 0)

@@ -295,6 +295,26 @@ class Log:
         return dict(json.loads(self._attr("provenance_json") or "{}"))
 
     @property
+    def stale_after_reset(self) -> List[str]:
+        """The fields stale on a new episode's first step (optional attribute; [] when absent).
+
+        See layout's ``stale_after_reset`` and :func:`stale_mask` for the rows.
+        """
+        raw = self.meta.get(layout.STALE_AFTER_RESET_ATTR)
+        if raw is None:
+            return []
+        try:
+            value = json.loads(raw)
+        except (TypeError, ValueError):
+            value = None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise LogFormatError(
+                f"{self.path}: root attribute '{layout.STALE_AFTER_RESET_ATTR}' is {str(raw)[:60]!r}; "
+                'expected a JSON list of field paths such as ["steps/ee_pos"]. Run `moetape verify`.'
+            )
+        return list(value)
+
+    @property
     def ended_cleanly(self) -> bool:
         return self.run_status == layout.STATUS_CLEAN
 
@@ -552,6 +572,7 @@ class Log:
             "frame_rate_hz": self.frame_rate_hz,
             "duration_s": self.n_steps * self.policy_dt_s,
             "has_model": self.has_model,
+            "stale_after_reset": self.stale_after_reset,
             "command_line": self.meta.get("command_line"),
             "provenance": prov,
             "size_bytes": os.path.getsize(self.path),
@@ -570,6 +591,33 @@ class Log:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().strip("'\"").splitlines()
     return text[0] if text else type(e).__name__
+
+
+def stale_mask(
+    log: Log, start: int = 0, stop: Optional[int] = None, *, env: EnvSel = None, field: Optional[str] = None
+) -> np.ndarray:
+    """Return bool (n, E), or (n,) for one env: the steps [start, stop) whose stale_after_reset rows are stale.
+
+    A step is stale when the log declares stale fields (``Log.stale_after_reset``) and it is the first
+    step of an episode after the env's first (``layout.stale_rule``: step_in_episode == 0 and
+    episode > 0). For a steps/ field the step's row is stale; for a frames/ field its row 0 (substep 0).
+    ``field``: only if that field ("ee_pos", "steps/ee_pos" or "frames/body_pos") is declared stale;
+    otherwise all False. Logs without the attribute read nothing and give all False.
+    """
+    stop = log.n_steps if stop is None else min(int(stop), log.n_steps)
+    start = max(0, min(int(start), stop))
+    declared = log.stale_after_reset
+    if field is not None:
+        path = (
+            field if field.startswith((layout.STEPS + "/", layout.FRAMES + "/")) else layout.step_path(field)
+        )
+        declared = [f for f in declared if f == path]
+    if not declared or stop <= start:
+        envs = np.arange(log.n_envs)[log._env_index(env)]
+        return np.zeros((stop - start,) + np.shape(envs), dtype=bool)
+    episode = log.read("episode", start, stop, env=env)
+    step_in_episode = log.read("step_in_episode", start, stop, env=env)
+    return np.asarray(layout.stale_rule(episode, step_in_episode), dtype=bool)
 
 
 def open_log(path: str) -> Log:

@@ -243,7 +243,10 @@ def _write(
         "command_line": log.meta.get("command_line", ""),
         "config": log.config,
         "provenance": provenance,
-        "keep_attrs": {"created_utc": log.meta["created_utc"]},
+        "keep_attrs": dict(
+            {k: log.meta[k] for k in layout.OPTIONAL_ATTRS if k in log.meta},
+            created_utc=log.meta["created_utc"],
+        ),
     }
     writer = LogWriter(
         tmp,

@@ -77,7 +77,11 @@ def upgrade(
             "command_line": log.meta.get("command_line", ""),
             "config": log.config,
             "provenance": provenance,
-            "keep_attrs": {k: log.meta[k] for k in ("log_id", "created_utc", "moetape_version")},
+            "keep_attrs": {
+                k: log.meta[k]
+                for k in ("log_id", "created_utc", "moetape_version") + layout.OPTIONAL_ATTRS
+                if k in log.meta
+            },
         }
         traj = log.trajectory()
         step_fields = [f for f in log.fields() if not f.startswith("frames/")]

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -59,6 +59,10 @@ class LogWriter:
     To skip copying the frames (the largest fields), write them in place: ``rows = log.frame_rows()``
     gives views of the next step's frame rows in the batch being filled; fill them (a backend's
     ``step(..., frames_out=rows)`` does) and pass the same dict to ``append`` as ``frames``.
+
+    ``stale_after_reset``: the steps/ and frames/ paths the backend leaves stale on a new episode's
+    first step (BackendInfo.stale_after_reset); written as the optional root attribute of that name
+    when not empty (see moetape.schema.layout).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class LogWriter:
         flush_seconds: float = 1.0,
         chunk_bytes: int = CHUNK_TARGET_BYTES,
         process: bool = False,
+        stale_after_reset: Sequence[str] = (),
     ) -> None:
         spec.validate()
         self.path = os.fspath(path)
@@ -88,6 +93,7 @@ class LogWriter:
             )
         self.chunk_bytes = int(chunk_bytes)
         self._specs = spec.datasets()
+        self._stale = _check_stale(self.path, stale_after_reset, self._specs)
         # Per dataset, once (append runs every step): path, key in the step/frames dict, stream, row shape.
         self._fields = [
             (
@@ -198,6 +204,8 @@ class LogWriter:
             "frame_rate_hz": float(spec.frames_per_step / (spec.sim_dt_s * spec.decimation)),
             "backend": spec.backend,
         }
+        if self._stale:  # optional: absent means no stale rows (layout.STALE_AFTER_RESET_ATTR)
+            attrs[layout.STALE_AFTER_RESET_ATTR] = json.dumps(self._stale)
         attrs.update(meta.get("keep_attrs", {}))  # upgrade keeps the source's identity
         for key, value in attrs.items():
             if isinstance(value, list):
@@ -535,3 +543,15 @@ class LogWriter:
             s1 = write_batch(self._file, self._dsids, b.view(), self.n_committed, b.n, self._fps)
         self.n_committed = s1
         self._free.put(b)
+
+
+def _check_stale(path: str, fields: Sequence[str], specs: Mapping[str, Any]) -> List[str]:
+    """Return the stale_after_reset fields as a list; each must be a steps/ or frames/ dataset of the log."""
+    out = [str(f) for f in fields]
+    unknown = [f for f in out if f not in specs]
+    if unknown:
+        raise InputError(
+            f"{path}: stale_after_reset names {unknown}, not datasets of this log; "
+            "expected steps/ or frames/ paths such as 'steps/ee_pos' or 'frames/body_pos'"
+        )
+    return out

@@ -9,6 +9,7 @@ real one segfaults) and a resolved ``config.pkl``. Nothing here runs real Isaac 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from moetape.schema.reader import open_log  # noqa: E402
+from moetape.record.isaacgym_backend import STALE_AFTER_RESET  # noqa: E402
+from moetape.schema.reader import open_log, stale_mask  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -252,18 +254,21 @@ def test_seed_option_replaces_the_training_seed(run, tmp_path):
 # --------------------------------------------------------------- 4. rows after an automatic reset
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 12 item 4: stale rigid-body rows after a reset are not handled yet"
-)
-def test_frame_row_0_after_a_reset_is_consistent(recorded):
-    """Frame row 0 of each step has the base body where the root is (the stand-in's base body is the root)."""
+def test_stale_rows_after_a_reset_are_marked(recorded):
+    """The log marks the rows a reset leaves stale; every unmarked frame row 0 has the base body on the root."""
     _, log_path, _ = recorded
     with open_log(log_path) as log:
-        root = log.read("frames/root_pos")[::4]  # row 0 of each step (4 substep rows per step)
-        body = log.read("frames/body_pos")[::4, :, 0]  # body 0 is "base"
-    np.testing.assert_allclose(
-        body[:, :, 2], root[:, :, 2], atol=1e-5
-    )  # fails at step 51, after the time-out
+        assert log.stale_after_reset == STALE_AFTER_RESET
+        assert log.meta["stale_after_reset"] == json.dumps(STALE_AFTER_RESET)
+        stale = stale_mask(log)
+        root = log.read("frames/root_pos")[:, :, 2].reshape(STEPS, 4, 2)  # (step, substep, env)
+        body = log.read("frames/body_pos")[:, :, 0, 2].reshape(STEPS, 4, 2)  # body 0 is "base"
+    assert stale.shape == (STEPS, 2)
+    assert np.flatnonzero(stale.any(axis=1)).tolist() == [51] and stale[51].all()  # after the time-out
+    fresh = ~stale
+    np.testing.assert_allclose(body[:, 0][fresh], root[:, 0][fresh], atol=1e-5)
+    np.testing.assert_allclose(body[:, 1:], root[:, 1:], atol=1e-5)  # later substep rows are fresh
+    assert (np.abs(body[51, 0] - root[51, 0]) > 1e-3).all()  # the marked rows really are stale
 
 
 # ------------------------------------------------------------------------------- 5. close
