@@ -14,7 +14,9 @@
   (``steps/terms/task_reaching_pos_err`` if recorded, else ||target_pos - ee_pos||) and with the
   base-to-target distance (||target_pos - frames/root_pos|| at the step's first frame), overall,
   per env and per episode (episode ids of the selected envs, pooled); ``None`` where a variable
-  is constant;
+  is constant; an error computed from an ee_pos the log marks stale (``stale_after_reset``: a new
+  episode's first step on Isaac Gym) is left out, and ``stale_after_reset.excluded_from_ee_pos_err``
+  counts those env-steps (the recorded error term is computed after the step: never stale);
 - episodes: episodes seen in the selection, finished ones (``done``), split into timeouts
   (``done`` and ``timeout``) and terminations (``done`` without ``timeout``), and unfinished ones;
 - legacy: the figures the legacy script printed from ``weight_stats.pkl`` (env 0's gate, the
@@ -38,7 +40,7 @@ import numpy.typing as npt
 from moetape.replay import plugins as plugins_mod
 from moetape.schema.errors import InputError
 from moetape.schema.layout import STATUS_RUNNING
-from moetape.schema.reader import Log, open_log
+from moetape.schema.reader import Log, open_log, stale_mask
 
 SUMMARY_FORMAT_VERSION = 1
 USAGE_THRESHOLD = 0.5
@@ -68,6 +70,11 @@ def ee_error(data: Dict[str, np.ndarray]) -> F64:
         return np.asarray(data[EE_ERR_FIELD], dtype=np.float64)
     diff = np.asarray(data["target_pos"], dtype=np.float64) - np.asarray(data["ee_pos"], dtype=np.float64)
     return np.asarray(np.linalg.norm(diff, axis=-1), dtype=np.float64)
+
+
+def ee_error_is_stale(log: Log) -> bool:
+    """Return True if ``ee_error`` reads a field the log marks stale after a reset (steps/ee_pos)."""
+    return not log.has_field(EE_ERR_FIELD) and "steps/ee_pos" in log.stale_after_reset
 
 
 def _num(x: float) -> Optional[float]:
@@ -553,6 +560,8 @@ def summary(
     corr_stats, legacy, episodes = CorrStats(k), LegacyStats(), EpisodeCounts(len(sel.envs))
     env_ids = np.asarray(sel.envs, dtype=np.int64)
     fps = log.frames_per_step
+    stale_fields, err_stale = log.stale_after_reset, ee_error_is_stale(log)
+    n_stale = n_excluded = 0
     for chunk in log.iter_chunks(fields, start=sel.start, stop=sel.stop):
         d = chunk.data
         legacy.update(d["gate"], d["gate_entropy"])
@@ -565,6 +574,12 @@ def summary(
         dom = np.where(mask, gate.argmax(axis=2), -1)
         switch_stats.update(dom, np.where(mask, ep, -1))
         err = _take(ee_error(d), sel.envs, n_envs)
+        if stale_fields:
+            stale = _take(stale_mask(log, chunk.start, chunk.stop), sel.envs, n_envs) & mask
+            n_stale += int(stale.sum())
+            if err_stale:
+                n_excluded += int(stale.sum())
+                err = np.where(stale, np.nan, err)
         dist = np.full(err.shape, np.nan)
         if has_root:
             root = np.asarray(d[ROOT_POS_FIELD][::fps], dtype=np.float64)
@@ -608,9 +623,15 @@ def summary(
     out.update(switch_stats.result(names, log.policy_dt_s))
     out["correlation"] = dict(
         ee_pos_err_source=ee_error_source(log),
+        ee_pos_err_excluded_stale=n_excluded,
         target_distance_source="norm(target_pos - frames/root_pos)" if has_root else None,
         **corr_stats.result(),
     )
+    out["stale_after_reset"] = {
+        "fields": stale_fields,
+        "env_steps": n_stale,
+        "excluded_from_ee_pos_err": n_excluded,
+    }
     out["legacy"] = dict(legacy.result(k), **_legacy_scope(sel, n_envs))
     out["plugins"] = plugins_mod.results(active)
     return out

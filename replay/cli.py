@@ -56,6 +56,14 @@ def _print_info(d: Dict[str, Any]) -> None:
         ("terms", ", ".join(d["term_names"]) or "-"),
         ("metrics", ", ".join(d["metric_names"]) or "-"),
         ("robot model", "stored" if d["has_model"] else "not stored"),
+        (
+            "stale rows",
+            "{} (on each episode's first step after an env's first; frames/: row 0 of that step)".format(
+                ", ".join(d["stale_after_reset"])
+            )
+            if d.get("stale_after_reset")
+            else "none",
+        ),
         ("size", _fmt_bytes(d["size_bytes"])),
         ("command", d["command_line"] or "-"),
     ]

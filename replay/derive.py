@@ -50,7 +50,7 @@ from moetape.schema.io import (
     remove_tree,
     sha256_file,
 )
-from moetape.schema.reader import Log, open_log
+from moetape.schema.reader import Log, open_log, stale_mask
 
 MANIFEST = "derived.json"
 MANIFEST_VERSION = 1
@@ -251,7 +251,7 @@ def derive(
     names = list(FILES.values()) + [MANIFEST, SUMMARY] + list(PLOTS) + ([VIDEO] if video else [])
     replace = _plan_replace(out_dir, names, force)
     with open_log(log_path) as log:
-        notes = _status_notes(log)
+        notes = _status_notes(log) + _stale_notes(log)
         for note in notes:
             say(note)
 
@@ -360,6 +360,19 @@ def _status_notes(log: Log) -> List[str]:
         what = f"ended {log.run_status}"
     return [
         f"{log.path}: run status '{log.run_status}': the run {what}; derived the {log.n_steps} committed steps."
+    ]
+
+
+def _stale_notes(log: Log) -> List[str]:
+    """One note when the log marks stale rows: how many, and that the legacy files keep them."""
+    if not log.stale_after_reset:
+        return []
+    per = max(1, (8 << 20) // (8 * log.n_envs))  # two int32 fields a step: about 8 MB a read
+    n = sum(int(stale_mask(log, a, a + per).sum()) for a in range(0, log.n_steps, per))
+    return [
+        f"{log.path}: {n} env-steps are a new episode's first step after an automatic reset, whose "
+        f"{', '.join(log.stale_after_reset)} (frames/: row 0 of the step) hold the previous episode's last "
+        "values (the log's stale_after_reset); the legacy files keep them as the legacy scripts wrote them."
     ]
 
 

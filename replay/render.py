@@ -12,6 +12,12 @@ How a frame is made (``FrameRenderer``):
   * 1.5 (world frame) and looks at root_pos.
 - Decorations: the EE target pose (steps/target_pos, target_quat_xyzw) and the EE pose (steps/ee_pos,
   ee_quat_xyzw) of the row's policy step, each as three short x/y/z capsules, joined by a line.
+- Stale rows (logs with the optional ``stale_after_reset`` attribute, Isaac Gym: see
+  ``moetape.schema.layout``): on a new episode's first step, frame row 0's body poses and the step's
+  EE pose hold the previous episode's last values. Such a row's skeleton is drawn from the step's
+  next frame row (substep logs: row 1, fresh) or from the previous fresh row (policy-rate logs),
+  root and camera included, so the picture never shows the stale poses; a stale EE pose is not drawn
+  (the target is). A log with a stored model draws root and dof state, which are never stale.
 - Overlay: a panel in the top-left corner with the step and time, one bar per expert (gate weight,
   labelled with expert_names) and the gate entropy (bar full at ln K); see ``moetape.replay.overlay``.
 
@@ -49,7 +55,7 @@ from moetape.replay.overlay import blit as blit
 from moetape.replay.overlay import text_mask as text_mask
 from moetape.schema.errors import InputError
 from moetape.schema.io import atomic_output, check_output, resolve_output
-from moetape.schema.reader import Log, open_log
+from moetape.schema.reader import Log, open_log, stale_mask
 
 CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5
 QUALITIES = ("fast", "high")
@@ -264,6 +270,44 @@ class StepWindow:
         return {f: v[row - self.start * fps] for f, v in self.data.items()}
 
 
+class StaleWindow:
+    """Which policy steps of one env are stale after a reset (``schema.reader.stale_mask``), windowed."""
+
+    def __init__(self, log: Log, env: int, field: str, span: int = WINDOW_STEPS) -> None:
+        self.log, self.env, self.field, self.span = log, env, field, span
+        self.start = self.stop = 0
+        self.mask = np.zeros(0, dtype=bool)
+        self.declared = field in log.stale_after_reset
+
+    def __call__(self, step: int) -> bool:
+        """Return True if ``step``'s rows of the field are stale."""
+        if not self.declared:
+            return False
+        if not self.start <= step < self.stop:
+            self.start = max(0, step - self.span // 2)
+            self.stop = min(self.log.n_steps, self.start + self.span)
+            self.mask = stale_mask(self.log, self.start, self.stop, env=self.env, field=self.field)
+        return bool(self.mask[step - self.start])
+
+
+def fresh_row(log: Log, row: int, stale: Callable[[int], bool]) -> Optional[int]:
+    """Return the frames/ row whose rigid-body poses stand for row ``row``; None if no fresh row exists.
+
+    A stale row (row 0 of a stale step) stands in for the step's next row (substep logs) or the
+    previous fresh row (policy-rate logs: one row per step; the next one if none precedes it).
+    """
+    fps = log.frames_per_step
+    step = row // fps
+    if row % fps or not stale(step):
+        return row
+    if fps > 1:
+        return row + 1
+    for s in list(range(step - 1, -1, -1)) + list(range(step + 1, log.n_steps)):
+        if not stale(s):
+            return s
+    return None
+
+
 # ------------------------------------------------------------------------------- frame renderer
 class FrameRenderer:
     """Render frames of one env of a log; used by the video writer and the viewer.
@@ -309,6 +353,8 @@ class FrameRenderer:
         frame_fields.append("frames/dof_pos" if xml else "frames/body_pos")
         self._frames = StepWindow(log, self.env, frame_fields)
         self._steps = StepWindow(log, self.env, STEP_FIELDS)
+        self._stale_body = StaleWindow(log, self.env, "frames/body_pos")
+        self._stale_ee = StaleWindow(log, self.env, "steps/ee_pos")
         self.gl = Offscreen(self.model, self.width, self.height)
 
     def _load_model(self, mujoco: Any, xml: str) -> Any:
@@ -359,6 +405,10 @@ class FrameRenderer:
         frame = self.set_row(row)
         step_idx = row // self.log.frames_per_step
         step = self._steps.step(step_idx)
+        ee_stale = self._stale_ee(step_idx)
+        if self.jmap is None and row != fresh_row(self.log, row, self._stale_body):
+            src = fresh_row(self.log, row, self._stale_body)
+            frame = self._frames.row(src) if src is not None else dict(frame, **{"frames/body_pos": None})
         follow_camera(self.camera, frame["frames/root_pos"])
         mujoco.mjv_updateScene(
             self.model,
@@ -369,21 +419,22 @@ class FrameRenderer:
             mujoco.mjtCatBit.mjCAT_ALL.value,
             self.scene,
         )
-        if self.jmap is None:
+        if self.jmap is None and frame["frames/body_pos"] is not None:
             body_pos = frame["frames/body_pos"]
             if self._parents is None:
                 self._parents = skeleton.infer_parents(self.log.body_names, body_pos)
             skeleton.add_skeleton(self.scene, body_pos, self._parents)
         skeleton.add_axes(self.scene, step["target_pos"], step["target_quat_xyzw"], radius=0.007)
-        skeleton.add_axes(self.scene, step["ee_pos"], step["ee_quat_xyzw"], radius=0.005, alpha=0.7)
-        skeleton.add_connector(
-            self.scene,
-            step["ee_pos"],
-            step["target_pos"],
-            width=skeleton.LINE_WIDTH_PX,
-            rgba=skeleton.LINE_RGBA,
-            kind="line",
-        )
+        if not ee_stale:  # a stale EE pose is the previous episode's: not drawn
+            skeleton.add_axes(self.scene, step["ee_pos"], step["ee_quat_xyzw"], radius=0.005, alpha=0.7)
+            skeleton.add_connector(
+                self.scene,
+                step["ee_pos"],
+                step["target_pos"],
+                width=skeleton.LINE_WIDTH_PX,
+                rgba=skeleton.LINE_RGBA,
+                kind="line",
+            )
         img = self.gl.render(self.scene)
         if self.overlay:
             caption = f"step {step_idx}  t {row / self.log.frame_rate_hz:.2f} s  env {self.env}"
@@ -399,8 +450,12 @@ class FrameRenderer:
     def set_env(self, env: int) -> None:
         """Render env ``env`` from now on."""
         self.env = check_env(self.log, env)
-        for window in (self._frames, self._steps):
+        for window in (self._frames, self._steps, self._stale_body, self._stale_ee):
             window.env, window.start, window.stop = self.env, 0, 0
+
+    def ee_stale(self, step: int) -> bool:
+        """Return True if policy step ``step``'s EE pose is stale (first step after a reset)."""
+        return self._stale_ee(int(step))
 
     def render(self, step: int) -> Image:
         """Render the first frame row of policy step ``step``; return uint8 (H, W, 3)."""

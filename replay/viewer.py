@@ -7,6 +7,10 @@ slider to scrub, a play/pause button and an env selector (radio buttons up to 8 
 box). ``--follow`` polls a log that is still being recorded with a matplotlib timer and extends the
 plots; when the cursor is at the last step it stays there as new steps arrive.
 
+Stale rows after a reset (the log's ``stale_after_reset``, Isaac Gym): the robot image never shows
+them (``FrameRenderer``), an EE error computed from a stale ee_pos is left out of the curve (a gap),
+and the title says "EE pose stale (first step after a reset)" on such a step.
+
 The drawing lives in plain functions and a ``Viewer`` class that take a Figure, so tests drive them
 headless under the Agg backend; only ``run_viewer`` picks an interactive backend and shows a window.
 """
@@ -22,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from moetape.replay.render import GATE_COLORS, FrameRenderer, RenderError, check_env, check_frames
-from moetape.schema.reader import Log, open_log
+from moetape.schema.reader import Log, open_log, stale_mask
 
 VIEW_SIZE = (480, 360)
 PLAY_FPS = 24.0
@@ -70,9 +74,9 @@ def load_series(log: Log, env: int, start: int = 0, stop: Optional[int] = None) 
         if use_term:
             err.append(chunk.data["terms/" + POS_ERR_TERM])
         else:
-            err.append(
-                np.linalg.norm(chunk.data["target_pos"] - chunk.data["ee_pos"], axis=-1).astype(np.float32)
-            )
+            dist = np.linalg.norm(chunk.data["target_pos"] - chunk.data["ee_pos"], axis=-1).astype(np.float32)
+            dist[stale_mask(log, chunk.start, chunk.stop, env=env, field="ee_pos")] = np.nan  # a gap
+            err.append(dist)
     k = len(log.expert_names)
     stop = log.n_steps if stop is None else min(stop, log.n_steps)
     return Series(
@@ -175,6 +179,8 @@ def step_caption(log: Log, env: int, step: int, series: Series) -> str:
     if 0 <= i < len(series):
         parts.append("  ".join(f"{n} {float(w):.2f}" for n, w in zip(series.names, series.gate[i])))
         parts.append(f"entropy {float(series.entropy[i]):.3f}")
+    if 0 <= step < log.n_steps and stale_mask(log, step, step + 1, env=env, field="ee_pos")[0]:
+        parts.append("EE pose stale (first step after a reset)")
     if log.run_status == "running":
         parts.append("(live)")
     return "   ".join(parts)
