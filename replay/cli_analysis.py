@@ -196,7 +196,9 @@ def _format_corr(c: Dict[str, Any], names: List[str]) -> List[str]:
     ]
     excluded = c.get("ee_pos_err_excluded_stale", 0)
     if excluded:
-        out.append(f"  EE error excludes {excluded} env-steps whose ee_pos is stale (a new episode's first step)")
+        out.append(
+            f"  EE error excludes {excluded} env-steps whose ee_pos is stale (a new episode's first step)"
+        )
     header = ["", "n", "EE err (m)"] + [f"{n}~err" for n in names] + [f"{n}~dist" for n in names]
 
     def row(label: str, r: Dict[str, Any]) -> List[str]:
