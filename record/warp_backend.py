@@ -408,7 +408,7 @@ class WarpBackend:
         self._copies = []
         self._obs = None  # type: ignore[assignment]
         self.m = self.d = None
-        self._done_wp = None
+        self._done_wp = None  # type: ignore[assignment]
 
     def _take_copy(self) -> HostCopy:
         """The next host copy of the ring, for a reset or step about to be queued."""
