@@ -2,17 +2,22 @@
 
 A ``Columns`` holds one component's column for many entities at once (all envs of a chunk, or all
 (env, body) pairs): one Arrow array, built once; each entity's column is a zero-copy slice of it.
+Blocks are equal (``rows`` rows each) or, after ``blocks(counts)``, of their own lengths (the rows
+a mask kept per env: the export leaves stale EE rows out this way).
 The Arrow types and component descriptors are those Rerun's own archetypes produce.
+``FreshBodies``: body poses with stale rows after a reset replaced (see ``rerun_export``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import rerun as rr
+
+from moetape.schema.reader import Log, fresh_rows, stale_mask
 
 _TEMPLATES: Dict[str, Tuple[Any, pa.DataType]] = {}
 
@@ -67,13 +72,22 @@ class Columns:
     entity's column is a zero-copy slice of it.
     """
 
-    __slots__ = ("array", "descriptor", "rows")
+    __slots__ = ("array", "descriptor", "rows", "starts")
 
     def __init__(self, descriptor: Any, array: pa.Array, rows: int) -> None:
         self.descriptor, self.array, self.rows = descriptor, array, rows
+        self.starts: Optional[npt.NDArray[np.int64]] = None
 
     def __getitem__(self, block: int) -> ArrowColumn:
+        if self.starts is not None:
+            a, b = int(self.starts[block]), int(self.starts[block + 1])
+            return ArrowColumn(self.descriptor, self.array.slice(a, b - a))
         return ArrowColumn(self.descriptor, self.array.slice(block * self.rows, self.rows))
+
+    def blocks(self, counts: npt.NDArray[Any]) -> Columns:
+        """Cut the rows into blocks of ``counts`` rows each (rows left out of some blocks); return self."""
+        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        return self
 
     @classmethod
     def _lists(cls, component: str, inner: pa.Array, row_shape: Tuple[int, ...], per_row: int) -> Columns:
@@ -109,6 +123,84 @@ class Columns:
             _offsets(n_strips, points), _vectors(values, strip_typ.value_type), type=strip_typ
         )
         return cls._lists("LineStrips3D:strips", inner, row_shape, strips)
+
+
+class FreshBodies:
+    """A chunk's body poses with each stale row (``stale_after_reset``) replaced by its fresh row's.
+
+    ``fields``: the declared-stale body fields the export sends; ``sel``: the reader's env selection
+    of ``envs``. Keeps, across chunks, each env's last fresh rows (policy-rate logs).
+    """
+
+    def __init__(self, log: Log, envs: List[int], fields: List[str], sel: Any) -> None:
+        self.log, self.envs, self.stale_bodies, self.sel = log, envs, fields, sel
+        self.rows_replaced = 0  # frame rows (env-rows) whose body poses came from a fresh row
+        self._carry: Optional[Dict[str, npt.NDArray[Any]]] = None  # policy-rate: last fresh body rows
+        self._carry_ok: Optional[npt.NDArray[np.bool_]] = None
+
+    def __call__(
+        self, start: int, d: Dict[str, npt.NDArray[Any]], stale: Optional[npt.NDArray[np.bool_]]
+    ) -> Dict[str, npt.NDArray[Any]]:
+        """Return the chunk's body poses with each stale row replaced by its fresh row's (``fresh_rows``).
+
+        Substep logs: the step's row 1. Policy-rate logs: the previous fresh row, from an earlier
+        chunk (or, for the first, the steps before the export's start) if none precedes it in this
+        one, else the next fresh row; a row with no fresh row anywhere near stays as stored.
+        Vectorised: only the stale rows are written (the chunk's own arrays, in place).
+        """
+        out = {f: d[f] for f in ("frames/body_pos", "frames/body_quat_xyzw")}
+        if not self.stale_bodies or stale is None:
+            return out
+        fps = self.log.frames_per_step
+        src = fresh_rows(stale, fps)  # (rows, envs)
+        if fps == 1:
+            if self._carry is None:
+                self._seed_carry(start)
+            missing = src < 0
+            if missing.any():
+                n = src.shape[0]
+                nxt = np.where(stale, n, np.arange(n)[:, None])
+                nxt = np.minimum.accumulate(nxt[::-1], axis=0)[::-1]
+                ok = self._carry_ok if self._carry_ok is not None else np.zeros(src.shape[1], bool)
+                src = np.where(missing & ~ok[None, :] & (nxt < n), nxt, src)  # else the carry
+        r, e = np.nonzero(src != np.arange(src.shape[0])[:, None])
+        for f in self.stale_bodies:
+            arr = out[f]
+            ok = src[r, e] >= 0
+            arr[r[ok], e[ok]] = arr[src[r[ok], e[ok]], e[ok]]
+            if fps == 1 and self._carry is not None and self._carry_ok is not None:
+                use = ~ok & self._carry_ok[e]
+                arr[r[use], e[use]] = self._carry[f][e[use]]
+        self.rows_replaced += int(len(r))
+        if fps == 1 and len(src):
+            self._remember(out, src[-1])
+        return out
+
+    def _seed_carry(self, start: int, lookback: int = 64) -> None:
+        """Policy-rate logs: remember each env's last fresh body rows among the steps just before ``start``."""
+        n_env = len(self.envs)
+        self._carry = {}
+        for f in self.stale_bodies:
+            ds = self.log.dataset(f)
+            self._carry[f] = np.zeros((n_env,) + tuple(ds.shape[2:]), ds.dtype)
+        self._carry_ok = np.zeros(n_env, bool)
+        lo = max(0, start - lookback)
+        if start <= lo:
+            return
+        sel = self.sel
+        stale = stale_mask(self.log, lo, start, env=sel, field="frames/body_pos")
+        data = {f: self.log.read(f, lo, start, env=sel) for f in self.stale_bodies}
+        self._remember(data, fresh_rows(stale, 1)[-1])
+
+    def _remember(self, rows: Dict[str, npt.NDArray[Any]], last: npt.NDArray[np.int64]) -> None:
+        """Keep, per env, the body rows ``last`` names (>= 0) as the last fresh ones seen."""
+        if self._carry is None or self._carry_ok is None:
+            return
+        ok = last >= 0
+        e = np.flatnonzero(ok)
+        for f in self.stale_bodies:
+            self._carry[f][e] = rows[f][last[e], e]
+        self._carry_ok |= ok
 
 
 def env_major(a: npt.NDArray[Any], dtype: Any = None) -> npt.NDArray[Any]:

@@ -24,6 +24,7 @@ Entity paths (``e`` = env index; every env under its own path):
     env<e>/error/ee_rot_rad         angle between target and EE orientation per step, rad
     env<e>/episode/id               Scalars per step: the episode counter
     env<e>/episode/events           TextLog at each step where an episode ended (done; "timeout" noted)
+    notes/stale_after_reset         static TextLog, logs that mark stale rows (see below)
 Timelines: ``step`` (policy step, sequence) and ``sim_time`` (simulated seconds: step * policy_dt_s;
 a frame row's own time (step * decimation + substep) * sim_dt_s). The recording's wall-clock start
 is the property ``created_utc``. Recording properties ``moetape``: log id, command line, versions,
@@ -34,6 +35,12 @@ bounded whatever the log's length); each chunk goes out as one ``send_columns`` 
 its Arrow columns built straight from the numpy arrays (no per-row Python; every env's column is
 a zero-copy slice of one array built for all envs), the timelines built once per chunk and shared
 by every env. Reading the next chunk overlaps with Rerun encoding and writing the previous one.
+Stale rows after a reset (the log's optional ``stale_after_reset``, Isaac Gym; see
+``moetape.schema.layout``): on a new episode's first step, frame row 0's body poses and the step's
+EE pose hold the previous episode's last values. Such a row's body poses are sent from the row
+``moetape render`` draws instead (``schema.reader.fresh_rows``: the step's row 1 on substep logs,
+the previous fresh row on policy-rate logs); the EE pose, the EE-to-target line and both EE errors
+are left out at those steps (no row: a gap in the series), and one static note says so.
 The .rrd has no footer (see ``save_without_footer``): Rerun's footer keeps an entry per chunk in
 memory until the end.
 """
@@ -50,10 +57,11 @@ import rerun as rr
 
 from moetape.replay import skeleton
 from moetape.replay.mjcf import RobotModel, parse_mjcf
-from moetape.replay.rerun_columns import Columns, env_major
+from moetape.replay.rerun_columns import Columns, FreshBodies, env_major
 from moetape.replay.rerun_scene import blueprint, send_static
 from moetape.schema.errors import InputError
 from moetape.schema.io import atomic_output, resolve_output
+from moetape.schema.layout import stale_rule
 from moetape.schema.reader import Chunk, Log, open_log
 
 APP_ID = "moetape"
@@ -130,6 +138,11 @@ class RecordingWriter:
             self.unmatched_bodies = sorted(b for b in by_body if b and b not in names)
         self.parents: Optional[List[int]] = None
         self.scalar_metrics = [m for m in log.metric_names if log.dataset("metrics/" + m).ndim == 2]
+        declared = log.stale_after_reset
+        self.stale_bodies = [f for f in ("frames/body_pos", "frames/body_quat_xyzw") if f in declared]
+        self.stale_ee = any(f in declared for f in ("steps/ee_pos", "steps/ee_quat_xyzw"))
+        self.ee_left_out = 0  # env-steps whose EE pose and errors were not sent (stale)
+        self.fresh_bodies = FreshBodies(log, self.envs, self.stale_bodies, _env_selection(self.envs))
 
     @property
     def mode(self) -> str:
@@ -155,6 +168,8 @@ class RecordingWriter:
             "frames/body_quat_xyzw",
             "frames/target_future_pos",
         ]
+        if self.stale_bodies or self.stale_ee:
+            f.append("step_in_episode")
         return f + ["terms/" + t for t in self.log.term_names] + ["metrics/" + m for m in self.scalar_metrics]
 
     def send_static(self) -> None:
@@ -188,15 +203,41 @@ class RecordingWriter:
             rr.TimeColumn("step", sequence=fstep),
             rr.TimeColumn("sim_time", duration=(fstep * log.decimation + fsub) * log.sim_dt_s),
         ]
+        stale = stale_rule(d["episode"], d["step_in_episode"]) if "step_in_episode" in d else None
+        bodies = self.fresh_bodies(chunk.start, chunk.data, stale)
         # every field's column for all envs at once (env-major); each env's column is a slice of it
         em = env_major
+        keep = ~em(stale) if stale is not None and self.stale_ee and stale.any() else None
+        ee_idx = [idx] * len(self.envs)
+        if keep is not None:  # stale EE rows left out: each env's block holds its kept rows
+            self.ee_left_out += int(keep.size - keep.sum())
+            ee_idx = [
+                idx
+                if keep[col].all()
+                else [
+                    rr.TimeColumn("step", sequence=steps[keep[col]]),
+                    rr.TimeColumn("sim_time", duration=steps[keep[col]] * log.policy_dt_s),
+                ]
+                for col in range(len(self.envs))
+            ]
+
+        def ee_rows(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            return values if keep is None else values[keep]
+
+        def ee_cols(c: Columns) -> Columns:
+            return c if keep is None else c.blocks(keep.sum(axis=1))
+
         scalars = {
             "gate_entropy": Columns.scalars(em(d["gate_entropy"])),
             "action": Columns.scalars(em(d["action"]), batch=True),
             "reward/total": Columns.scalars(em(d["reward"])),
-            "error/ee_pos_m": Columns.scalars(em(pos_error(d["ee_pos"], d["target_pos"]))),
-            "error/ee_rot_rad": Columns.scalars(em(rot_error(d["ee_quat_xyzw"], d["target_quat_xyzw"]))),
             "episode/id": Columns.scalars(em(d["episode"])),
+        }
+        ee_scalars = {
+            "error/ee_pos_m": ee_cols(Columns.scalars(ee_rows(em(pos_error(d["ee_pos"], d["target_pos"]))))),
+            "error/ee_rot_rad": ee_cols(
+                Columns.scalars(ee_rows(em(rot_error(d["ee_quat_xyzw"], d["target_quat_xyzw"]))))
+            ),
         }
         for t in log.term_names:
             scalars["terms/" + t] = Columns.scalars(em(d["terms/" + t]))
@@ -205,29 +246,31 @@ class RecordingWriter:
         n_exp = d["gate"].shape[-1]
         gate = Columns.scalars(np.transpose(d["gate"], (1, 2, 0)))  # blocks (env, expert)
         ee_pos, target_pos = em(d["ee_pos"], np.float32), em(d["target_pos"], np.float32)
-        poses = {
-            what: (
-                Columns.vectors("Transform3D:translation", pos),
-                Columns.vectors("Transform3D:quaternion", em(d[f"{what}_quat_xyzw"])),
-            )
-            for what, pos in (("ee", ee_pos), ("target", target_pos))
-        }
-        seg = Columns.strips(np.stack([ee_pos, target_pos], axis=2)[:, :, None])  # (env, step, 1, 2, 3)
+        ee_pose = (
+            ee_cols(Columns.vectors("Transform3D:translation", ee_rows(ee_pos))),
+            ee_cols(Columns.vectors("Transform3D:quaternion", ee_rows(em(d["ee_quat_xyzw"])))),
+        )
+        target_pose = (
+            Columns.vectors("Transform3D:translation", target_pos),
+            Columns.vectors("Transform3D:quaternion", em(d["target_quat_xyzw"])),
+        )
+        # (env, step, 1, 2, 3)
+        seg = ee_cols(Columns.strips(ee_rows(np.stack([ee_pos, target_pos], axis=2)[:, :, None])))
         fut = Columns.vectors(
             "Points3D:positions",
             em(d["frames/target_future_pos"]),
             batch=True,
         )
-        n_bodies = d["frames/body_pos"].shape[2]
+        n_bodies = bodies["frames/body_pos"].shape[2]
         if self.model is not None:  # blocks (env, body)
             body_t = Columns.vectors(
-                "Transform3D:translation", np.transpose(d["frames/body_pos"], (1, 2, 0, 3))
+                "Transform3D:translation", np.transpose(bodies["frames/body_pos"], (1, 2, 0, 3))
             )
             body_q = Columns.vectors(
-                "Transform3D:quaternion", np.transpose(d["frames/body_quat_xyzw"], (1, 2, 0, 3))
+                "Transform3D:quaternion", np.transpose(bodies["frames/body_quat_xyzw"], (1, 2, 0, 3))
             )
         else:
-            skel = self._skeleton_columns(em(d["frames/body_pos"]))
+            skel = self._skeleton_columns(em(bodies["frames/body_pos"]))
         done = np.asarray(d["done"], bool)
         for col, e in enumerate(self.envs):  # the chunk's env axis holds exactly self.envs, in order
             p = f"env{e}"
@@ -239,9 +282,13 @@ class RecordingWriter:
                 for path, c in skel.items():
                     out.append((f"{p}/skeleton/{path}", fidx, [c[col]]))
             out.append((f"{p}/future_targets", fidx, [fut[col]]))
-            for what, (tr, q) in poses.items():
-                out.append((f"{p}/{what}", idx, [tr[col], q[col]]))
-            out.append((f"{p}/ee_to_target", idx, [seg[col]]))
+            out.append((f"{p}/target", idx, [target_pose[0][col], target_pose[1][col]]))
+            if keep is None or keep[col].any():
+                ei = ee_idx[col]
+                out.append((f"{p}/ee", ei, [ee_pose[0][col], ee_pose[1][col]]))
+                out.append((f"{p}/ee_to_target", ei, [seg[col]]))
+                for path, c in ee_scalars.items():
+                    out.append((f"{p}/{path}", ei, [c[col]]))
             for k, name in enumerate(log.expert_names):
                 out.append((f"{p}/gate/{name}", idx, [gate[col * n_exp + k]]))
             for path, c in scalars.items():
@@ -373,7 +420,8 @@ def export_rerun(
     Returns:
         {"path", "envs", "steps": [start, stop], "n_steps", "mode" ("model" | "skeleton"),
         "run_status", "recovered" (datasets whose torn last chunk was read), "unmatched_bodies",
-        "skipped_geoms", "bytes"}.
+        "skipped_geoms", "stale_after_reset" ({"fields", "ee_env_steps_left_out",
+        "body_rows_replaced"}: see the module docstring), "bytes"}.
 
     Raises:
         InputError: env or steps out of range. OutputExistsError: ``out`` exists without ``force``.
@@ -401,5 +449,10 @@ def export_rerun(
             "recovered": sorted(log.recovered),
             "unmatched_bodies": writer.unmatched_bodies,
             "skipped_geoms": dict(writer.model.skipped) if writer.model is not None else {},
+            "stale_after_reset": {
+                "fields": log.stale_after_reset,
+                "ee_env_steps_left_out": writer.ee_left_out,
+                "body_rows_replaced": writer.fresh_bodies.rows_replaced,
+            },
             "bytes": os.path.getsize(path),
         }

@@ -21,6 +21,12 @@ from moetape.schema.reader import Log
 AXIS_LENGTH_M = 0.08
 GATE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
 CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5  # the legacy video camera, as `moetape render` uses
+STALE_NOTE = (
+    "This log marks stale rows (stale_after_reset: {}): on each new episode's first step they hold the "
+    "previous episode's last values. Body poses of such a frame row are shown from the step's next row "
+    "(substep logs) or the previous fresh row (policy-rate logs); the EE pose, the EE-to-target line "
+    "and the EE errors are left out at those steps."
+)
 
 
 def _rgba8(rgba: Sequence[float]) -> List[int]:
@@ -154,6 +160,12 @@ def send_static(
     """
     rec.send_recording_name(os.path.basename(log.path))
     rec.send_property("moetape", rr.AnyValues(**_flat_properties(log)))
+    if log.stale_after_reset:
+        rec.log(
+            "notes/stale_after_reset",
+            rr.TextLog(STALE_NOTE.format(", ".join(log.stale_after_reset))),
+            static=True,
+        )
     by_body = model.by_body() if model is not None else {}
     for kind, arch in _geom_batches(by_body.get("", [])).items():
         rec.log(f"world/geoms/{kind}", arch, static=True)

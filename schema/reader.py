@@ -620,6 +620,27 @@ def stale_mask(
     return np.asarray(layout.stale_rule(episode, step_in_episode), dtype=bool)
 
 
+def fresh_rows(stale: np.ndarray, frames_per_step: int) -> np.ndarray:
+    """Return int64 (n * fps, ...): per frame row of n steps, the row whose rigid-body poses stand for it.
+
+    ``stale`` is bool (n, ...) per step (:func:`stale_mask` for a frames/ field). A fresh row stands
+    for itself; a stale row (row 0 of a stale step) for the step's next row (substep logs) or the
+    previous fresh row of these steps (policy-rate logs: one row per step); -1 where none precedes
+    it in these steps (the caller looks before them, or takes the next fresh row). Rows count from
+    the first of the n steps. The rule ``moetape render`` and ``export rerun`` draw by.
+    """
+    stale = np.asarray(stale, dtype=bool)
+    fps = int(frames_per_step)
+    n_rows = stale.shape[0] * fps
+    rows = np.arange(n_rows, dtype=np.int64).reshape((n_rows,) + (1,) * (stale.ndim - 1))
+    rows = np.array(np.broadcast_to(rows, (n_rows,) + stale.shape[1:]))
+    if fps > 1:
+        first = rows[::fps]
+        first[stale] += 1
+        return rows
+    return np.maximum.accumulate(np.where(stale, -1, rows), axis=0)
+
+
 def open_log(path: str) -> Log:
     """Open a moetape log for reading.
 

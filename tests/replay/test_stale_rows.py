@@ -13,7 +13,7 @@ from helpers import GOLDEN, write_log
 from moetape.cli import cli
 from moetape.replay import analysis
 from moetape.schema.errors import InputError
-from moetape.schema.reader import open_log, stale_mask
+from moetape.schema.reader import fresh_rows, open_log, stale_mask
 from moetape.schema.synthetic import small_spec, synthetic_step
 from moetape.schema.writer import LogWriter
 
@@ -252,3 +252,118 @@ def test_viewer_gaps_stale_ee_errors_and_says_so(logs):
         assert "EE pose stale" not in vw.step_caption(log, 1, s - 1, series)
     with open_log(logs["plain_noterm"]) as log:
         assert np.isfinite(vw.load_series(log, 1).ee_err).all()
+
+
+# ------------------------------------------------------------------------------- export rerun
+
+
+def test_fresh_rows_is_renders_rule(logs):
+    """schema.reader.fresh_rows (vectorised) picks the same row as render's fresh_row, substep and policy logs."""
+    from moetape.replay.render import StaleWindow, fresh_row
+
+    for name in ("marked", "policy", "plain"):
+        with open_log(logs[name]) as log:
+            for env in range(log.n_envs):
+                stale = StaleWindow(log, env, "frames/body_pos")
+                want = [fresh_row(log, r, stale) for r in range(log.n_frames)]
+                got = fresh_rows(stale_mask(log, env=env, field="frames/body_pos"), log.frames_per_step)
+                assert got.tolist() == [-1 if w is None else w for w in want]
+                # a window that starts on a stale step: -1 there (the caller looks before it)
+                s = int(np.flatnonzero(stale_mask(log, env=env))[0]) if name != "plain" else 1
+                part = fresh_rows(stale_mask(log, s, env=env, field="frames/body_pos"), log.frames_per_step)
+                if name == "policy":
+                    assert part[0] == -1
+                else:
+                    assert part[0] == want[s * log.frames_per_step] - s * log.frames_per_step
+
+
+def _read_rrd(path):
+    """{entity path: [(step, value)]} of the .rrd's temporal rows, per component, sorted by step."""
+    import pyarrow as pa
+    from rerun.chunk import RrdReader
+
+    out = {}
+    for chunk in RrdReader(path).stream():
+        batch = chunk.to_record_batch()
+        cols = {
+            n: c.to_pylist()
+            for n, c in zip(batch.schema.names, batch.columns)
+            if not pa.types.is_temporal(c.type)
+        }
+        if chunk.is_static:
+            out.setdefault(chunk.entity_path, {}).setdefault("static", []).append(cols)
+            continue
+        for name, values in cols.items():
+            if name != "step":
+                out.setdefault(chunk.entity_path, {}).setdefault(name, []).extend(zip(cols["step"], values))
+    for ent in out.values():
+        for name, rows in ent.items():
+            if name != "static":
+                rows.sort(key=lambda r: r[0])
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:RRD file has no footer")
+@pytest.mark.parametrize(
+    "name, chunk_steps", [("marked", None), ("policy", None), ("policy", 3), ("plain", 4)]
+)
+def test_export_rerun_sends_fresh_body_rows_and_leaves_stale_ee_out(logs, tmp_path, name, chunk_steps):
+    """Body poses of a stale row are the fresh row render draws; stale EE pose, line and errors are not sent; a note says so."""
+    pytest.importorskip("rerun")
+    from moetape.replay import rerun_export as rx
+
+    out = tmp_path / "x.rrd"
+    res = rx.export_rerun(logs[name], str(out), chunk_steps=chunk_steps)
+    data = _read_rrd(str(out))
+    with open_log(logs[name]) as log:
+        fps = log.frames_per_step
+        stale_all = (
+            expected_stale(log) if log.stale_after_reset else np.zeros((log.n_steps, log.n_envs), bool)
+        )
+        assert res["stale_after_reset"]["ee_env_steps_left_out"] == int(stale_all.sum())
+        for env in range(log.n_envs):
+            stale = stale_all[:, env]
+            src = fresh_rows(stale, fps)
+            if fps == 1:  # none precedes the first stale step of these logs: render takes the next one
+                assert (src >= 0).all()
+            body = log.read("frames/body_pos", env=env)
+            pts = np.array([v for _, v in data[f"/env{env}/skeleton/bodies"]["Points3D:positions"]])
+            np.testing.assert_allclose(pts, body[src], rtol=1e-6)
+            if stale.any():
+                assert not np.allclose(pts, body)  # the stale rows were replaced
+            for path, comp in (
+                ("ee", "Transform3D:translation"),
+                ("ee_to_target", "LineStrips3D:strips"),
+                ("error/ee_pos_m", "Scalars:scalars"),
+                ("error/ee_rot_rad", "Scalars:scalars"),
+            ):
+                steps = [s for s, _ in data[f"/env{env}/{path}"][comp]]
+                assert steps == np.flatnonzero(~stale).tolist(), path
+            err = np.ravel([v for _, v in data[f"/env{env}/error/ee_pos_m"]["Scalars:scalars"]])
+            want = np.linalg.norm(log.read("target_pos", env=env) - log.read("ee_pos", env=env), axis=-1)
+            np.testing.assert_allclose(err, want[~stale], rtol=1e-5)
+            tr = [s for s, _ in data[f"/env{env}/target"]["Transform3D:translation"]]
+            assert tr == list(range(log.n_steps))  # the target is never stale
+    note = data.get("/notes/stale_after_reset")
+    if name == "plain":
+        assert note is None
+    else:
+        text = note["static"][0]["TextLog:text"][0][0]
+        assert "stale_after_reset" in text and "left out" in text
+
+
+@pytest.mark.filterwarnings("ignore:RRD file has no footer")
+def test_export_rerun_policy_log_from_a_stale_start_uses_the_step_before(logs, tmp_path):
+    """An export starting on a stale step of a policy-rate log takes that row's poses from the step before the start."""
+    pytest.importorskip("rerun")
+    from moetape.replay import rerun_export as rx
+
+    with open_log(logs["policy"]) as log:
+        stale = expected_stale(log)
+        s = int(np.flatnonzero(stale[:, 0])[0])
+        body = log.read("frames/body_pos", env=0)
+    out = tmp_path / "y.rrd"
+    rx.export_rerun(logs["policy"], str(out), env=0, steps=(s, None), chunk_steps=2)
+    pts = [v for _, v in _read_rrd(str(out))["/env0/skeleton/bodies"]["Points3D:positions"]]
+    np.testing.assert_allclose(np.array(pts[0]), body[s - 1], rtol=1e-6)
+    assert not np.allclose(body[s - 1], body[s])
