@@ -249,6 +249,12 @@ def format_compare(d: Dict[str, Any]) -> List[str]:
             _f(d["ee_pos_err_diff_m"], "{:+.4f}"),
         ),
     ]
+    for name, sd in (("A", a), ("B", b)):
+        if sd.get("ee_pos_err_excluded_stale"):
+            out.append(
+                f"  {name}'s EE error excludes {sd['ee_pos_err_excluded_stale']} env-steps whose ee_pos is "
+                "stale (a new episode's first step)"
+            )
     return out
 
 

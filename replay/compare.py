@@ -7,7 +7,9 @@ Different trajectory or robot model (provenance sha256 entries, the stored traje
 the stored MJCF) or rates only give warnings: the comparison may still be what the user wants.
 Over the common steps [0, min(S_a, S_b)): mean |gate_a - gate_b| per expert, mean
 |action_a - action_b| (all joints, and legs = first 12 / arm = last 6 when the action has 18),
-and each log's mean EE position error.
+and each log's mean EE position error. An EE error computed from an ee_pos the log marks stale
+(``stale_after_reset``: a new episode's first step on Isaac Gym) is left out of that log's mean,
+as ``moetape stats`` does; ``ee_pos_err_excluded_stale`` (per side) counts those env-steps.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from moetape.replay.analysis import SUMMARY_FORMAT_VERSION, ee_error, ee_error_fields, ee_error_source
+from moetape.replay.analysis import (
+    SUMMARY_FORMAT_VERSION,
+    ee_error,
+    ee_error_fields,
+    ee_error_is_stale,
+    ee_error_source,
+)
 from moetape.schema.errors import InputError
+from moetape.schema.layout import stale_rule
 from moetape.schema.reader import Log
 
 LEG_JOINTS = 12
@@ -155,8 +164,19 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
     n_act = int(a.meta["action_dim"])
     n_envs = min(a.n_envs, b.n_envs)
     envs = None if a.n_envs == b.n_envs else slice(0, n_envs)
-    fa = ["gate", "action"] + ee_error_fields(a)
-    fb = ["gate", "action"] + ee_error_fields(b)
+    stale_a, stale_b = ee_error_is_stale(a), ee_error_is_stale(b)
+    fa = ["gate", "action"] + ee_error_fields(a) + (["episode", "step_in_episode"] if stale_a else [])
+    fb = ["gate", "action"] + ee_error_fields(b) + (["episode", "step_in_episode"] if stale_b else [])
+    excluded = {"a": 0, "b": 0}
+
+    def err_of(side: str, data: Dict[str, np.ndarray], stale: bool) -> np.ndarray:
+        err = ee_error(data)
+        if stale:  # an error from a stale ee_pos is left out
+            mask = stale_rule(data["episode"], data["step_in_episode"])
+            excluded[side] += int(mask.sum())
+            err = np.where(mask, np.nan, err)
+        return err[..., None]
+
     per = max(1, min(32 * 1024 * 1024 // a.step_bytes(fa), 32 * 1024 * 1024 // b.step_bytes(fb)))
     gate_diff, act_diff = _Sums(k), _Sums(n_act)
     gate_a, gate_b, err_a, err_b = _Sums(k), _Sums(k), _Sums(1), _Sums(1)
@@ -171,15 +191,15 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
         )
         gate_a.update(ga)
         gate_b.update(gb)
-        err_a.update(ee_error(ca.data)[..., None])
-        err_b.update(ee_error(cb.data)[..., None])
+        err_a.update(err_of("a", ca.data, stale_a))
+        err_b.update(err_of("b", cb.data, stale_b))
     groups: Dict[str, Optional[float]] = {"all": act_diff.pooled()}
     if n_act == LEGGED_ARM_ACTIONS:
         groups["legs"] = act_diff.pooled(slice(0, LEG_JOINTS))
         groups["arm"] = act_diff.pooled(slice(LEG_JOINTS, None))
     ea, eb = err_a.pooled(), err_b.pooled()
 
-    def side(lg: Log, gate: _Sums, err: Optional[float]) -> Dict[str, Any]:
+    def side(lg: Log, gate: _Sums, err: Optional[float], n_excluded: int) -> Dict[str, Any]:
         return {
             "path": lg.path,
             "log_id": lg.log_id,
@@ -189,12 +209,13 @@ def compare(a: Log, b: Log) -> Dict[str, Any]:
             "mean_gate": gate.mean(),
             "mean_ee_pos_err_m": err,
             "ee_pos_err_source": ee_error_source(lg),
+            "ee_pos_err_excluded_stale": n_excluded,
         }
 
     return {
         "format_version": SUMMARY_FORMAT_VERSION,
-        "a": side(a, gate_a, ea),
-        "b": side(b, gate_b, eb),
+        "a": side(a, gate_a, ea, excluded["a"]),
+        "b": side(b, gate_b, eb, excluded["b"]),
         "common_steps": n,
         "n_envs": n_envs,
         "envs": list(range(n_envs)),

@@ -367,3 +367,29 @@ def test_export_rerun_policy_log_from_a_stale_start_uses_the_step_before(logs, t
     pts = [v for _, v in _read_rrd(str(out))["/env0/skeleton/bodies"]["Points3D:positions"]]
     np.testing.assert_allclose(np.array(pts[0]), body[s - 1], rtol=1e-6)
     assert not np.allclose(body[s - 1], body[s])
+
+
+# --------------------------------------------------------------------------------------- compare
+
+
+def test_compare_excludes_stale_ee_errors_and_says_so(logs):
+    """compare leaves EE errors from a stale ee_pos out of that log's mean, counts them in JSON, names them in text."""
+    from moetape.replay.compare import compare
+
+    with open_log(logs["marked_noterm"]) as log:
+        stale = expected_stale(log)
+        err = np.linalg.norm(log.read("target_pos") - log.read("ee_pos"), axis=-1)
+    with open_log(logs["marked_noterm"]) as a, open_log(logs["plain_noterm"]) as b:
+        d = compare(a, b)
+    assert d["a"]["ee_pos_err_excluded_stale"] == int(stale.sum()) > 0
+    assert d["b"]["ee_pos_err_excluded_stale"] == 0
+    assert d["a"]["mean_ee_pos_err_m"] == pytest.approx(float(err[~stale].mean()))
+    assert d["b"]["mean_ee_pos_err_m"] == pytest.approx(float(err.mean()))
+    with open_log(logs["marked"]) as a, open_log(logs["plain"]) as b:  # the recorded term: never stale
+        assert compare(a, b)["a"]["ee_pos_err_excluded_stale"] == 0
+    res = CliRunner().invoke(cli, ["compare", logs["marked_noterm"], logs["plain_noterm"]])
+    assert res.exit_code == 0, res.stderr
+    assert f"A's EE error excludes {int(stale.sum())} env-steps whose ee_pos is stale" in res.stdout
+    assert "B's EE error excludes" not in res.stdout
+    res = CliRunner().invoke(cli, ["compare", logs["marked_noterm"], logs["plain_noterm"], "--json"])
+    assert json.loads(res.stdout)["a"]["ee_pos_err_excluded_stale"] == int(stale.sum())
