@@ -67,6 +67,7 @@ from moetape.schema.reader import Chunk, Log, open_log
 APP_ID = "moetape"
 RRD_NAME = "recording.rrd"
 EXPORT_CHUNK_BYTES = 16 << 20  # log bytes (of the selected envs) read and sent per chunk
+STALE_SENT = ("steps/ee_pos", "steps/ee_quat_xyzw", "frames/body_pos", "frames/body_quat_xyzw")
 
 EnvArg = Union[None, int, str, Sequence[int]]
 StepsArg = Optional[Tuple[Optional[int], Optional[int]]]
@@ -139,8 +140,8 @@ class RecordingWriter:
         self.parents: Optional[List[int]] = None
         self.scalar_metrics = [m for m in log.metric_names if log.dataset("metrics/" + m).ndim == 2]
         declared = log.stale_after_reset
-        self.stale_bodies = [f for f in ("frames/body_pos", "frames/body_quat_xyzw") if f in declared]
-        self.stale_ee = any(f in declared for f in ("steps/ee_pos", "steps/ee_quat_xyzw"))
+        self.stale_bodies = [f for f in STALE_SENT[2:] if f in declared]
+        self.stale_ee = any(f in declared for f in STALE_SENT[:2])
         self.ee_left_out = 0  # env-steps whose EE pose and errors were not sent (stale)
         self.fresh_bodies = FreshBodies(log, self.envs, self.stale_bodies, _env_selection(self.envs))
 
@@ -168,7 +169,7 @@ class RecordingWriter:
             "frames/body_quat_xyzw",
             "frames/target_future_pos",
         ]
-        if self.stale_bodies or self.stale_ee:
+        if set(self.log.stale_after_reset) & set(STALE_SENT):  # the rows stale_rule needs
             f.append("step_in_episode")
         return f + ["terms/" + t for t in self.log.term_names] + ["metrics/" + m for m in self.scalar_metrics]
 
