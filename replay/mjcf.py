@@ -193,9 +193,9 @@ class _Ctx:
             return q
         if "xyaxes" in a:
             v = self.floats(a["xyaxes"], 6, "xyaxes")
-            x = v[:3] / max(np.linalg.norm(v[:3]), 1e-12)
+            x = v[:3] / max(float(np.linalg.norm(v[:3])), 1e-12)
             y = v[3:] - np.dot(v[3:], x) * x
-            y = y / max(np.linalg.norm(y), 1e-12)
+            y = y / max(float(np.linalg.norm(y)), 1e-12)
             return _mat_to_quat(np.stack([x, y, np.cross(x, y)], axis=1))
         if "zaxis" in a:
             return _z_to(self.floats(a["zaxis"], 3, "zaxis"))

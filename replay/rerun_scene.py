@@ -159,7 +159,7 @@ def send_static(
     Every archetype is built once and sent under each env's path (building is the costly part).
     """
     rec.send_recording_name(os.path.basename(log.path))
-    rec.send_property("moetape", rr.AnyValues(**_flat_properties(log)))
+    rec.send_property("moetape", rr.AnyValues(**_flat_properties(log)))  # type: ignore[arg-type]
     if log.stale_after_reset:
         rec.log(
             "notes/stale_after_reset",
