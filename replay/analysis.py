@@ -193,10 +193,19 @@ class Moments:
 
     def update(self, groups: I64, x: F64) -> None:
         """Add rows ``x`` float64 (N, V) belonging to ``groups`` int (N,)."""
+        p = self.part(groups, x)
+        if p is not None:
+            self.fold(p)
+
+    def part(self, groups: I64, x: F64) -> Optional[Tuple[int, I64, F64, F64]]:
+        """Return the moments of one batch of rows (size, n, mean, comoment), for ``fold``; None if empty.
+
+        ``update`` is ``fold(part(...))``: folding the parts of the same batches in the same order
+        gives the same floats, bit for bit (how a split pass is merged exactly).
+        """
         if x.shape[0] == 0:
-            return
+            return None
         size = int(groups.max()) + 1
-        self._grow(size)
         v = self.n_vars
         nb = np.bincount(groups, minlength=size).astype(np.int64)
         sums = np.stack([np.bincount(groups, x[:, i], minlength=size) for i in range(v)], axis=1)
@@ -206,6 +215,12 @@ class Moments:
         for i in range(v):
             for j in range(i, v):
                 cb[:, i, j] = cb[:, j, i] = np.bincount(groups, d[:, i] * d[:, j], minlength=size)
+        return size, nb, mb, cb
+
+    def fold(self, part: Tuple[int, I64, F64, F64]) -> None:
+        """Merge one batch's moments (from ``part``) into the running ones (Chan et al.)."""
+        size, nb, mb, cb = part
+        self._grow(size)
         na, ma, ca = self.n[:size], self.mean[:size], self.comoment[:size]
         n = na + nb
         safe = np.maximum(n, 1)
@@ -380,11 +395,10 @@ class CorrStats:
     error term in some envs; a log without frames has no distance), so one never hides the other.
     """
 
-    def __init__(self, n_experts: int) -> None:
+    def __init__(self, n_experts: int, scopes: Sequence[str] = ("overall", "env", "episode")) -> None:
         self.k = n_experts
-        self.moments = {
-            (y, by): Moments(n_experts + 1) for y in ("err", "dist") for by in ("overall", "env", "episode")
-        }
+        self.scopes = tuple(scopes)
+        self.moments = {(y, by): Moments(n_experts + 1) for y in ("err", "dist") for by in self.scopes}
 
     def update(self, gate: np.ndarray, err: F64, dist: F64, env: I64, episode: I64) -> None:
         """Add selected rows: gate (N, K), err (N,), dist (N,), env ids (N,), episode ids (N,)."""
@@ -394,8 +408,10 @@ class CorrStats:
             ok = np.isfinite(x).all(axis=1)
             x = x[ok]
             self.moments[y_name, "overall"].update(np.zeros(x.shape[0], dtype=np.int64), x)
-            self.moments[y_name, "env"].update(env[ok], x)
-            self.moments[y_name, "episode"].update(episode[ok], x)
+            if "env" in self.scopes:
+                self.moments[y_name, "env"].update(env[ok], x)
+            if "episode" in self.scopes:
+                self.moments[y_name, "episode"].update(episode[ok], x)
 
     def _row(self, by: str, g: int) -> Dict[str, Any]:
         k = self.k
@@ -414,11 +430,13 @@ class CorrStats:
         return sorted(set(self.moments["err", by].groups()) | set(self.moments["dist", by].groups()))
 
     def result(self) -> Dict[str, Any]:
-        return {
-            "overall": self._row("overall", 0),
-            "by_env": [dict(env=g, **self._row("env", g)) for g in self._groups("env")],
-            "by_episode": [dict(episode=g, **self._row("episode", g)) for g in self._groups("episode")],
-        }
+        """Return the JSON-ready figures of the scopes accumulated (by_env / by_episode only if kept)."""
+        out: Dict[str, Any] = {"overall": self._row("overall", 0)}
+        if "env" in self.scopes:
+            out["by_env"] = [dict(env=g, **self._row("env", g)) for g in self._groups("env")]
+        if "episode" in self.scopes:
+            out["by_episode"] = [dict(episode=g, **self._row("episode", g)) for g in self._groups("episode")]
+        return out
 
 
 class EpisodeCounts:
@@ -489,7 +507,10 @@ class LegacyStats:
         self.base_used += int((gate[:, 0, 0] > USAGE_THRESHOLD).sum())
         if gate.shape[2] > 1:
             self.arm_used += int((gate[:, 0, 1] > USAGE_THRESHOLD).sum())
-        self.entropy_sum += float(np.asarray(entropy, dtype=np.float64).mean(axis=1).sum())
+        self._add_entropy(float(np.asarray(entropy, dtype=np.float64).mean(axis=1).sum()))
+
+    def _add_entropy(self, chunk_sum: float) -> None:
+        self.entropy_sum += chunk_sum
 
     def result(self, n_experts: int) -> Dict[str, Any]:
         n = self.n
@@ -549,89 +570,306 @@ def summary(
         with open_log(os.fspath(log)) as opened:
             return summary(opened, env=env, episode=episode, start=start, stop=stop, plugins=plugins)
     sel = select(log, env=env, episode=episode, start=start, stop=stop)
-    names = log.expert_names
-    k, n_envs = len(names), log.n_envs
     active = plugins_mod.start(plugins_mod.resolve(plugins), log)
-    has_root = log.has_field(ROOT_POS_FIELD)
+    scan = _Pass(log, sel, active)
+    for chunk in log.iter_chunks(_fields(log, active), start=sel.start, stop=sel.stop):
+        scan.feed(chunk)
+    return scan.result()
+
+
+def _fields(log: Log, active: Sequence[Any] = ()) -> List[str]:
+    """Return the fields one summary pass reads (they set its chunk size)."""
     fields = ["gate", "gate_entropy", "episode", "done", "timeout"] + ee_error_fields(log) + ["target_pos"]
-    fields += [ROOT_POS_FIELD] if has_root else []
-    fields = list(dict.fromkeys(fields + plugins_mod.fields_of(active)))
-    gate_stats, switch_stats = GateStats(k), SwitchStats(len(sel.envs), k)
-    corr_stats, legacy, episodes = CorrStats(k), LegacyStats(), EpisodeCounts(len(sel.envs))
-    env_ids = np.asarray(sel.envs, dtype=np.int64)
-    fps = log.frames_per_step
-    stale_fields, err_stale = log.stale_after_reset, ee_error_is_stale(log)
-    n_stale = n_excluded = 0
-    for chunk in log.iter_chunks(fields, start=sel.start, stop=sel.stop):
+    fields += [ROOT_POS_FIELD] if log.has_field(ROOT_POS_FIELD) else []
+    return list(dict.fromkeys(fields + plugins_mod.fields_of(active)))
+
+
+class _Pass:
+    """The accumulators of one summary pass over ``sel``, fed chunk by chunk."""
+
+    def __init__(self, log: Log, sel: Selection, active: Sequence[Any] = (), corr_scopes: Sequence[str] = ()):
+        k = len(log.expert_names)
+        self.log, self.sel, self.active = log, sel, active
+        self.gate_stats, self.switch_stats = GateStats(k), SwitchStats(len(sel.envs), k)
+        self.corr_stats = CorrStats(k, corr_scopes or ("overall", "env", "episode"))
+        self.legacy, self.episodes = LegacyStats(), EpisodeCounts(len(sel.envs))
+        self.n_stale = self.n_excluded = 0
+
+    def feed(self, chunk: Any) -> None:
+        log, sel = self.log, self.sel
+        n_envs, fps = log.n_envs, log.frames_per_step
+        env_ids = np.asarray(sel.envs, dtype=np.int64)
         d = chunk.data
-        legacy.update(d["gate"], d["gate_entropy"])
+        self.legacy.update(d["gate"], d["gate_entropy"])
         gate = _take(d["gate"], sel.envs, n_envs)
         ent = _take(d["gate_entropy"], sel.envs, n_envs)
         ep = _take(d["episode"], sel.envs, n_envs).astype(np.int64)
         mask = sel.mask(ep)
-        episodes.update(ep, _take(d["done"], sel.envs, n_envs), _take(d["timeout"], sel.envs, n_envs), mask)
-        gate_stats.update(gate[mask], ent[mask])
+        self.episodes.update(
+            ep, _take(d["done"], sel.envs, n_envs), _take(d["timeout"], sel.envs, n_envs), mask
+        )
+        self.gate_stats.update(gate[mask], ent[mask])
         dom = np.where(mask, gate.argmax(axis=2), -1)
-        switch_stats.update(dom, np.where(mask, ep, -1))
+        self.switch_stats.update(dom, np.where(mask, ep, -1))
         err = _take(ee_error(d), sel.envs, n_envs)
-        if stale_fields:
+        if log.stale_after_reset:
             stale = _take(stale_mask(log, chunk.start, chunk.stop), sel.envs, n_envs) & mask
-            n_stale += int(stale.sum())
-            if err_stale:
-                n_excluded += int(stale.sum())
+            self.n_stale += int(stale.sum())
+            if ee_error_is_stale(log):
+                self.n_excluded += int(stale.sum())
                 err = np.where(stale, np.nan, err)
         dist = np.full(err.shape, np.nan)
-        if has_root:
+        if log.has_field(ROOT_POS_FIELD):
             root = np.asarray(d[ROOT_POS_FIELD][::fps], dtype=np.float64)
             m = root.shape[0]  # a crashed log may hold fewer frame rows than steps
             diff = np.asarray(d["target_pos"][:m], dtype=np.float64) - root
             dist[:m] = _take(np.linalg.norm(diff, axis=-1), sel.envs, n_envs)
         env_grid = np.broadcast_to(env_ids[None, :], ep.shape)
-        corr_stats.update(gate[mask], err[mask], dist[mask], env_grid[mask], ep[mask])
-        plugins_mod.feed(active, chunk, sel.envs, mask)
-    switch_stats.finish()
-    n_rows = gate_stats.n
-    out: Dict[str, Any] = {
-        "format_version": SUMMARY_FORMAT_VERSION,
-        "log": {
-            "path": log.path,
-            "log_id": log.log_id,
-            "log_format_version": log.format_version,
-            "run_status": log.run_status,
-            "partial": log.run_status == STATUS_RUNNING,
-            "n_steps": log.n_steps,
-            "n_envs": n_envs,
-            "policy_dt_s": log.policy_dt_s,
-        },
-        "selection": {
-            "envs": sel.envs,
-            "episode": sel.episode,
-            "env_steps": n_rows,
-            "duration_s": n_rows * log.policy_dt_s,
-        },
-        "step_range": {"start": sel.start, "stop": sel.stop},
-        "episodes": episodes.result(),
-        "thresholds": {
-            "usage": USAGE_THRESHOLD,
-            "dominance": DOMINANCE_THRESHOLD,
-            "balance": list(BALANCE_RANGE),
-        },
-        "expert_names": names,
-        "experts": gate_stats.experts(names),
-        "entropy": {"mean": gate_stats.mean_entropy(), "max_possible": math.log(k) if k > 1 else 0.0},
-    }
-    out.update(switch_stats.result(names, log.policy_dt_s))
-    out["correlation"] = dict(
-        ee_pos_err_source=ee_error_source(log),
-        ee_pos_err_excluded_stale=n_excluded,
-        target_distance_source="norm(target_pos - frames/root_pos)" if has_root else None,
-        **corr_stats.result(),
+        self.corr_stats.update(gate[mask], err[mask], dist[mask], env_grid[mask], ep[mask])
+        plugins_mod.feed(self.active, chunk, sel.envs, mask)
+
+    def result(self) -> Dict[str, Any]:
+        log, sel = self.log, self.sel
+        names = log.expert_names
+        k, n_envs = len(names), log.n_envs
+        gate_stats, switch_stats = self.gate_stats, self.switch_stats
+        switch_stats.finish()
+        n_rows = gate_stats.n
+        n_excluded = self.n_excluded
+        out: Dict[str, Any] = {
+            "format_version": SUMMARY_FORMAT_VERSION,
+            "log": {
+                "path": log.path,
+                "log_id": log.log_id,
+                "log_format_version": log.format_version,
+                "run_status": log.run_status,
+                "partial": log.run_status == STATUS_RUNNING,
+                "n_steps": log.n_steps,
+                "n_envs": n_envs,
+                "policy_dt_s": log.policy_dt_s,
+            },
+            "selection": {
+                "envs": sel.envs,
+                "episode": sel.episode,
+                "env_steps": n_rows,
+                "duration_s": n_rows * log.policy_dt_s,
+            },
+            "step_range": {"start": sel.start, "stop": sel.stop},
+            "episodes": self.episodes.result(),
+            "thresholds": {
+                "usage": USAGE_THRESHOLD,
+                "dominance": DOMINANCE_THRESHOLD,
+                "balance": list(BALANCE_RANGE),
+            },
+            "expert_names": names,
+            "experts": gate_stats.experts(names),
+            "entropy": {"mean": gate_stats.mean_entropy(), "max_possible": math.log(k) if k > 1 else 0.0},
+        }
+        out.update(switch_stats.result(names, log.policy_dt_s))
+        has_root = log.has_field(ROOT_POS_FIELD)
+        out["correlation"] = dict(
+            ee_pos_err_source=ee_error_source(log),
+            ee_pos_err_excluded_stale=n_excluded,
+            target_distance_source="norm(target_pos - frames/root_pos)" if has_root else None,
+            **self.corr_stats.result(),
+        )
+        out["stale_after_reset"] = {
+            "fields": log.stale_after_reset,
+            "env_steps": self.n_stale,
+            "excluded_from_ee_pos_err": n_excluded,
+        }
+        out["legacy"] = dict(self.legacy.result(k), **_legacy_scope(sel, n_envs))
+        out["plugins"] = plugins_mod.results(self.active)
+        return out
+
+
+# ---------------------------------------------------------------------------- split passes
+# A log far larger than the others in a sweep is summarised by several tasks, one per step range,
+# whose partials are merged into exactly the dict ``summary`` gives (every env, every episode, no
+# plugins; correlation overall only). Exactness: the ranges start at the chunk boundaries of the
+# whole pass, each task keeps one partial per chunk for every float figure (moments, the legacy
+# entropy sum), and the merge folds them in chunk order with the same accumulators; integer
+# figures are summed; the dominant-expert runs come as run-length codes per chunk and env, replayed
+# through ``SwitchStats`` (runs join across a range boundary as in one pass); episodes seen across a
+# boundary are counted once (an env's first selected episode of a range equal to its last one
+# before it is the same episode).
+_NO_EPISODE = np.iinfo(np.int64).min
+
+
+def chunk_steps(log: Log) -> int:
+    """Return the policy steps of one chunk of ``summary``'s pass (without plugins) over ``log``."""
+    from moetape.schema import reader
+
+    return max(1, reader.STREAM_BYTES // log.step_bytes(_fields(log)))
+
+
+class _RecordedMoments(Moments):
+    """Moments that keep each batch's part (for a later ``fold``) instead of folding it."""
+
+    def __init__(self, n_vars: int) -> None:
+        super().__init__(n_vars)
+        self.parts: List[Tuple[int, I64, F64, F64]] = []
+
+    def update(self, groups: I64, x: F64) -> None:
+        p = self.part(groups, x)
+        if p is not None:
+            self.parts.append(p)
+
+
+class _RecordedSwitches:
+    """Keeps each chunk's dominant-expert runs as run-length codes: (n, runs per env, dom, key, length)."""
+
+    def __init__(self) -> None:
+        self.chunks: List[Tuple[int, I64, I64, I64, I64]] = []
+
+    def update(self, dom: I64, key: I64) -> None:
+        n, e = dom.shape
+        if n == 0:
+            return
+        change = np.ones((n, e), dtype=bool)
+        change[1:] = (dom[1:] != dom[:-1]) | (key[1:] != key[:-1])
+        env_idx, row_idx = np.nonzero(change.T)  # env-major: each env's runs in order
+        counts = np.bincount(env_idx, minlength=e).astype(np.int64)  # >= 1: row 0 starts a run
+        nxt = np.append(row_idx[1:], n)
+        nxt[np.cumsum(counts) - 1] = n
+        self.chunks.append((n, counts, dom[row_idx, env_idx], key[row_idx, env_idx], nxt - row_idx))
+
+    def finish(self) -> None:
+        pass
+
+    @staticmethod
+    def expand(code: Tuple[int, I64, I64, I64, I64]) -> Tuple[I64, I64]:
+        """Return the (dom, key) int64 (n, E) rows of one chunk's run-length code."""
+        n, counts, dom, key, length = code
+        e = counts.size
+        d = np.repeat(dom.astype(np.int64), length).reshape(e, n).T
+        k = np.repeat(key.astype(np.int64), length).reshape(e, n).T
+        return np.ascontiguousarray(d), np.ascontiguousarray(k)
+
+
+class _RecordedEpisodes(EpisodeCounts):
+    """EpisodeCounts that also keep each env's first selected episode (to merge across a boundary)."""
+
+    def __init__(self, n_envs: int) -> None:
+        super().__init__(n_envs)
+        self.first = np.full(n_envs, _NO_EPISODE, dtype=np.int64)
+
+    def update(self, episode: np.ndarray, done: np.ndarray, timeout: np.ndarray, mask: np.ndarray) -> None:
+        if episode.shape[0]:
+            take = (self.first == _NO_EPISODE) & mask.any(axis=0)
+            rows = mask.argmax(axis=0)
+            cols = np.flatnonzero(take)
+            self.first[cols] = np.asarray(episode, dtype=np.int64)[rows[cols], cols]
+        super().update(episode, done, timeout, mask)
+
+
+class _RecordedLegacy(LegacyStats):
+    """LegacyStats that keep each chunk's entropy sum (added in chunk order at the merge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entropy_parts: List[float] = []
+
+    def _add_entropy(self, chunk_sum: float) -> None:
+        self.entropy_parts.append(chunk_sum)
+
+
+@dataclass
+class SummaryPartial:
+    """What one step range [start, stop) of a split summary pass hands to ``merge_partials`` (picklable)."""
+
+    start: int
+    stop: int
+    gate_moments: List[Tuple[int, I64, F64, F64]]
+    gate_min: F64
+    gate_max: F64
+    gate_counts: Tuple[I64, I64, I64]  # usage, dominance, balance
+    corr_moments: Dict[str, List[Tuple[int, I64, F64, F64]]]  # "err", "dist": overall parts
+    switches: List[Tuple[int, I64, I64, I64, I64]]
+    episodes: Tuple[int, int, int, I64, I64]  # seen, finished, timeouts, first, last per env
+    legacy: Tuple[int, int, int, List[float]]  # n, base_used, arm_used, entropy per chunk
+    n_stale: int
+    n_excluded: int
+
+
+def partial_summary(log: Log, start: int, stop: int) -> SummaryPartial:
+    """Return the mergeable partial statistics of steps [start, stop) of ``log`` (every env and episode).
+
+    ``start`` must be a chunk boundary of the whole pass (its start plus a multiple of
+    ``chunk_steps(log)``) for ``merge_partials`` to equal ``summary`` exactly.
+
+    Raises:
+        InputError: a bad step range.
+    """
+    a, b = step_range(log, start, stop)
+    sel = Selection(list(range(log.n_envs)), None, a, b)
+    k = len(log.expert_names)
+    scan = _Pass(log, sel, corr_scopes=("overall",))
+    scan.gate_stats.moments = _RecordedMoments(k + 1)
+    for y in ("err", "dist"):
+        scan.corr_stats.moments[y, "overall"] = _RecordedMoments(k + 1)
+    switches, episodes, legacy = _RecordedSwitches(), _RecordedEpisodes(log.n_envs), _RecordedLegacy()
+    scan.switch_stats, scan.episodes, scan.legacy = switches, episodes, legacy  # type: ignore[assignment]
+    for chunk in log.iter_chunks(_fields(log), start=a, stop=b, chunk_steps=chunk_steps(log)):
+        scan.feed(chunk)
+    g = scan.gate_stats
+    return SummaryPartial(
+        start=a,
+        stop=b,
+        gate_moments=g.moments.parts,  # type: ignore[attr-defined]
+        gate_min=g.min,
+        gate_max=g.max,
+        gate_counts=(g.usage, g.dominance, g.balance),
+        corr_moments={y: scan.corr_stats.moments[y, "overall"].parts for y in ("err", "dist")},  # type: ignore[attr-defined]
+        switches=switches.chunks,
+        episodes=(episodes.seen, episodes.finished, episodes.timeouts, episodes.first, episodes.last),
+        legacy=(legacy.n, legacy.base_used, legacy.arm_used, legacy.entropy_parts),
+        n_stale=scan.n_stale,
+        n_excluded=scan.n_excluded,
     )
-    out["stale_after_reset"] = {
-        "fields": stale_fields,
-        "env_steps": n_stale,
-        "excluded_from_ee_pos_err": n_excluded,
-    }
-    out["legacy"] = dict(legacy.result(k), **_legacy_scope(sel, n_envs))
-    out["plugins"] = plugins_mod.results(active)
-    return out
+
+
+def merge_partials(log: Log, parts: Sequence[SummaryPartial]) -> Dict[str, Any]:
+    """Return ``summary(log, start=parts[0].start, stop=parts[-1].stop)`` from the partials of
+    consecutive step ranges, value for value, except that ``correlation`` has no by_env/by_episode.
+
+    Raises:
+        InputError: the parts are not consecutive ranges.
+    """
+    if not parts:
+        raise InputError(f"{log.path}: no partial statistics to merge.")
+    for p, q in zip(parts, parts[1:]):
+        if p.stop != q.start:
+            raise InputError(
+                f"{log.path}: partial statistics cover steps {p.start}-{p.stop - 1} then from {q.start}; "
+                "expected consecutive ranges."
+            )
+    sel = select(log, start=parts[0].start, stop=parts[-1].stop)
+    scan = _Pass(log, sel, corr_scopes=("overall",))
+    g, c, sw, eps, leg = scan.gate_stats, scan.corr_stats, scan.switch_stats, scan.episodes, scan.legacy
+    last = np.full(log.n_envs, _NO_EPISODE, dtype=np.int64)
+    for p in parts:
+        for m in p.gate_moments:
+            g.moments.fold(m)
+        g.min, g.max = np.minimum(g.min, p.gate_min), np.maximum(g.max, p.gate_max)
+        g.usage, g.dominance, g.balance = (
+            a + b for a, b in zip((g.usage, g.dominance, g.balance), p.gate_counts)
+        )
+        for y in ("err", "dist"):
+            for m in p.corr_moments[y]:
+                c.moments[y, "overall"].fold(m)
+        for code in p.switches:
+            sw.update(*_RecordedSwitches.expand(code))
+        seen, finished, timeouts, first, p_last = p.episodes
+        eps.seen += seen - int(((first != _NO_EPISODE) & (first == last)).sum())
+        eps.finished += finished
+        eps.timeouts += timeouts
+        last = np.where(p_last != _NO_EPISODE, p_last, last)
+        n, base_used, arm_used, entropy_parts = p.legacy
+        leg.n, leg.base_used, leg.arm_used = leg.n + n, leg.base_used + base_used, leg.arm_used + arm_used
+        for v in entropy_parts:
+            leg._add_entropy(v)
+        scan.n_stale += p.n_stale
+        scan.n_excluded += p.n_excluded
+    eps.last = last
+    return scan.result()

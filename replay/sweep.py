@@ -1,9 +1,11 @@
 """Run stats or derive over many logs on a dask.distributed cluster (the only module importing dask).
 
-A sweep is a list of tasks, one per log (or per env range of a log far larger than the others,
-when the table has a row per env). Each task runs on a worker process and calls the single-log
-functions (``analysis.summary``, ``derive.derive``), so every figure equals what ``moetape stats``
-or ``moetape derive`` gives for that log; each task streams its log in bounded memory.
+A sweep is a list of tasks, one per log. A log far larger than the others is split: into env
+ranges when the table has a row per env, else into step ranges whose mergeable partial statistics
+(``analysis.partial_summary``) are merged by a task that depends on them (``analysis.merge_partials``).
+Each task runs on a worker process and calls the single-log functions (``analysis.summary``,
+``derive.derive``), so every figure equals what ``moetape stats`` or ``moetape derive`` gives for
+that log, value for value; each task streams its log in bounded memory.
 
 The default cluster is local: ``LocalCluster`` of worker processes (one thread each), the
 scheduler, workers and dashboard listening on 127.0.0.1 only. ``scheduler="tcp://host:8786"``
@@ -44,7 +46,8 @@ def _dask() -> Tuple[Any, Any]:
 # ---------------------------------------------------------------------------- tasks (run on workers)
 @dataclass(frozen=True)
 class StatsTask:
-    """One unit of a stats sweep: a log, and the envs to give a row each (``per`` "env"), if split."""
+    """One unit of a stats sweep: a log, and the envs to give a row each (``per`` "env") or the steps
+    whose partial statistics it computes (``steps``, whole-log rows), if the log is split."""
 
     index: int
     path: str
@@ -52,6 +55,7 @@ class StatsTask:
     envs: Optional[Tuple[int, int]] = None  # [first, last + 1) when the log's envs are split
     start: Optional[int] = None
     stop: Optional[int] = None
+    steps: Optional[Tuple[int, int]] = None  # [a, b) when the log's steps are split (per None)
 
 
 def _one_line(e: BaseException) -> str:
@@ -89,6 +93,38 @@ def stats_task(task: StatsTask) -> List[Dict[str, Any]]:
         return [error_row(task.path, _one_line(e), identity)]
 
 
+def stats_part_task(task: StatsTask) -> Any:
+    """Return the partial statistics of ``task.steps`` of the log, or its error rows."""
+    from moetape.replay.analysis import partial_summary
+    from moetape.replay.sweep_table import error_row
+    from moetape.schema.reader import open_log
+
+    assert task.steps is not None
+    try:
+        with open_log(os.path.abspath(task.path)) as log:
+            return partial_summary(log, *task.steps)
+    except (LogError, OSError) as e:
+        return [error_row(task.path, _one_line(e))]
+
+
+def stats_merge_task(task: StatsTask, *parts: Any) -> List[Dict[str, Any]]:
+    """Return the whole-log rows of a log split into step ranges, from the partials of its ranges."""
+    from moetape.replay.analysis import merge_partials
+    from moetape.replay.sweep_table import error_row, identity_of, rows_of_summary
+    from moetape.schema.reader import open_log
+
+    for p in parts:
+        if isinstance(p, list):
+            return p  # a range could not be read: its error row
+    identity: Optional[Dict[str, Any]] = None
+    try:
+        with open_log(os.path.abspath(task.path)) as log:
+            identity = identity_of(log, task.path)
+            return rows_of_summary(merge_partials(log, parts), identity)
+    except (LogError, OSError) as e:
+        return [error_row(task.path, _one_line(e), identity)]
+
+
 def derive_task(path: str, out_dir: str, options: Dict[str, Any]) -> Dict[str, Any]:
     """Derive one log into ``out_dir`` on a worker; return {path, out, files, notes} or {path, error}."""
     from moetape.replay.derive import derive
@@ -110,11 +146,11 @@ def plan_stats(
     stop: Optional[int] = None,
     split_factor: float = SPLIT_FACTOR,
 ) -> List[StatsTask]:
-    """Return the tasks of a stats sweep; with ``per="env"``, a log over ``split_factor`` x the median size
-    is split into env ranges of about the median size each (its rows are the same, computed in parallel).
-
-    Whole-log rows (``per`` None) are never split: their switching, dwell and correlation figures come
-    from one pass over the log, exactly as ``moetape stats`` computes them.
+    """Return the tasks of a stats sweep; a log over ``split_factor`` x the median size is split into
+    parts of about the median size each (its rows are the same, computed in parallel): env ranges
+    with ``per="env"``, step ranges (at the chunk boundaries of ``moetape stats``'s pass, so the
+    merged figures are exact) for whole-log rows (``per`` None). A log still being recorded, and
+    ``per="episode"``, are not split.
     """
     if per not in (None, "env", "episode"):
         raise InputError(f"--per {per}: expected env or episode.")
@@ -122,6 +158,11 @@ def plan_stats(
     median = statistics.median(sizes) if sizes else 0
     tasks: List[StatsTask] = []
     for i, (p, size) in enumerate(zip(paths, sizes)):
+        big = median > 0 and size > split_factor * median
+        ranges = _step_ranges(p, math.ceil(size / median), start, stop) if per is None and big else None
+        if ranges is not None:
+            tasks += [StatsTask(i, p, None, None, start, stop, r) for r in ranges]
+            continue
         n_envs = _n_envs(p) if per == "env" and median > 0 and size > split_factor * median else None
         if n_envs is None or n_envs < 2:
             tasks.append(StatsTask(i, p, per, None, start, stop))
@@ -130,6 +171,31 @@ def plan_stats(
         bounds = [round(j * n_envs / parts) for j in range(parts + 1)]
         tasks += [StatsTask(i, p, per, (a, b), start, stop) for a, b in zip(bounds, bounds[1:]) if b > a]
     return tasks
+
+
+def _step_ranges(
+    path: str, parts: int, start: Optional[int], stop: Optional[int]
+) -> Optional[List[Tuple[int, int]]]:
+    """Return up to ``parts`` consecutive step ranges covering the log's selected steps, each starting
+    at a chunk boundary of the single-log pass; None if the log cannot or need not be split."""
+    from moetape.replay.analysis import chunk_steps, select
+    from moetape.schema.layout import STATUS_RUNNING
+    from moetape.schema.reader import open_log
+
+    try:
+        with open_log(path) as log:
+            if log.run_status == STATUS_RUNNING:
+                return None  # still growing: one task reads what is committed when it runs
+            sel = select(log, start=start, stop=stop)
+            per = chunk_steps(log)
+    except (LogError, OSError):
+        return None  # the task itself reports it
+    n_chunks = math.ceil((sel.stop - sel.start) / per)
+    parts = min(parts, n_chunks)
+    if parts < 2:
+        return None
+    cuts = [sel.start + round(j * n_chunks / parts) * per for j in range(parts)] + [sel.stop]
+    return list(zip(cuts, cuts[1:]))
 
 
 def _n_envs(path: str) -> Optional[int]:
@@ -284,19 +350,40 @@ def run_stats(
     from moetape.replay.sweep_table import error_row
 
     results: Dict[int, List[Dict[str, Any]]] = {}
-    submitted = {
-        client.submit(stats_task, t, key=f"moetape-stats-{j}-{os.path.basename(t.path)}", pure=False): (j, t)
-        for j, t in enumerate(tasks)
-    }
+    submitted: Dict[Any, Tuple[List[int], StatsTask]] = {}
+    j = 0
+    while j < len(tasks):
+        t = tasks[j]
+        name = os.path.basename(t.path)
+        if t.steps is None:
+            fut = client.submit(stats_task, t, key=f"moetape-stats-{j}-{name}", pure=False)
+            submitted[fut] = ([j], t)
+            j += 1
+            continue
+        group = [j]
+        while (
+            group[-1] + 1 < len(tasks)
+            and tasks[group[-1] + 1].index == t.index
+            and tasks[group[-1] + 1].steps
+        ):
+            group.append(group[-1] + 1)
+        parts = [
+            client.submit(stats_part_task, tasks[g], key=f"moetape-part-{g}-{name}", pure=False)
+            for g in group
+        ]
+        fut = client.submit(stats_merge_task, t, *parts, key=f"moetape-stats-{j}-{name}", pure=False)
+        submitted[fut] = (group, t)
+        j = group[-1] + 1
 
-    def done(item: Tuple[int, StatsTask], rows: List[Dict[str, Any]]) -> None:
-        results[item[0]] = rows
+    def done(item: Tuple[List[int], StatsTask], rows: List[Dict[str, Any]]) -> None:
+        for g in item[0]:
+            results[g] = rows if g == item[0][0] else []
         if progress is not None:
             progress(len(results), len(tasks))
         if on_result is not None:
             on_result(len(results))
 
-    def failed(item: Tuple[int, StatsTask], e: BaseException) -> None:
+    def failed(item: Tuple[List[int], StatsTask], e: BaseException) -> None:
         done(item, [error_row(item[1].path, _failure_text(e))])
 
     _gather(client, submitted, done, failed)

@@ -179,6 +179,63 @@ def test_per_env_split_large_log(tmp_path, scheduler):
             assert {c: row[c] for c in expected_row(d, k)} == expected_row(d, k)
 
 
+def _set_stream_bytes(client, n):
+    """Set the reader's chunk size (bytes) in every worker process of ``client``."""
+    client.run(exec, f"import moetape.schema.reader as r; r.STREAM_BYTES = {int(n)}", {})
+
+
+def test_whole_log_rows_split_into_step_ranges(tmp_path, scheduler, monkeypatch):
+    """A log far larger than the others is split into step ranges at chunk boundaries; its rows equal stats --json."""
+    import distributed
+
+    from moetape.replay import analysis
+    from moetape.schema import reader
+
+    small = [write_run(tmp_path / f"s{i}.h5", ckpt="c" * 64, seed=i, n_steps=10, n_envs=2) for i in range(3)]
+    big = write_run(tmp_path / "big.h5", ckpt="c" * 64, seed=9, n_steps=400, n_envs=6)
+    default = reader.STREAM_BYTES
+    monkeypatch.setattr(reader, "STREAM_BYTES", 2000)  # chunks of a few dozen steps, here and on the workers
+    with reader.open_log(big) as log:
+        per = analysis.chunk_steps(log)
+    assert 1 < per < 100
+    tasks = sweep.plan_stats(small + [big])
+    assert [t.steps for t in tasks if t.path != big] == [None, None, None]
+    ranges = [t.steps for t in tasks if t.path == big]
+    assert len(ranges) > 1
+    assert ranges[0][0] == 0 and ranges[-1][1] == 400
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(a % per == 0 and b > a for a, b in ranges)
+    out = str(tmp_path / "steps.json")
+    with distributed.Client(scheduler) as client:
+        _set_stream_bytes(client, 2000)
+        try:
+            r = CliRunner().invoke(
+                cli, ["stats", *small, big, "--table", out, "--scheduler", scheduler, "-q"]
+            )
+        finally:
+            _set_stream_bytes(client, default)
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ""
+    _, rows = sweep_table.read_table(out)
+    assert len(rows) == 8
+    for path in small + [big]:
+        d = single_stats(path)
+        mine = [row for row in rows if row["path"] == path]
+        assert [row["expert"] for row in mine] == ["base", "arm"]
+        for k, row in enumerate(mine):
+            assert {c: row[c] for c in expected_row(d, k)} == expected_row(d, k)
+            assert row["episodes_seen"] == d["episodes"]["seen"] and row["env"] is None
+            assert row["episodes_finished"] == d["episodes"]["finished"]
+            assert (row["step_start"], row["step_stop"], row["duration_s"]) == (
+                0,
+                400 if path == big else 10,
+                d["selection"]["duration_s"],
+            )
+            assert row["error"] is None
+    big_stats = single_stats(big)
+    assert big_stats["switching"]["n_switches"] > 0 and big_stats["dwell"][0]["n_runs"] > len(ranges)
+
+
 def test_corrupt_truncated_and_live_logs(tmp_path, runs, scheduler):
     """A corrupt and a truncated log get error rows, a live one a note; the good rows are complete; exit 1."""
     corrupt = tmp_path / "corrupt.h5"
