@@ -464,6 +464,33 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _step_row(
+    obs: np.ndarray,
+    action: np.ndarray,
+    gate: np.ndarray,
+    entropy: np.ndarray,
+    result: StepResult,
+    backend: Any,
+    metrics: Sequence[Metric],
+) -> Dict[str, np.ndarray]:
+    """One policy step's per-env fields, keyed by their log paths under ``steps/``."""
+    step: Dict[str, np.ndarray] = {
+        "obs": obs,
+        "action": action,
+        "gate": gate,
+        "gate_entropy": entropy,
+        "reward": result.reward,
+        "done": result.done,
+        "timeout": result.timeout,
+    }
+    step.update(result.pre)
+    for name, value in result.terms.items():
+        step["terms/" + name] = value
+    for m in metrics:
+        step["metrics/" + m.name] = np.asarray(m.compute(backend, result), dtype=m.dtype)
+    return step
+
+
 def _loop(
     cfg: RunConfig,
     backend: Backend,
@@ -491,20 +518,7 @@ def _loop(
                 action, gate = policy.policy_step(obs)
                 result = backend.step(action, substep_frames=substep, frames_out=writer.frame_rows())
                 entropy = gate_entropy(gate)
-                step: Dict[str, np.ndarray] = {
-                    "obs": obs,
-                    "action": action,
-                    "gate": gate,
-                    "gate_entropy": entropy,
-                    "reward": result.reward,
-                    "done": result.done,
-                    "timeout": result.timeout,
-                }
-                step.update(result.pre)
-                for name, value in result.terms.items():
-                    step["terms/" + name] = value
-                for m in metrics:
-                    step["metrics/" + m.name] = np.asarray(m.compute(backend, result), dtype=m.dtype)
+                step = _step_row(obs, action, gate, entropy, result, backend, metrics)
                 writer.append(step, result.frames)
                 if s == 0:
                     started()
@@ -588,20 +602,7 @@ def _device_loop(
         result = item.pending.wait(writer.frame_rows())
         gate = result.kept["gate"]
         entropy = gate_entropy(gate)
-        step: Dict[str, np.ndarray] = {
-            "obs": item.obs(),
-            "action": result.kept["action"],
-            "gate": gate,
-            "gate_entropy": entropy,
-            "reward": result.reward,
-            "done": result.done,
-            "timeout": result.timeout,
-        }
-        step.update(result.pre)
-        for name, value in result.terms.items():
-            step["terms/" + name] = value
-        for m in metrics:
-            step["metrics/" + m.name] = np.asarray(m.compute(backend, result), dtype=m.dtype)
+        step = _step_row(item.obs(), result.kept["action"], gate, entropy, result, backend, metrics)
         writer.append(step, result.frames)
         if item.step == 0:
             started()
