@@ -44,6 +44,8 @@ from moetape.record.mujoco_task import (
 )
 from moetape.record.targets import TargetTable, episode_trajectory
 from moetape.record.trajectory import Trajectories
+from moetape.record.warp_copy import HostCopy, PendingStep
+from moetape.record.warp_errors import _put, warp_device
 from moetape.schema.errors import InputError
 
 wp.config.log_level = wp.LOG_WARNING  # warp prints every module it compiles or loads otherwise
@@ -51,35 +53,6 @@ import mujoco_warp as mjw  # noqa: E402  (after warp's configuration)
 
 _TORCH_DTYPES = {"float32": torch.float32, "int32": torch.int32, "bool": torch.bool}
 _STEP_FIELDS = {"obs": ((OBS_DIM,), "float32"), "done": ((), "bool"), "timeout": ((), "bool")}
-_OOM_WORDS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation")
-
-
-def warp_device(device: str) -> str:
-    """Check that warp has ``device`` (cpu, cuda or cuda:N) and return warp's name for it.
-
-    Raises:
-        InputError: no CUDA device (or not that one) is visible to warp.
-    """
-    if device == "cpu":
-        level, wp.config.log_level = wp.config.log_level, wp.LOG_ERROR  # no "no CUDA driver" warning
-        try:
-            _init()
-        finally:
-            wp.config.log_level = level
-        return "cpu"
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    _init()
-    count = wp.get_cuda_device_count()
-    if index >= count:
-        raise InputError(
-            f"--device {device}: MuJoCo Warp sees {count} CUDA device(s) here, expected cuda:{index}; "
-            "pass --device cpu to test on warp's CPU device (slow)"
-        )
-    return f"cuda:{index}"
-
-
-def _init() -> None:
-    wp.init()
 
 
 def log_size_line(spec: Any, num_steps: int) -> str:
@@ -102,107 +75,6 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000.0
     return f"{n:.1f} TB"
-
-
-class HostCopy:
-    """One step's device tensors the log keeps, and their host copies: one copy per field per step.
-
-    CUDA: ``start()`` queues a non-blocking copy of every field into pinned host memory on a copy
-    stream that first waits for the compute stream, and records an event; ``wait()`` waits on that
-    event. CPU: the device tensors are host memory; nothing is copied. The backend holds two (a ring):
-    the copy of step t overlaps the compute of step t + 1, which fills the other one.
-
-    ``keep`` tensors (the policy's action and gate) are copied with the step's own fields, straight
-    from the caller's tensors; their host buffers are made on first use (shapes known then).
-    """
-
-    def __init__(self, device: torch.device, fields: Dict[str, Tuple[Tuple[int, ...], torch.dtype]]) -> None:
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.dev = {k: torch.zeros(s, dtype=t, device=device) for k, (s, t) in fields.items()}
-        self.keep_host: Dict[str, torch.Tensor] = {}
-        self.pending: Optional[PendingStep] = None  # launched into this copy, not yet waited
-        if self.cuda:
-            self.host = {k: torch.zeros(s, dtype=t, pin_memory=True) for k, (s, t) in fields.items()}
-            self.stream = torch.cuda.Stream(device)
-            self.event = torch.cuda.Event()
-        else:
-            self.host = self.dev
-
-    def claim(self) -> None:
-        """Let the compute stream write ``dev`` again: after the copy of the step it held (on CUDA, a
-        wait queued on the device, not on the host)."""
-        if self.cuda:
-            torch.cuda.current_stream(self.device).wait_event(self.event)
-
-    def start(
-        self, names: Any = None, keep: Optional[Dict[str, torch.Tensor]] = None, frame_rows: int = 0
-    ) -> None:
-        """Queue the copies of ``names`` (default: every field) and of ``keep`` after the work queued so
-        far; of ``frames/`` fields only the first ``frame_rows`` rows (0: all)."""
-        keep = keep or {}
-        if not self.cuda:
-            self.keep_host = {k: v.detach() for k, v in keep.items()}
-            return
-        for k, v in keep.items():
-            have = self.keep_host.get(k)
-            if have is None or have.shape != v.shape or have.dtype != v.dtype:
-                self.keep_host[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
-        for k in [k for k in self.keep_host if k not in keep]:
-            del self.keep_host[k]
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            for k in names if names is not None else self.dev:
-                if frame_rows and k.startswith("frames/"):
-                    self.host[k][:frame_rows].copy_(self.dev[k][:frame_rows], non_blocking=True)
-                else:
-                    self.host[k].copy_(self.dev[k], non_blocking=True)
-            for k, v in keep.items():
-                self.keep_host[k].copy_(v.detach(), non_blocking=True)
-        self.event.record(self.stream)
-
-    def wait(self) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-        """Wait for the copies (the step's one synchronisation point); numpy views of the host copies
-        of the fields and of ``keep``."""
-        if self.cuda:
-            self.event.synchronize()
-        return (
-            {k: v.numpy() for k, v in self.host.items()},
-            {k: v.numpy() for k, v in self.keep_host.items()},
-        )
-
-
-class PendingStep:
-    """A launched policy step whose log fields are on their way to the host (WarpBackend.launch_step).
-
-    ``wait()`` materialises them once (later calls return the same result). Its arrays are views of
-    the host copy, valid until two more steps are launched, except ``obs``, a copy (the runner
-    logs it with the next step).
-    """
-
-    def __init__(
-        self, backend: WarpBackend, copy: HostCopy, n_rows: int, keep: Dict[str, torch.Tensor]
-    ) -> None:
-        self._backend = backend
-        self._copy = copy
-        self._n_rows = n_rows
-        self._keep = keep  # the caller's tensors stay alive (unreused by the allocator) until copied
-        self._result: Optional[StepResult] = None
-
-    def wait(self, frames_out: Optional[Dict[str, np.ndarray]] = None) -> StepResult:
-        """Wait for the host copy and return the step (frame rows copied into ``frames_out`` when given).
-
-        Raises:
-            InputError: MuJoCo Warp's contact or constraint buffers overflowed during the step.
-        """
-        if self._result is not None:
-            return self._result
-        host, kept = self._copy.wait()
-        self._result = self._backend._finish(host, kept, self._n_rows, frames_out)
-        self._keep = {}
-        if self._copy.pending is self:
-            self._copy.pending = None
-        return self._result
 
 
 class WarpBackend:
@@ -595,67 +467,3 @@ def _warp_stream(dev: torch.device) -> Any:
     if dev.type != "cuda":
         return None
     return wp.stream_from_torch(torch.cuda.current_stream(dev))
-
-
-def _put(model: mujoco.MjModel, n_envs: int, path: str, device: str) -> Tuple[Any, Any]:
-    """The MuJoCo Warp model and data of ``n_envs`` worlds, or one line on what stops it.
-
-    Raises:
-        InputError: MuJoCo Warp cannot simulate a feature of the model (named), or the device has
-            too little memory (with how many envs would fit).
-    """
-    try:
-        m = mjw.put_model(model)
-    except (NotImplementedError, ValueError) as e:
-        raise InputError(
-            f"{path}: MuJoCo Warp cannot simulate this model: {_one_line(e)}. Use --backend mujoco, or remove "
-            "that feature from the MJCF"
-        ) from e
-    data = mujoco.MjData(model)
-    mujoco.mj_forward(model, data)
-    try:
-        d = mjw.put_data(model, data, nworld=n_envs)
-    except (RuntimeError, MemoryError) as e:
-        if not any(w in str(e).lower() for w in _OOM_WORDS) and not isinstance(e, MemoryError):
-            raise
-        raise InputError(
-            f"--num_envs {n_envs}: out of memory on {device} for {n_envs} MuJoCo Warp worlds "
-            f"({_one_line(e)}); about {_fits(model, device)} envs would fit. Pass a smaller --num_envs"
-        ) from e
-    return m, d
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _fits(model: mujoco.MjModel, device: str) -> int:
-    """How many worlds of ``model`` fit in the free memory of ``device`` (from a 1- and 2-world data)."""
-    data = mujoco.MjData(model)
-    sizes = []
-    for n in (1, 2):
-        d = mjw.put_data(model, data, nworld=n)
-        sizes.append(_data_bytes(d))
-        del d
-    per_world = max(1, sizes[1] - sizes[0])
-    if device.startswith("cuda"):
-        free = int(wp.get_device(device).free_memory)
-    else:
-        import os
-
-        free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    return max(0, int(0.9 * (free - sizes[0])) // per_world)
-
-
-def _data_bytes(obj: Any, seen: Optional[set] = None) -> int:
-    """Bytes of every warp array held by a MuJoCo Warp Data (and its nested structs)."""
-    seen = set() if seen is None else seen
-    total = 0
-    for v in vars(obj).values():
-        if isinstance(v, wp.array):
-            if id(v) not in seen:
-                seen.add(id(v))
-                total += int(v.capacity)
-        elif hasattr(v, "__dict__") and type(v).__module__.startswith("mujoco_warp"):
-            total += _data_bytes(v, seen)
-    return total
