@@ -3,11 +3,13 @@
 Readers trust ``n_committed``, never dataset lengths. Fields are named as in the layout without
 the group for steps/ ("obs", "terms/task_reaching_pos_err", "metrics/x") and with it for frames/
 ("frames/root_pos").
+
+The metadata properties of ``Log`` live in schema/log_meta.py; ``stale_mask`` and ``fresh_rows`` in
+schema/stale.py (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ import numpy as np
 from moetape.schema import layout
 from moetape.schema.errors import LogError, LogFormatError, LogReadError, NewerFormatError
 from moetape.schema.io import H5_ERRORS, open_for_read, read_dataset
+from moetape.schema.log_meta import LogMetadata, _first_line
+from moetape.schema.stale import fresh_rows, stale_mask  # noqa: F401 - re-exported for callers
 from moetape.schema.upcast import upcast
 from moetape.schema.version import FORMAT_VERSION, OLDEST_READABLE
 
@@ -48,7 +52,7 @@ def _decode(value: Any) -> Any:
     return value
 
 
-class Log:
+class Log(LogMetadata):
     """An open event log. Use ``open_log(path)``; close it or use it as a context manager."""
 
     def __init__(
@@ -233,131 +237,6 @@ class Log:
                     f"{self.path}: n_committed says {n} rows but {fp} has {rows}; the file is damaged. "
                     "Run `moetape verify` for details."
                 )
-
-    # ------------------------------------------------------------------ metadata
-    def _attr(self, name: str) -> Any:
-        return self.meta[name]
-
-    @property
-    def n_envs(self) -> int:
-        return int(self._attr("n_envs"))
-
-    @property
-    def expert_names(self) -> List[str]:
-        return list(self._attr("expert_names"))
-
-    @property
-    def joint_names(self) -> List[str]:
-        return list(self._attr("joint_names"))
-
-    @property
-    def body_names(self) -> List[str]:
-        return list(self._attr("body_names"))
-
-    @property
-    def term_names(self) -> List[str]:
-        return list(self._attr("term_names"))
-
-    @property
-    def metric_names(self) -> List[str]:
-        return list(self._attr("metric_names"))
-
-    @property
-    def sim_dt_s(self) -> float:
-        return float(self._attr("sim_dt_s"))
-
-    @property
-    def decimation(self) -> int:
-        return int(self._attr("decimation"))
-
-    @property
-    def policy_dt_s(self) -> float:
-        return float(self._attr("policy_dt_s"))
-
-    @property
-    def frames_per_step(self) -> int:
-        return int(self._attr("frames_per_step"))
-
-    @property
-    def frame_rate_hz(self) -> float:
-        return float(self._attr("frame_rate_hz"))
-
-    @property
-    def log_id(self) -> str:
-        return str(self._attr("log_id"))
-
-    @property
-    def config(self) -> Dict[str, Any]:
-        return dict(json.loads(self._attr("config_json") or "{}"))
-
-    @property
-    def provenance(self) -> Dict[str, Any]:
-        return dict(json.loads(self._attr("provenance_json") or "{}"))
-
-    @property
-    def stale_after_reset(self) -> List[str]:
-        """The fields stale on a new episode's first step (optional attribute; [] when absent).
-
-        See layout's ``stale_after_reset`` and :func:`stale_mask` for the rows.
-        """
-        raw = self.meta.get(layout.STALE_AFTER_RESET_ATTR)
-        if raw is None:
-            return []
-        try:
-            value = json.loads(raw)
-        except (TypeError, ValueError):
-            value = None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise LogFormatError(
-                f"{self.path}: root attribute '{layout.STALE_AFTER_RESET_ATTR}' is {str(raw)[:60]!r}; "
-                'expected a JSON list of field paths such as ["steps/ee_pos"]. Run `moetape verify`.'
-            )
-        return list(value)
-
-    @property
-    def ended_cleanly(self) -> bool:
-        return self.run_status == layout.STATUS_CLEAN
-
-    @property
-    def model_xml(self) -> Optional[str]:
-        """Return the robot MJCF stored in the log, or None (e.g. Isaac Gym runs)."""
-        try:
-            if layout.MODEL_MJCF not in self._f:
-                return None
-            raw = read_dataset(self._f[layout.MODEL_MJCF], (), self.path)
-            return bytes(np.asarray(raw, dtype=np.uint8)).decode("utf-8")
-        except H5_ERRORS + (UnicodeDecodeError,) as e:
-            raise self._damaged(layout.MODEL_MJCF, e) from e
-
-    @property
-    def has_model(self) -> bool:
-        """Return True if the log stores its robot model (False if that part is unreadable)."""
-        try:
-            return layout.MODEL_MJCF in self._f
-        except H5_ERRORS:
-            return False
-
-    def trajectory(self) -> Optional[Dict[str, Any]]:
-        """Return {"ee_pos", "ee_axis_angle" float32 (n,T,3), "dt_s"} if stored, else None."""
-        try:
-            if layout.TRAJ_EE_POS not in self._f:
-                return None
-            ds = self._f[layout.TRAJ_EE_POS]
-            return {
-                "ee_pos": read_dataset(ds, (), self.path),
-                "ee_axis_angle": read_dataset(self._f[layout.TRAJ_EE_AXIS_ANGLE], (), self.path),
-                "dt_s": float(ds.attrs["dt_s"]),
-            }
-        except H5_ERRORS as e:
-            raise self._damaged("trajectory", e) from e
-
-    def _damaged(self, where: str, e: BaseException) -> LogReadError:
-        if isinstance(e, LogReadError):
-            return e
-        return LogReadError(
-            f"{self.path}: {where}: cannot be read ({_first_line(e)}); that part of the file is damaged. "
-            "Restore a copy; `moetape salvage` keeps what is still readable."
-        )
 
     def fields(self) -> List[str]:
         """Return every field name (tolerant: only those whose dataset could be opened)."""
@@ -586,59 +465,6 @@ class Log:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().strip("'\"").splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def stale_mask(
-    log: Log, start: int = 0, stop: Optional[int] = None, *, env: EnvSel = None, field: Optional[str] = None
-) -> np.ndarray:
-    """Return bool (n, E), or (n,) for one env: the steps [start, stop) whose stale_after_reset rows are stale.
-
-    A step is stale when the log declares stale fields (``Log.stale_after_reset``) and it is the first
-    step of an episode after the env's first (``layout.stale_rule``: step_in_episode == 0 and
-    episode > 0). For a steps/ field the step's row is stale; for a frames/ field its row 0 (substep 0).
-    ``field``: only if that field ("ee_pos", "steps/ee_pos" or "frames/body_pos") is declared stale;
-    otherwise all False. Logs without the attribute read nothing and give all False.
-    """
-    stop = log.n_steps if stop is None else min(int(stop), log.n_steps)
-    start = max(0, min(int(start), stop))
-    declared = log.stale_after_reset
-    if field is not None:
-        path = (
-            field if field.startswith((layout.STEPS + "/", layout.FRAMES + "/")) else layout.step_path(field)
-        )
-        declared = [f for f in declared if f == path]
-    if not declared or stop <= start:
-        envs = np.arange(log.n_envs)[log._env_index(env)]
-        return np.zeros((stop - start,) + np.shape(envs), dtype=bool)
-    episode = log.read("episode", start, stop, env=env)
-    step_in_episode = log.read("step_in_episode", start, stop, env=env)
-    return np.asarray(layout.stale_rule(episode, step_in_episode), dtype=bool)
-
-
-def fresh_rows(stale: np.ndarray, frames_per_step: int) -> np.ndarray:
-    """Return int64 (n * fps, ...): per frame row of n steps, the row whose rigid-body poses stand for it.
-
-    ``stale`` is bool (n, ...) per step (:func:`stale_mask` for a frames/ field). A fresh row stands
-    for itself; a stale row (row 0 of a stale step) for the step's next row (substep logs) or the
-    previous fresh row of these steps (policy-rate logs: one row per step); -1 where none precedes
-    it in these steps (the caller looks before them, or takes the next fresh row). Rows count from
-    the first of the n steps. The rule ``moetape render`` and ``export rerun`` draw by.
-    """
-    stale = np.asarray(stale, dtype=bool)
-    fps = int(frames_per_step)
-    n_rows = stale.shape[0] * fps
-    rows = np.arange(n_rows, dtype=np.int64).reshape((n_rows,) + (1,) * (stale.ndim - 1))
-    rows = np.array(np.broadcast_to(rows, (n_rows,) + stale.shape[1:]))
-    if fps > 1:
-        first = rows[::fps]
-        first[stale] += 1
-        return rows
-    return np.maximum.accumulate(np.where(stale, -1, rows), axis=0)
 
 
 def open_log(path: str) -> Log:
