@@ -4,12 +4,14 @@ For each step the gate weights and the action come from the same observation, be
 the backend then applies the action and reports what happened (see record/backend.py for the
 timing contract). Rows go to the log's background writer; Ctrl-C ends the run cleanly with every
 step flushed and the log marked "interrupted".
+
+The loops themselves are in record/loop.py, the run's data types in record/run_config.py; both are
+imported from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
 import re
@@ -18,140 +20,50 @@ import signal
 import socket
 import sys
 import threading
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import asdict
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from moetape.record.backend import Backend, StepResult
+from moetape.record.backend import Backend
+from moetape.record.loop import _device_loop, _Launched, _loop, _step_row
+from moetape.record.run_config import (
+    FRAMES_CHOICES,
+    POLICY_RATE_BACKENDS,
+    GateSummary,
+    Metric,
+    RunConfig,
+    RunResult,
+    StepReport,
+    resolve_frames,
+    summary_lines,
+)
 from moetape.record.run_folder import LOG_NAME, RunFolder
-from moetape.schema import layout
 from moetape.schema.errors import InputError
 from moetape.schema.io import sha256_file
-from moetape.schema.writer import LogSpec, LogWriter, gate_entropy
+from moetape.schema.writer import LogSpec, LogWriter
 
-FRAMES_CHOICES = ("auto", "substep", "policy")
-POLICY_RATE_BACKENDS = ("warp",)
-"""Backends whose ``--frames auto`` is one frame row per policy step: they run thousands of envs, where
-substep rows (about 6.4 KB per env-step, 26 MB per policy step at 4096 envs) would swamp the disk."""
-
-
-def resolve_frames(frames: str, backend: str) -> str:
-    """Return the frame rate a run records: ``auto`` is ``policy`` on warp, ``substep`` elsewhere.
-
-    Raises:
-        InputError: ``frames`` is not one of FRAMES_CHOICES.
-    """
-    if frames not in FRAMES_CHOICES:
-        raise InputError("--frames {}: expected one of {}".format(frames, ", ".join(FRAMES_CHOICES)))
-    if frames != "auto":
-        return frames
-    return "policy" if backend in POLICY_RATE_BACKENDS else "substep"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a recording is made from; stored as JSON in the log (``config_json``)."""
-
-    moe_ckpt_path: str
-    trajectory_file_path: str
-    out: str
-    base_ckpt_path: Optional[str] = None
-    arm_ckpt_path: Optional[str] = None
-    device: str = "cpu"
-    num_envs: int = 1
-    num_steps: int = 1000
-    backend: str = "mujoco"
-    robot: Optional[str] = None
-    seed: Optional[int] = None  # None: 0 on MuJoCo, the training's (config.pkl) on Isaac Gym
-    flush_seconds: float = 1.0
-    frames: str = "auto"  # resolve_frames: policy on warp, substep elsewhere; the log stores the result
-    visualize: bool = False
-    show_weights: bool = False
-    record_video: bool = False
-    force: bool = False
-    keep_terminations: bool = False  # Isaac Gym: the training's terminate_after_contacts_on
-    codebase: Optional[str] = None  # Isaac Gym: folder holding the training code's legged_gym/
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A custom per-step metric, declared before the run (the legacy ``state_logs["custom_metric"]``).
-
-    ``compute(backend, result)`` returns an array of shape (E, *shape) for every step, from the
-    backend's state after the step and the step's StepResult.
-    """
-
-    name: str
-    compute: Callable[[Any, StepResult], np.ndarray]
-    shape: Tuple[int, ...] = ()
-    dtype: str = "float32"
-
-
-@dataclass
-class GateSummary:
-    """Running figures of the legacy --show_weights summary (env-0 weights, env-mean entropy)."""
-
-    n: int = 0
-    sums: Optional[np.ndarray] = None
-    sq_sums: Optional[np.ndarray] = None
-    above_half: Optional[np.ndarray] = None
-    entropy_sum: float = 0.0
-
-    def update(self, gate: np.ndarray, entropy: np.ndarray) -> None:
-        w = gate[0].astype(np.float64)
-        if self.sums is None:
-            self.sums = np.zeros_like(w)
-            self.sq_sums = np.zeros_like(w)
-            self.above_half = np.zeros_like(w)
-        self.sums += w
-        self.sq_sums += w * w  # type: ignore[operator]
-        self.above_half += w > 0.5  # type: ignore[operator]
-        self.entropy_sum += float(entropy.mean())
-        self.n += 1
-
-    def result(self, names: Sequence[str]) -> Dict[str, Any]:
-        if self.n == 0 or self.sums is None or self.above_half is None:
-            return {"steps": 0}
-        mean = self.sums / self.n
-        std = np.sqrt(np.maximum(self.sq_sums / self.n - mean**2, 0.0))  # type: ignore[operator]
-        return {
-            "steps": self.n,
-            "experts": {
-                n: {
-                    "mean": float(mean[k]),
-                    "std": float(std[k]),
-                    "usage_above_0_5": float(self.above_half[k] / self.n),
-                }
-                for k, n in enumerate(names)
-            },
-            "mean_entropy": self.entropy_sum / self.n,
-        }
-
-
-@dataclass
-class StepReport:
-    """What the display callback sees after each step."""
-
-    step: int
-    num_steps: int
-    gate: np.ndarray  # float32 (E, K)
-    entropy: np.ndarray  # float32 (E,)
-    steps_per_s: float
-    n_committed: int
-
-
-@dataclass
-class RunResult:
-    """How a recording ended."""
-
-    log_path: str
-    steps: int
-    status: str
-    seconds: float
-    summary: Dict[str, Any] = field(default_factory=dict)
-
+__all__ = [  # the loops and the data types live in record/loop.py and record/run_config.py
+    "FRAMES_CHOICES",
+    "POLICY_RATE_BACKENDS",
+    "GateSummary",
+    "Metric",
+    "RunConfig",
+    "RunResult",
+    "StepReport",
+    "_Launched",
+    "_device_loop",
+    "_loop",
+    "_step_row",
+    "build_backend",
+    "check_inputs",
+    "prepare_out",
+    "provenance",
+    "record",
+    "resolve_device",
+    "resolve_frames",
+    "summary_lines",
+]
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:[0-9]+)$")
 
@@ -462,210 +374,3 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _step_row(
-    obs: np.ndarray,
-    action: np.ndarray,
-    gate: np.ndarray,
-    entropy: np.ndarray,
-    result: StepResult,
-    backend: Any,
-    metrics: Sequence[Metric],
-) -> Dict[str, np.ndarray]:
-    """One policy step's per-env fields, keyed by their log paths under ``steps/``."""
-    step: Dict[str, np.ndarray] = {
-        "obs": obs,
-        "action": action,
-        "gate": gate,
-        "gate_entropy": entropy,
-        "reward": result.reward,
-        "done": result.done,
-        "timeout": result.timeout,
-    }
-    step.update(result.pre)
-    for name, value in result.terms.items():
-        step["terms/" + name] = value
-    for m in metrics:
-        step["metrics/" + m.name] = np.asarray(m.compute(backend, result), dtype=m.dtype)
-    return step
-
-
-def _loop(
-    cfg: RunConfig,
-    backend: Backend,
-    policy: Any,
-    writer: LogWriter,
-    metrics: Sequence[Metric],
-    substep: bool,
-    on_step: Optional[Callable[[StepReport], None]],
-    viewer: Any,
-    started: Callable[[], None],
-) -> RunResult:
-    """Run the steps; the writer's context marks the end status (clean, interrupted, failed).
-
-    ``started`` is called once the first step is in the writer (the run folder then drops the run
-    it replaces). The result's step count is the writer's committed count after it closed.
-    """
-    summary = GateSummary()
-    status = layout.STATUS_CLEAN
-    t0 = time.monotonic()
-    s = 0
-    with writer:
-        try:
-            obs = backend.reset()
-            for s in range(cfg.num_steps):
-                action, gate = policy.policy_step(obs)
-                result = backend.step(action, substep_frames=substep, frames_out=writer.frame_rows())
-                entropy = gate_entropy(gate)
-                step = _step_row(obs, action, gate, entropy, result, backend, metrics)
-                writer.append(step, result.frames)
-                if s == 0:
-                    started()
-                summary.update(gate, entropy)
-                obs = result.obs
-                if viewer is not None:
-                    if not viewer.is_running():
-                        raise KeyboardInterrupt
-                    viewer.sync()
-                    ahead = (s + 1) * backend.info.sim_dt_s * backend.info.decimation - (
-                        time.monotonic() - t0
-                    )
-                    if ahead > 0:  # show the motion at real-time speed, as it would run on the robot
-                        time.sleep(ahead)
-                if on_step is not None:
-                    elapsed = time.monotonic() - t0
-                    on_step(
-                        StepReport(
-                            s, cfg.num_steps, gate, entropy, (s + 1) / max(elapsed, 1e-9), writer.n_committed
-                        )
-                    )
-            s = cfg.num_steps
-        except KeyboardInterrupt:
-            status = layout.STATUS_INTERRUPTED
-            writer.close(status)
-        finally:
-            if viewer is not None:
-                viewer.close()
-    return RunResult(
-        writer.path,
-        writer.n_committed,  # what the log holds, not what the loop went through
-        status,
-        time.monotonic() - t0,
-        summary.result(list(writer.spec.expert_names)),
-    )
-
-
-class _Launched:
-    """A step launched on a DeviceBackend and not yet appended: its index, its PendingStep, and where
-    its observation row comes from (the reset's, or the previous step's result, once waited)."""
-
-    __slots__ = ("step", "pending", "source")
-
-    def __init__(self, step: int, pending: Any, source: Any) -> None:
-        self.step = step
-        self.pending = pending
-        self.source = source  # np.ndarray, or the previous _Launched
-
-    def obs(self) -> np.ndarray:
-        if isinstance(self.source, _Launched):
-            self.source = self.source.pending.wait().obs  # waited already: no device wait here
-        return self.source  # type: ignore[no-any-return]
-
-
-def _device_loop(
-    cfg: RunConfig,
-    backend: Any,
-    policy: Any,
-    writer: LogWriter,
-    metrics: Sequence[Metric],
-    substep: bool,
-    on_step: Optional[Callable[[StepReport], None]],
-    started: Callable[[], None],
-) -> RunResult:
-    """``_loop`` for a DeviceBackend (MuJoCo Warp): the policy runs on the observation tensor on the
-    device and its action tensor goes back to the backend, with no host round trip.
-
-    Step t + 1 is launched before step t is waited for and appended, so step t's copy to the host
-    (pinned memory, a copy stream) overlaps step t + 1's compute. The step's one synchronisation
-    point is ``PendingStep.wait()`` in ``append``: the log's rows, then the writer's batch rows.
-    With metrics each step is appended before the next is launched (a metric reads the backend's
-    state after its own step). Ctrl-C appends the launched steps not yet in the log, then closes it.
-    """
-    summary = GateSummary()
-    status = layout.STATUS_CLEAN
-    t0 = time.monotonic()
-    ahead = 0 if metrics else 1  # steps launched past the one being appended
-    flight: List[_Launched] = []
-
-    def append(item: _Launched) -> None:
-        result = item.pending.wait(writer.frame_rows())
-        gate = result.kept["gate"]
-        entropy = gate_entropy(gate)
-        step = _step_row(item.obs(), result.kept["action"], gate, entropy, result, backend, metrics)
-        writer.append(step, result.frames)
-        if item.step == 0:
-            started()
-        summary.update(gate, entropy)
-        if on_step is not None:
-            elapsed = time.monotonic() - t0
-            on_step(
-                StepReport(
-                    item.step,
-                    cfg.num_steps,
-                    gate,
-                    entropy,
-                    (item.step + 1) / max(elapsed, 1e-9),
-                    writer.n_committed,
-                )
-            )
-
-    with writer:
-        try:
-            source: Any = backend.reset()
-            for s in range(cfg.num_steps):
-                action, gate = policy.policy_step_tensor(backend.obs_tensor)
-                pending = backend.launch_step(
-                    action, substep_frames=substep, keep={"action": action, "gate": gate}
-                )
-                source = _Launched(s, pending, source)
-                flight.append(source)
-                while len(flight) > ahead:
-                    append(flight[0])
-                    del flight[0]
-            while flight:
-                append(flight[0])
-                del flight[0]
-        except KeyboardInterrupt:
-            status = layout.STATUS_INTERRUPTED
-            for item in flight:  # launched before the interrupt: into the log with the rest
-                if writer.n_appended == item.step:
-                    append(item)
-            writer.close(status)
-    return RunResult(
-        writer.path,
-        writer.n_committed,
-        status,
-        time.monotonic() - t0,
-        summary.result(list(writer.spec.expert_names)),
-    )
-
-
-def summary_lines(summary: Dict[str, Any]) -> List[str]:
-    """Format the --show_weights end summary like the legacy script's."""
-    if not summary.get("steps"):
-        return ["no steps recorded"]
-    lines = [
-        "Gate weight summary over {} steps (env 0; entropy averaged over envs):".format(summary["steps"])
-    ]
-    for name, e in summary["experts"].items():
-        lines.append(
-            "  {:>6}: mean {:.3f} +/- {:.3f}, usage (>0.5) {:.1f}%".format(
-                name, e["mean"], e["std"], 100 * e["usage_above_0_5"]
-            )
-        )
-    k = len(summary["experts"])
-    lines.append(
-        "  mean entropy: {:.4f} (max ln {} = {:.3f})".format(summary["mean_entropy"], k, math.log(max(k, 1)))
-    )
-    return lines
