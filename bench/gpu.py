@@ -119,7 +119,7 @@ def bare_loop(backend, policy, n_steps, mem):
 
 
 def loop(backend, policy, n_steps, substep, writer=None):
-    """moetape record's loop (runner._device_loop, without display): the policy on the device
+    """moetape record's loop (loop._device_loop, without display): the policy on the device
     observation tensor, its action tensor back to the backend, step t appended after step t + 1 is
     launched. Seconds for n_steps, all committed (with a writer)."""
     from moetape.schema.writer import gate_entropy

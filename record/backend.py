@@ -142,7 +142,7 @@ class DeviceBackend(Backend, Protocol):
 
     The recorder feeds the policy ``obs_tensor`` and passes the action tensor back, with no host
     round trip, and launches step t + 1 before it waits for step t's copy to the host, so that copy
-    overlaps the next step's compute (record/runner.py ``_device_loop``).
+    overlaps the next step's compute (record/loop.py ``_device_loop``).
     """
 
     @property
