@@ -25,6 +25,7 @@ import shutil
 from typing import List, Optional, Sequence
 
 from moetape.schema.errors import OutputExistsError
+from moetape.schema.outputs import missing_folders
 
 try:
     import fcntl
@@ -228,14 +229,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------ steps
     def _make_folders(self) -> None:
-        missing = []
-        folder = os.path.abspath(self.out)
-        while not os.path.isdir(folder):
-            missing.append(folder)
-            parent = os.path.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
+        missing = missing_folders(os.path.abspath(self.out))
         os.makedirs(self.out, exist_ok=True)
         self._created = list(reversed(missing))
 

@@ -176,6 +176,17 @@ def plot_sweep(table: str, out_dir: str, *, force: bool) -> None:
 
 SWEEP_OPTIONS = ("table", "group_by", "per", "scheduler", "workers")
 
+CLUSTER_OPTIONS = (
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Use this dask scheduler (tcp://host:8786) instead of a local cluster on 127.0.0.1.",
+    ),
+    click.option("--workers", type=int, default=None, help="Local worker processes [the machine's cores]."),
+)
+"""The cluster options `stats` and `derive` share for a sweep."""
+
 
 def stats_sweep_options(f: Any) -> Any:
     """The options `moetape stats` takes for a sweep (several logs, a table, a cluster)."""
@@ -198,15 +209,7 @@ def stats_sweep_options(f: Any) -> Any:
             default=None,
             help="A row per env (or per episode id) of each log, instead of one for the whole log.",
         ),
-        click.option(
-            "--scheduler",
-            metavar="ADDRESS",
-            default=None,
-            help="Use this dask scheduler (tcp://host:8786) instead of a local cluster on 127.0.0.1.",
-        ),
-        click.option(
-            "--workers", type=int, default=None, help="Local worker processes [the machine's cores]."
-        ),
+        *CLUSTER_OPTIONS,
         click.option("--force", is_flag=True, help="Overwrite an existing --table file."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar or dashboard link."),
     ]
@@ -244,15 +247,7 @@ def derive_sweep_options(f: Any) -> Any:
             help="Derive each log into its own folder under this one (its path below the logs' common "
             "folder, without .h5), in parallel on dask.",
         ),
-        click.option(
-            "--scheduler",
-            metavar="ADDRESS",
-            default=None,
-            help="Use this dask scheduler (tcp://host:8786) instead of a local cluster on 127.0.0.1.",
-        ),
-        click.option(
-            "--workers", type=int, default=None, help="Local worker processes [the machine's cores]."
-        ),
+        *CLUSTER_OPTIONS,
     ]
     for option in reversed(options):
         f = option(f)

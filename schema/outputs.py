@@ -103,7 +103,7 @@ def _check_parents(path: str) -> None:
         parent = up
 
 
-def _missing_folders(directory: str) -> List[str]:
+def missing_folders(directory: str) -> List[str]:
     """The folders of ``directory`` that do not exist yet, innermost first."""
     missing = []
     while not os.path.isdir(directory):
@@ -131,7 +131,7 @@ def atomic_output(
     path = os.fspath(path)
     check_output(path, force=force, kind=kind)
     directory = os.path.dirname(os.path.abspath(path))
-    created = _missing_folders(directory)
+    created = missing_folders(directory)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:

@@ -30,6 +30,7 @@ from moetape.schema.commit import utc_now
 from moetape.schema.errors import LogFormatError, LogReadError
 from moetape.schema.io import atomic_output, check_output, resolve_output
 from moetape.schema.reader import Log
+from moetape.schema.upgrade import spec_of
 from moetape.schema.validate import _check_data, _regions
 from moetape.schema.writer import LogSpec, LogWriter
 
@@ -179,7 +180,8 @@ def _fill(dtype: np.dtype) -> Any:
     return -1
 
 
-def _spec(log: Log, missing: Dict[str, str]) -> LogSpec:
+def _spec(log: Log) -> LogSpec:
+    """The salvaged log's spec: the damaged one's, with a float32 scalar for a metric whose header is lost."""
     metrics: Dict[str, Tuple[Tuple[int, ...], str]] = {}
     for m in log.metric_names:
         path = layout.METRICS + "/" + m
@@ -188,20 +190,7 @@ def _spec(log: Log, missing: Dict[str, str]) -> LogSpec:
         else:
             ds = log.dataset("metrics/" + m)
             metrics[m] = (tuple(ds.shape[2:]), str(ds.dtype))
-    return LogSpec(
-        n_envs=log.n_envs,
-        obs_dim=int(log.meta["obs_dim"]),
-        action_dim=int(log.meta["action_dim"]),
-        joint_names=log.joint_names,
-        body_names=log.body_names,
-        expert_names=log.expert_names,
-        term_names=log.term_names,
-        metrics=metrics,
-        sim_dt_s=log.sim_dt_s,
-        decimation=log.decimation,
-        frames_per_step=log.frames_per_step,
-        backend=str(log.meta["backend"]),
-    )
+    return spec_of(log, metrics)
 
 
 def _optional(read: Callable[[], Any]) -> Any:
@@ -221,7 +210,7 @@ def _write(
     progress: Optional[Callable[[int, int], None]],
 ) -> None:
     """Append the kept steps to a new log at ``tmp``; missing fields get fill values."""
-    spec = _spec(log, missing)
+    spec = _spec(log)
     fps = log.frames_per_step
     shapes = spec.datasets()
     fields = [f for f in log.fields() if log.field_path(f) not in missing and f not in REGENERATED]

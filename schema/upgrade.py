@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from moetape.schema import layout
 from moetape.schema.errors import LogFormatError
 from moetape.schema.io import atomic_output, check_output, resolve_output
-from moetape.schema.reader import open_log
+from moetape.schema.reader import Log, open_log
 from moetape.schema.version import FORMAT_VERSION
 from moetape.schema.writer import LogSpec, LogWriter
 
@@ -53,23 +53,7 @@ def upgrade(
         if dry_run:
             check_output(new, force=force)
             return plan
-        spec = LogSpec(
-            n_envs=log.n_envs,
-            obs_dim=int(log.meta["obs_dim"]),
-            action_dim=int(log.meta["action_dim"]),
-            joint_names=log.joint_names,
-            body_names=log.body_names,
-            expert_names=log.expert_names,
-            term_names=log.term_names,
-            metrics={
-                m: (tuple(log.dataset("metrics/" + m).shape[2:]), str(log.dataset("metrics/" + m).dtype))
-                for m in log.metric_names
-            },
-            sim_dt_s=log.sim_dt_s,
-            decimation=log.decimation,
-            frames_per_step=log.frames_per_step,
-            backend=str(log.meta["backend"]),
-        )
+        spec = spec_of(log)
         provenance = dict(
             log.provenance, upgraded_from_version=log.format_version, upgraded_from=os.path.abspath(old)
         )
@@ -114,3 +98,30 @@ def upgrade(
             writer.close(status)
         plan["written"] = True
         return plan
+
+
+def spec_of(log: Log, metrics: Optional[Dict[str, Tuple[Tuple[int, ...], str]]] = None) -> LogSpec:
+    """Return the LogSpec that writes a new log shaped like ``log`` (upgrade, salvage).
+
+    Args:
+        metrics: name -> (shape per env, dtype) of its custom metrics; read from ``log`` when None.
+    """
+    if metrics is None:
+        metrics = {
+            m: (tuple(log.dataset("metrics/" + m).shape[2:]), str(log.dataset("metrics/" + m).dtype))
+            for m in log.metric_names
+        }
+    return LogSpec(
+        n_envs=log.n_envs,
+        obs_dim=int(log.meta["obs_dim"]),
+        action_dim=int(log.meta["action_dim"]),
+        joint_names=log.joint_names,
+        body_names=log.body_names,
+        expert_names=log.expert_names,
+        term_names=log.term_names,
+        metrics=metrics,
+        sim_dt_s=log.sim_dt_s,
+        decimation=log.decimation,
+        frames_per_step=log.frames_per_step,
+        backend=str(log.meta["backend"]),
+    )
