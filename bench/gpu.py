@@ -122,23 +122,14 @@ def loop(backend, policy, n_steps, substep, writer=None):
     """moetape record's loop (loop._device_loop, without display): the policy on the device
     observation tensor, its action tensor back to the backend, step t appended after step t + 1 is
     launched. Seconds for n_steps, all committed (with a writer)."""
+    from moetape.record.loop import step_row
     from moetape.schema.writer import gate_entropy
 
     def append(pending, obs):
         res = pending.wait(writer.frame_rows() if writer is not None else None)
         if writer is not None:
             gate = res.kept["gate"]
-            step = {
-                "obs": obs,
-                "action": res.kept["action"],
-                "gate": gate,
-                "gate_entropy": gate_entropy(gate),
-                "reward": res.reward,
-                "done": res.done,
-                "timeout": res.timeout,
-            }
-            step.update(res.pre)
-            step.update({"terms/" + k: v for k, v in res.terms.items()})
+            step = step_row(obs, res.kept["action"], gate, gate_entropy(gate), res, backend, ())
             writer.append(step, res.frames)
         return res.obs
 
@@ -158,18 +149,11 @@ def loop(backend, policy, n_steps, substep, writer=None):
 
 
 def raw_write_mb_per_s(folder, n_bytes):
-    """MB/s of writing n_bytes in 8 MB blocks, then fsync, in ``folder``."""
-    block = os.urandom(8 << 20)
+    """MB/s of writing n_bytes in 8 MB blocks, then fsync, in ``folder`` (bench/write.py's baseline)."""
+    from write import run_raw  # bench/ is on sys.path: this script's own folder
+
     path = os.path.join(folder, "raw.bin")
-    t = time.perf_counter()
-    with open(path, "wb") as f:
-        left = n_bytes
-        while left > 0:
-            f.write(block[: min(left, len(block))])
-            left -= len(block)
-        f.flush()
-        os.fsync(f.fileno())
-    seconds = time.perf_counter() - t
+    seconds = run_raw(path, n_bytes)
     os.remove(path)
     return n_bytes / 1e6 / seconds
 

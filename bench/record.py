@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def rollout(policy, backend, n_steps, writer=None, substep=True):
     """Run n_steps policy steps; append every step to ``writer`` when given. Returns seconds."""
+    from moetape.record.loop import step_row
     from moetape.schema.writer import gate_entropy
 
     obs = backend.reset()
@@ -40,17 +41,7 @@ def rollout(policy, backend, n_steps, writer=None, substep=True):
         frames_out = writer.frame_rows() if writer is not None else None  # as moetape record does
         res = backend.step(action, substep_frames=substep, frames_out=frames_out)
         if writer is not None:
-            step = {
-                "obs": obs,
-                "action": action,
-                "gate": gate,
-                "gate_entropy": gate_entropy(gate),
-                "reward": res.reward,
-                "done": res.done,
-                "timeout": res.timeout,
-            }
-            step.update(res.pre)
-            step.update({"terms/" + k: v for k, v in res.terms.items()})
+            step = step_row(obs, action, gate, gate_entropy(gate), res, backend, ())
             writer.append(step, res.frames)
         obs = res.obs
     if writer is not None:

@@ -17,7 +17,7 @@ from moetape.schema import layout
 from moetape.schema.writer import LogWriter, gate_entropy
 
 
-def _step_row(
+def step_row(
     obs: np.ndarray,
     action: np.ndarray,
     gate: np.ndarray,
@@ -71,7 +71,7 @@ def _loop(
                 action, gate = policy.policy_step(obs)
                 result = backend.step(action, substep_frames=substep, frames_out=writer.frame_rows())
                 entropy = gate_entropy(gate)
-                step = _step_row(obs, action, gate, entropy, result, backend, metrics)
+                step = step_row(obs, action, gate, entropy, result, backend, metrics)
                 writer.append(step, result.frames)
                 if s == 0:
                     started()
@@ -155,7 +155,7 @@ def _device_loop(
         result = item.pending.wait(writer.frame_rows())
         gate = result.kept["gate"]
         entropy = gate_entropy(gate)
-        step = _step_row(item.obs(), result.kept["action"], gate, entropy, result, backend, metrics)
+        step = step_row(item.obs(), result.kept["action"], gate, entropy, result, backend, metrics)
         writer.append(step, result.frames)
         if item.step == 0:
             started()

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from moetape.record.backend import Backend
-from moetape.record.loop import _device_loop, _Launched, _loop, _step_row
+from moetape.record.loop import _device_loop, _Launched, _loop, step_row
 from moetape.record.run_config import (
     FRAMES_CHOICES,
     POLICY_RATE_BACKENDS,
@@ -54,7 +54,7 @@ __all__ = [  # the loops and the data types live in record/loop.py and record/ru
     "_Launched",
     "_device_loop",
     "_loop",
-    "_step_row",
+    "step_row",
     "build_backend",
     "check_inputs",
     "prepare_out",
