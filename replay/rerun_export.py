@@ -10,19 +10,21 @@ Entity paths (``e`` = env index; every env under its own path):
     env<e>/robot/<body>             Transform3D per frame row: the body's world pose (frames/body_*)
     env<e>/robot/<body>/<kind>      static: the body's geoms from the stored MJCF, one batch per kind
                                     (Boxes3D, Capsules3D, Cylinders3D, Ellipsoids3D; sphere = Ellipsoids3D)
-    env<e>/skeleton/bodies, links   logs without a model: Points3D + LineStrips3D per frame row,
-                                    parents as ``moetape render`` infers them (replay/skeleton.py)
+    env<e>/skeleton                 logs without a model, per frame row: Points3D (the bodies) and
+                                    LineStrips3D (links to the parents ``moetape render`` infers,
+                                    replay/skeleton.py) on one entity
     env<e>/ee, env<e>/target        Transform3D per step (+ static axes, and a static marker point
-                                    at ee/marker, target/marker that moves with the pose)
-    env<e>/ee_to_target             LineStrips3D per step
+                                    at ee/marker, target/marker that moves with the pose); env<e>/ee
+                                    also holds the line from the EE to the target (LineStrips3D, in
+                                    the EE's own frame: (0, 0, 0) to R_ee^T (target_pos - ee_pos))
     env<e>/future_targets           Points3D per frame row: frames/target_future_pos (8 poses)
-    env<e>/gate/<expert>            Scalars per step: gate weight
+    env<e>/gate                     Scalars per step, one series per expert (expert_names): gate weight
     env<e>/gate_entropy             Scalars per step (natural log)
     env<e>/action                   Scalars per step, one series per joint (joint_names)
-    env<e>/reward/total             Scalars per step; env<e>/terms/<name>, env<e>/metrics/<name> too
-    env<e>/error/ee_pos_m           |target_pos - ee_pos| per step, m
-    env<e>/error/ee_rot_rad         angle between target and EE orientation per step, rad
-    env<e>/episode/id               Scalars per step: the episode counter
+    env<e>/reward                   Scalars per step: the total, then one series per term (term_names)
+    env<e>/metrics                  Scalars per step, one series per scalar metric (if the log has any)
+    env<e>/error                    Scalars per step: |target_pos - ee_pos| (m), then the angle
+                                    between target and EE orientation (rad)
     env<e>/episode/events           TextLog at each step where an episode ended (done; "timeout" noted)
     notes/stale_after_reset         static TextLog, logs that mark stale rows (see below)
 Timelines: ``step`` (policy step, sequence) and ``sim_time`` (simulated seconds: step * policy_dt_s;
@@ -30,6 +32,8 @@ a frame row's own time (step * decimation + substep) * sim_dt_s). The recording'
 is the property ``created_utc``. Recording properties ``moetape``: log id, command line, versions,
 run status, checkpoint / trajectory / model hashes and the whole provenance JSON.
 
+Several series of one kind share an entity (one row per step carries them all): Rerun's cost is
+mostly per row and entity, so this keeps an all-envs export of many envs affordable.
 Speed: the log is read in chunks of about ``EXPORT_CHUNK_BYTES`` of the selected envs (memory stays
 bounded whatever the log's length); each chunk goes out as one ``send_columns`` call per entity,
 its Arrow columns built straight from the numpy arrays (no per-row Python; every env's column is
@@ -120,6 +124,20 @@ def rot_error(q_ee: npt.NDArray[np.float32], q_target: npt.NDArray[np.float32]) 
     nb = np.linalg.norm(b, axis=-1)
     dot = np.abs(np.sum(a * b, axis=-1)) / np.maximum(na * nb, 1e-12)
     return 2.0 * np.arccos(np.clip(dot, 0.0, 1.0))
+
+
+def rotate_inverse(q_xyzw: npt.NDArray[Any], v: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Return ``v`` (..., 3) in the frame of the orientations ``q_xyzw`` (..., 4): R(q)^T v, float32.
+
+    The quaternions are normalised first; a zero quaternion counts as the identity.
+    """
+    q = np.asarray(q_xyzw, np.float64)
+    n = np.linalg.norm(q, axis=-1, keepdims=True)
+    q = np.where(n > 1e-12, q / np.maximum(n, 1e-12), np.array([0.0, 0.0, 0.0, 1.0]))
+    u, w = -q[..., :3], q[..., 3:]  # the conjugate's vector part
+    vv = np.asarray(v, np.float64)
+    t = 2.0 * np.cross(u, vv)
+    return np.asarray(vv + w * t + np.cross(u, t), np.float32)
 
 
 # ---------------------------------------------------------------------------------------- the writer
@@ -228,35 +246,37 @@ class RecordingWriter:
         def ee_cols(c: Columns) -> Columns:
             return c if keep is None else c.blocks(keep.sum(axis=1))
 
+        def series(fields: Sequence[str]) -> Columns:  # one entity, one series per field: (env, steps, k)
+            return Columns.scalars(em(np.stack([d[f] for f in fields], axis=-1)), batch=True)
+
         scalars = {
+            "gate": Columns.scalars(em(d["gate"]), batch=True),
             "gate_entropy": Columns.scalars(em(d["gate_entropy"])),
             "action": Columns.scalars(em(d["action"]), batch=True),
-            "reward/total": Columns.scalars(em(d["reward"])),
-            "episode/id": Columns.scalars(em(d["episode"])),
+            "reward": series(["reward"] + ["terms/" + t for t in log.term_names]),
         }
-        ee_scalars = {
-            "error/ee_pos_m": ee_cols(Columns.scalars(ee_rows(em(pos_error(d["ee_pos"], d["target_pos"]))))),
-            "error/ee_rot_rad": ee_cols(
-                Columns.scalars(ee_rows(em(rot_error(d["ee_quat_xyzw"], d["target_quat_xyzw"]))))
-            ),
-        }
-        for t in log.term_names:
-            scalars["terms/" + t] = Columns.scalars(em(d["terms/" + t]))
-        for m in self.scalar_metrics:
-            scalars["metrics/" + m] = Columns.scalars(em(d["metrics/" + m]))
-        n_exp = d["gate"].shape[-1]
-        gate = Columns.scalars(np.transpose(d["gate"], (1, 2, 0)))  # blocks (env, expert)
+        if self.scalar_metrics:
+            scalars["metrics"] = series(["metrics/" + m for m in self.scalar_metrics])
         ee_pos, target_pos = em(d["ee_pos"], np.float32), em(d["target_pos"], np.float32)
-        ee_pose = (
+        ee_quat = em(d["ee_quat_xyzw"])
+        errors = np.stack(
+            [pos_error(ee_pos, target_pos), rot_error(ee_quat, em(d["target_quat_xyzw"]))], axis=-1
+        )
+        error = ee_cols(Columns.scalars(ee_rows(errors), batch=True))
+        # the EE entity: its pose, and the line to the target in the EE's own frame (one row per step)
+        to_target = rotate_inverse(ee_quat, target_pos - ee_pos)
+        seg = np.stack([np.zeros_like(to_target), to_target], axis=-2)[
+            ..., None, :, :
+        ]  # (env, step, 1, 2, 3)
+        ee = (
             ee_cols(Columns.vectors("Transform3D:translation", ee_rows(ee_pos))),
-            ee_cols(Columns.vectors("Transform3D:quaternion", ee_rows(em(d["ee_quat_xyzw"])))),
+            ee_cols(Columns.vectors("Transform3D:quaternion", ee_rows(ee_quat))),
+            ee_cols(Columns.strips(ee_rows(seg))),
         )
         target_pose = (
             Columns.vectors("Transform3D:translation", target_pos),
             Columns.vectors("Transform3D:quaternion", em(d["target_quat_xyzw"])),
         )
-        # (env, step, 1, 2, 3)
-        seg = ee_cols(Columns.strips(ee_rows(np.stack([ee_pos, target_pos], axis=2)[:, :, None])))
         fut = Columns.vectors(
             "Points3D:positions",
             em(d["frames/target_future_pos"]),
@@ -280,18 +300,13 @@ class RecordingWriter:
                     b = col * n_bodies + i
                     out.append((f"{p}/robot/{log.body_names[i]}", fidx, [body_t[b], body_q[b]]))
             else:
-                for path, c in skel.items():
-                    out.append((f"{p}/skeleton/{path}", fidx, [c[col]]))
+                out.append((f"{p}/skeleton", fidx, [c[col] for c in skel]))
             out.append((f"{p}/future_targets", fidx, [fut[col]]))
             out.append((f"{p}/target", idx, [target_pose[0][col], target_pose[1][col]]))
             if keep is None or keep[col].any():
                 ei = ee_idx[col]
-                out.append((f"{p}/ee", ei, [ee_pose[0][col], ee_pose[1][col]]))
-                out.append((f"{p}/ee_to_target", ei, [seg[col]]))
-                for path, c in ee_scalars.items():
-                    out.append((f"{p}/{path}", ei, [c[col]]))
-            for k, name in enumerate(log.expert_names):
-                out.append((f"{p}/gate/{name}", idx, [gate[col * n_exp + k]]))
+                out.append((f"{p}/ee", ei, [c[col] for c in ee]))
+                out.append((f"{p}/error", ei, [error[col]]))
             for path, c in scalars.items():
                 out.append((f"{p}/{path}", idx, [c[col]]))
             ended = np.flatnonzero(done[:, col])
@@ -309,15 +324,15 @@ class RecordingWriter:
                 out.append((f"{p}/episode/events", sub, rr.TextLog.columns(text=texts)))
         return out
 
-    def _skeleton_columns(self, bpos: npt.NDArray[np.float32]) -> Dict[str, Columns]:
+    def _skeleton_columns(self, bpos: npt.NDArray[np.float32]) -> List[Columns]:
         """Bodies (env, rows, bodies, 3) as points a row, and the links to their parents as strips."""
         if self.parents is None:
             self.parents = skeleton.infer_parents(self.log.body_names, bpos[0, 0])
-        out = {"bodies": Columns.vectors("Points3D:positions", bpos, batch=True)}
+        out = [Columns.vectors("Points3D:positions", bpos, batch=True)]
         links = [(par, i) for i, par in enumerate(self.parents) if par >= 0]
         if links:  # (env, rows, links, 2, 3)
             seg = np.stack([bpos[:, :, [a for a, _ in links]], bpos[:, :, [c for _, c in links]]], axis=3)
-            out["links"] = Columns.strips(seg)
+            out.append(Columns.strips(seg))
         return out
 
 

@@ -20,6 +20,7 @@ from moetape.schema.reader import Log
 
 AXIS_LENGTH_M = 0.08
 GATE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+ERROR_SERIES = ("position error (m)", "orientation error (rad)")  # env<e>/error, in this order
 CAMERA_OFFSET_M = np.array([0.8, 0.3, 0.3]) * 1.5  # the legacy video camera, as `moetape render` uses
 STALE_NOTE = (
     "This log marks stale rows (stale_after_reset: {}): on each new episode's first step they hold the "
@@ -123,7 +124,7 @@ def blueprint(log: Log, env: int, *, model: bool = True) -> rrb.Blueprint:
     root in the first frame) and follows the root body.
     """
     p = f"/env{env}"
-    root = f"{p}/robot/{log.body_names[0]}" if model and log.body_names else f"{p}/skeleton/bodies"
+    root = f"{p}/robot/{log.body_names[0]}" if model and log.body_names else f"{p}/skeleton"
     eye = rrb.EyeControls3D(tracking_entity=root)
     if log.n_frames > 0:
         r0 = np.asarray(log.read("frames/root_pos", 0, 1, env=env)[0], np.float64)
@@ -180,20 +181,39 @@ def send_static(
         per_env.append(
             (f"{what}/marker", rr.Points3D([[0, 0, 0]], radii=0.012, colors=[_rgba8(color + (1.0,))]))
         )
+    # styles only (no positions or strips): static data of a component would hide its rows
     per_env += [
-        ("ee_to_target", rr.LineStrips3D([], colors=[[255, 216, 26, 255]], radii=0.003)),
-        ("future_targets", rr.Points3D(np.zeros((0, 3)), colors=[[255, 170, 0, 200]], radii=0.01)),
-    ]
-    for k, name in enumerate(log.expert_names):
-        per_env.append(
-            (f"gate/{name}", rr.SeriesLines(names=name, colors=[GATE_COLORS[k % len(GATE_COLORS)]]))
-        )
-    per_env += [
+        ("ee", rr.LineStrips3D.from_fields(colors=[[255, 216, 26, 255]], radii=0.003)),
+        ("future_targets", rr.Points3D.from_fields(colors=[[255, 170, 0, 200]], radii=0.01)),
+        (
+            "gate",
+            rr.SeriesLines(
+                names=list(log.expert_names),
+                colors=[GATE_COLORS[k % len(GATE_COLORS)] for k in range(len(log.expert_names))],
+            ),
+        ),
         ("gate_entropy", rr.SeriesLines(names="entropy", colors=[[90, 90, 90]])),
         ("action", rr.SeriesLines(names=log.joint_names)),
-        ("error/ee_pos_m", rr.SeriesLines(names="position error (m)")),
-        ("error/ee_rot_rad", rr.SeriesLines(names="orientation error (rad)")),
+        ("error", rr.SeriesLines(names=list(ERROR_SERIES))),
+        ("reward", rr.SeriesLines(names=["total"] + list(log.term_names))),
     ]
+    if model is None:
+        per_env += [
+            # the colours and sizes ``moetape render`` draws the skeleton with
+            (
+                "skeleton",
+                rr.Points3D.from_fields(colors=[_rgba8(skeleton.BODY_RGBA)], radii=skeleton.SPHERE_RADIUS_M),
+            ),
+            (
+                "skeleton",
+                rr.LineStrips3D.from_fields(
+                    colors=[_rgba8(skeleton.LINK_RGBA)], radii=skeleton.LINK_RADIUS_M
+                ),
+            ),
+        ]
+    metrics = [m for m in log.metric_names if log.dataset("metrics/" + m).ndim == 2]
+    if metrics:
+        per_env.append(("metrics", rr.SeriesLines(names=metrics)))
     for e in envs:
         for path, arch in per_env:
             rec.log(f"env{e}/{path}", arch, static=True)

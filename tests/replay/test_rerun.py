@@ -35,6 +35,7 @@ from moetape.replay import rerun_export as rx  # noqa: E402
 from moetape.replay import rerun_view as rv  # noqa: E402
 from moetape.replay.mjcf import parse_mjcf  # noqa: E402
 from moetape.replay.rerun_scene import GATE_COLORS  # noqa: E402
+from moetape.replay.skeleton import quat_xyzw_to_mat as quat_to_mat  # noqa: E402
 
 # moetape writes .rrd files without Rerun's footer (memory stays bounded); Rerun's reader says so
 pytestmark = pytest.mark.filterwarnings("ignore:RRD file has no footer")
@@ -109,11 +110,10 @@ def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_pa
     with open_log(model_log) as log:
         for e in (0, 1):
             p = f"/env{e}"
-            for k, name in enumerate(log.expert_names):
-                vals, steps = column(data[f"{p}/gate/{name}"], "Scalars:scalars")
-                assert steps == list(range(12))
-                np.testing.assert_allclose(np.ravel(vals), log.read("gate", env=e)[:, k], rtol=1e-6)
-            assert set(next(en for en in data[f"{p}/gate/base"] if not en["static"])["timelines"]) == {
+            vals, steps = column(data[f"{p}/gate"], "Scalars:scalars")  # one series per expert
+            assert steps == list(range(12))
+            np.testing.assert_allclose(np.array(vals), log.read("gate", env=e), rtol=1e-6)
+            assert set(next(en for en in data[f"{p}/gate"] if not en["static"])["timelines"]) == {
                 "step",
                 "sim_time",
             }
@@ -136,15 +136,26 @@ def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_pa
             assert steps == done.tolist() and len(done) > 0
             ep, to = log.read("episode", env=e), log.read("timeout", env=e)
             assert texts == [[f"episode {ep[i]} ended" + (" (timeout)" if to[i] else "")] for i in done]
-            err, _ = column(data[f"{p}/error/ee_pos_m"], "Scalars:scalars")
-            want = np.linalg.norm(log.read("target_pos", env=e) - log.read("ee_pos", env=e), axis=-1)
-            np.testing.assert_allclose(np.ravel(err), want, rtol=1e-5)
+            err, _ = column(data[f"{p}/error"], "Scalars:scalars")  # position (m), orientation (rad)
+            ee, target = log.read("ee_pos", env=e), log.read("target_pos", env=e)
+            np.testing.assert_allclose(np.array(err)[:, 0], np.linalg.norm(target - ee, axis=-1), rtol=1e-5)
+            np.testing.assert_allclose(
+                np.array(err)[:, 1],
+                rx.rot_error(log.read("ee_quat_xyzw", env=e), log.read("target_quat_xyzw", env=e)),
+                rtol=1e-5,
+            )
+            rew, _ = column(data[f"{p}/reward"], "Scalars:scalars")  # the total, then the terms
+            want = [log.read("reward", env=e)] + [log.read("terms/" + t, env=e) for t in log.term_names]
+            np.testing.assert_allclose(np.array(rew), np.stack(want, axis=-1), rtol=1e-6)
             act, _ = column(data[f"{p}/action"], "Scalars:scalars")
             np.testing.assert_allclose(np.array(act), log.read("action", env=e), rtol=1e-6)
-            # the EE-target line and the future targets, per step / frame row as recorded
-            strips, _ = column(data[f"{p}/ee_to_target"], "LineStrips3D:strips")
-            want = np.stack([log.read("ee_pos", env=e), log.read("target_pos", env=e)], axis=1)
-            np.testing.assert_allclose(np.array(strips)[:, 0], want, rtol=1e-6)
+            # the EE-target line in the EE's frame: put back in the world by the EE pose, it ends on the target
+            strips, _ = column(data[f"{p}/ee"], "LineStrips3D:strips")
+            quats, _ = column(data[f"{p}/ee"], "Transform3D:quaternion")
+            local = np.array(strips)[:, 0]
+            np.testing.assert_allclose(local[:, 0], 0.0, atol=1e-7)
+            world = np.stack([ee[i] + quat_to_mat(np.ravel(q)) @ local[i, 1] for i, q in enumerate(quats)])
+            np.testing.assert_allclose(world, target, rtol=1e-5, atol=1e-6)
             fut = [
                 f for en in data[f"{p}/future_targets"] if not en["static"] for f in en["Points3D:positions"]
             ]
@@ -170,11 +181,11 @@ def test_export_sends_each_entity_once_per_chunk_and_markers_are_static(model_lo
     monkeypatch.setattr(rr.RecordingStream, "send_columns", counting)
     out = tmp_path / "chunks.rrd"
     rx.export_rerun(model_log, str(out), chunk_steps=5)
-    assert calls["env1/gate/arm"] == 3 and calls["env0/robot/body2"] == 3 and calls["env0/ee"] == 3
+    assert calls["env1/gate"] == 3 and calls["env0/robot/body2"] == 3 and calls["env0/ee"] == 3
     assert not any("marker" in p for p in calls)
     data = read_rrd(str(out))
     assert all(en["static"] for en in data["/env0/ee/marker"]) and "/env0/ee_marker" not in data
-    _, steps = column(data["/env1/gate/arm"], "Scalars:scalars")
+    _, steps = column(data["/env1/gate"], "Scalars:scalars")
     assert steps == list(range(12))
 
 
@@ -247,7 +258,7 @@ def test_export_one_env_and_a_step_range(model_log, tmp_path):
     assert res.exit_code == 0, res.output
     data = read_rrd(str(out))
     assert not any(k.startswith("/env0") for k in data)
-    _, steps = column(data["/env1/gate/arm"], "Scalars:scalars")
+    _, steps = column(data["/env1/gate"], "Scalars:scalars")
     assert steps == [3, 4, 5, 6]
     with open_log(model_log) as log:
         tr = [
@@ -265,10 +276,11 @@ def test_log_without_model_exports_the_skeleton(tmp_path):
     res = run_cli(["export", "rerun", log_path, "-o", str(out), "-q"])
     assert res.exit_code == 0 and "skeleton mode" in res.stderr
     data = read_rrd(str(out))
-    pts = [p for en in data["/env0/skeleton/bodies"] for p in en["Points3D:positions"]]
+    pts = [p for en in data["/env0/skeleton"] if not en["static"] for p in en["Points3D:positions"]]
     with open_log(log_path) as log:
         np.testing.assert_allclose(np.array(pts), log.read("frames/body_pos", env=0), rtol=1e-6)
-    assert "/env0/skeleton/links" in data and not any("/robot/" in k for k in data)
+    links = [s for en in data["/env0/skeleton"] if not en["static"] for s in en["LineStrips3D:strips"]]
+    assert len(links) == len(pts) and not any("/robot/" in k for k in data)
 
 
 # ------------------------------------------------------------------------------------------ MJCF
@@ -339,7 +351,7 @@ def test_crashed_log_exports_the_committed_steps_and_says_so(tmp_path):
     assert res.stderr.splitlines()[0] == (
         f"note: {path}: run status 'running' (crashed, interrupted or still recording): exporting the 5 committed steps."
     )
-    _, steps = column(read_rrd(str(out))["/env0/gate/base"], "Scalars:scalars")
+    _, steps = column(read_rrd(str(out))["/env0/gate"], "Scalars:scalars")
     assert steps == [0, 1, 2, 3, 4]
 
 

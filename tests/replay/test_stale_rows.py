@@ -327,19 +327,18 @@ def test_export_rerun_sends_fresh_body_rows_and_leaves_stale_ee_out(logs, tmp_pa
             if fps == 1:  # none precedes the first stale step of these logs: render takes the next one
                 assert (src >= 0).all()
             body = log.read("frames/body_pos", env=env)
-            pts = np.array([v for _, v in data[f"/env{env}/skeleton/bodies"]["Points3D:positions"]])
+            pts = np.array([v for _, v in data[f"/env{env}/skeleton"]["Points3D:positions"]])
             np.testing.assert_allclose(pts, body[src], rtol=1e-6)
             if stale.any():
                 assert not np.allclose(pts, body)  # the stale rows were replaced
             for path, comp in (
                 ("ee", "Transform3D:translation"),
-                ("ee_to_target", "LineStrips3D:strips"),
-                ("error/ee_pos_m", "Scalars:scalars"),
-                ("error/ee_rot_rad", "Scalars:scalars"),
+                ("ee", "LineStrips3D:strips"),
+                ("error", "Scalars:scalars"),
             ):
                 steps = [s for s, _ in data[f"/env{env}/{path}"][comp]]
                 assert steps == np.flatnonzero(~stale).tolist(), path
-            err = np.ravel([v for _, v in data[f"/env{env}/error/ee_pos_m"]["Scalars:scalars"]])
+            err = np.array([v for _, v in data[f"/env{env}/error"]["Scalars:scalars"]])[:, 0]
             want = np.linalg.norm(log.read("target_pos", env=env) - log.read("ee_pos", env=env), axis=-1)
             np.testing.assert_allclose(err, want[~stale], rtol=1e-5)
             tr = [s for s, _ in data[f"/env{env}/target"]["Transform3D:translation"]]
@@ -364,7 +363,7 @@ def test_export_rerun_policy_log_from_a_stale_start_uses_the_step_before(logs, t
         body = log.read("frames/body_pos", env=0)
     out = tmp_path / "y.rrd"
     rx.export_rerun(logs["policy"], str(out), env=0, steps=(s, None), chunk_steps=2)
-    pts = [v for _, v in _read_rrd(str(out))["/env0/skeleton/bodies"]["Points3D:positions"]]
+    pts = [v for _, v in _read_rrd(str(out))["/env0/skeleton"]["Points3D:positions"]]
     np.testing.assert_allclose(np.array(pts[0]), body[s - 1], rtol=1e-6)
     assert not np.allclose(body[s - 1], body[s])
 
