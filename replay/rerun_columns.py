@@ -31,6 +31,7 @@ def _template(component: str) -> Tuple[Any, pa.DataType]:
             rr.Scalars.columns(scalars=np.zeros(1)),
             rr.Points3D.columns(positions=v3),
             rr.LineStrips3D.columns(strips=[np.zeros((2, 3), np.float32)]),
+            rr.Boxes3D.columns(centers=v3, quaternions=np.array([[0, 0, 0, 1]], np.float32)),
         ):
             for c in cols:
                 d = c.component_descriptor()

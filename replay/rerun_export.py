@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +73,7 @@ RRD_NAME = "recording.rrd"
 EXPORT_CHUNK_BYTES = 16 << 20  # log bytes (of the selected envs) read and sent per chunk
 STALE_SENT = ("steps/ee_pos", "steps/ee_quat_xyzw", "frames/body_pos", "frames/body_quat_xyzw")
 
+LAYOUTS = ("per-env", "per-field")
 EnvArg = Union[None, int, str, Sequence[int]]
 StepsArg = Optional[Tuple[Optional[int], Optional[int]]]
 Progress = Callable[[int, int], None]
@@ -126,23 +127,35 @@ def rot_error(q_ee: npt.NDArray[np.float32], q_target: npt.NDArray[np.float32]) 
     return 2.0 * np.arccos(np.clip(dot, 0.0, 1.0))
 
 
-def rotate_inverse(q_xyzw: npt.NDArray[Any], v: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    """Return ``v`` (..., 3) in the frame of the orientations ``q_xyzw`` (..., 4): R(q)^T v, float32.
+def frame_axes(q_xyzw: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Return the x, y, z axes (the columns of R(q)) of orientations (..., 4) (x, y, z, w): (..., 3, 3), float32.
 
-    The quaternions are normalised first; a zero quaternion counts as the identity.
+    ``out[..., k, :]`` is axis k in the world. The quaternions need not be unit; a zero one is the identity.
     """
-    q = np.asarray(q_xyzw, np.float64)
-    n = np.linalg.norm(q, axis=-1, keepdims=True)
-    q = np.where(n > 1e-12, q / np.maximum(n, 1e-12), np.array([0.0, 0.0, 0.0, 1.0]))
-    u, w = -q[..., :3], q[..., 3:]  # the conjugate's vector part
-    vv = np.asarray(v, np.float64)
-    t = 2.0 * np.cross(u, vv)
-    return np.asarray(vv + w * t + np.cross(u, t), np.float32)
+    q = np.asarray(q_xyzw, np.float32)
+    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    n2 = x * x + y * y + z * z + w * w
+    s = np.divide(np.float32(2.0), n2, out=np.zeros_like(n2), where=n2 > 1e-12)
+    xx, yy, zz = s * x * x, s * y * y, s * z * z
+    xy, xz, yz = s * x * y, s * x * z, s * y * z
+    wx, wy, wz = s * w * x, s * w * y, s * w * z
+    out = np.empty(q.shape[:-1] + (3, 3), np.float32)
+    out[..., 0, 0], out[..., 0, 1], out[..., 0, 2] = 1 - yy - zz, xy + wz, xz - wy
+    out[..., 1, 0], out[..., 1, 1], out[..., 1, 2] = xy - wz, 1 - xx - zz, yz + wx
+    out[..., 2, 0], out[..., 2, 1], out[..., 2, 2] = xz + wy, yz - wx, 1 - xx - yy
+    return out
+
+
+def rotate_inverse(q_xyzw: npt.NDArray[Any], v: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Return ``v`` (..., 3) in the frame of the orientations ``q_xyzw`` (..., 4): R(q)^T v, float32."""
+    return np.einsum("...kj,...j->...k", frame_axes(q_xyzw), np.asarray(v, np.float32))
 
 
 # ---------------------------------------------------------------------------------------- the writer
 class RecordingWriter:
-    """Send a log's static parts, then chunks of steps, to a RecordingStream (any sink)."""
+    """Send a log's static parts, then chunks of steps, to a RecordingStream (any sink): the per-env layout."""
+
+    layout = "per-env"
 
     def __init__(self, rec: rr.RecordingStream, log: Log, envs: Sequence[int]) -> None:
         self.rec, self.log, self.envs = rec, log, list(envs)
@@ -190,6 +203,10 @@ class RecordingWriter:
         if set(self.log.stale_after_reset) & set(STALE_SENT):  # the rows stale_rule needs
             f.append("step_in_episode")
         return f + ["terms/" + t for t in self.log.term_names] + ["metrics/" + m for m in self.scalar_metrics]
+
+    def blueprint(self) -> Any:
+        """The default layout: env ``envs[0]``'s 3D scene beside its gate / entropy / error plots."""
+        return blueprint(self.log, self.envs[0], model=self.model is not None)
 
     def send_static(self) -> None:
         """Send the recording properties, the geoms, the axes and the series styles (static)."""
@@ -337,6 +354,21 @@ class RecordingWriter:
 
 
 # ---------------------------------------------------------------------------------------- export
+def writer_for(layout: str) -> Type[RecordingWriter]:
+    """Return the writer class of a layout name ("per-env" or "per-field").
+
+    Raises:
+        InputError: another name.
+    """
+    if layout == "per-env":
+        return RecordingWriter
+    if layout == "per-field":
+        from moetape.replay.rerun_fields import FieldsWriter
+
+        return FieldsWriter
+    raise InputError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}.")
+
+
 def new_recording(log: Log, *, suffix: str = "") -> rr.RecordingStream:
     """Return a RecordingStream for ``log`` (application "moetape", recording id = the log id)."""
     return rr.RecordingStream(APP_ID, recording_id=log.log_id + suffix)
@@ -424,6 +456,7 @@ def export_rerun(
     force: bool = False,
     progress: Optional[Progress] = None,
     chunk_steps: Optional[int] = None,
+    layout: str = "per-env",
 ) -> Dict[str, Any]:
     """Write a log (or some envs / steps of it) as a Rerun recording (.rrd), streaming.
 
@@ -432,17 +465,20 @@ def export_rerun(
         steps: (A, B) policy steps, either None; default all committed steps.
         progress: called with (steps done, steps total).
         chunk_steps: policy steps per chunk; default about ``EXPORT_CHUNK_BYTES`` of log data.
+        layout: "per-env" (every env under env<e>/, see the module docstring) or "per-field" (each
+            field one entity holding every env: ``moetape.replay.rerun_fields``).
 
     Returns:
         {"path", "envs", "steps": [start, stop], "n_steps", "mode" ("model" | "skeleton"),
-        "run_status", "recovered" (datasets whose torn last chunk was read), "unmatched_bodies",
+        "layout", "run_status", "recovered" (datasets whose torn last chunk was read), "unmatched_bodies",
         "skipped_geoms", "stale_after_reset" ({"fields", "ee_env_steps_left_out",
         "body_rows_replaced"}: see the module docstring), "bytes"}.
 
     Raises:
-        InputError: env or steps out of range. OutputExistsError: ``out`` exists without ``force``.
+        InputError: env or steps out of range, an unknown layout. OutputExistsError: ``out`` exists without ``force``.
         LogFormatError / LogReadError / NewerFormatError: see ``open_log``.
     """
+    writer_class = writer_for(layout)
     with open_log(log_path) as log:
         envs = select_envs(log, env)
         start, stop = select_steps(log, steps)
@@ -450,8 +486,8 @@ def export_rerun(
         writer: Optional[RecordingWriter] = None
         with atomic_output(path, force=force, suffix=".rrd") as tmp:
             rec = new_recording(log)
-            writer = RecordingWriter(rec, log, envs)
-            save_without_footer(rec, tmp, blueprint(log, envs[0], model=writer.model is not None))
+            writer = writer_class(rec, log, envs)
+            save_without_footer(rec, tmp, writer.blueprint())
             writer.send_static()
             stream_steps(writer, start, stop, progress=progress, chunk_steps=chunk_steps)
             rec.disconnect()
@@ -461,6 +497,7 @@ def export_rerun(
             "steps": [start, stop],
             "n_steps": stop - start,
             "mode": writer.mode,
+            "layout": writer.layout,
             "run_status": log.run_status,
             "recovered": sorted(log.recovered),
             "unmatched_bodies": writer.unmatched_bodies,
