@@ -31,6 +31,9 @@ def load_rerun_export(command: str, module: str = "rerun_export") -> ModuleType:
     return rerun_export
 
 
+PER_ENV_HINT_ENVS = 16  # more envs than this in the per-env layout: a note names --layout per-field
+
+
 @click.command("rerun", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("log", type=click.Path(dir_okay=False))
 @click.option(
@@ -47,9 +50,18 @@ def load_rerun_export(command: str, module: str = "rerun_export") -> ModuleType:
     default=None,
     help="Only policy steps A to B-1 (A:B, as a Python slice; :B and A: too). Default: every step.",
 )
+@click.option(
+    "--layout",
+    type=click.Choice(["per-env", "per-field"]),
+    default="per-env",
+    show_default=True,
+    help="per-env: every env under its own path env<i>/ (the robot's geoms posed per env). "
+    "per-field: each field one entity holding every env (one series per env in each plot; the robots "
+    "as skeletons, the EE and target poses as boxes): much faster to write and view for many envs.",
+)
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def export_rerun_cmd(log: str, out: str, env: str, steps: Any, force: bool, quiet: bool) -> None:
+def export_rerun_cmd(log: str, out: str, env: str, steps: Any, layout: str, force: bool, quiet: bool) -> None:
     """Write a Rerun recording (.rrd): robot in 3D, targets, gate and errors on shared timelines.
 
     The robot is drawn from the MJCF stored in the log (a skeleton of the recorded bodies when the log
@@ -61,6 +73,7 @@ def export_rerun_cmd(log: str, out: str, env: str, steps: Any, force: bool, quie
     Example:
       moetape export rerun runs/demo/log.h5 -o demo.rrd
       moetape export rerun runs/demo/log.h5 -o env2.rrd --env 2 --steps 0:250
+      moetape export rerun runs/sweep/log.h5 -o all.rrd --layout per-field
     """
     rx = load_rerun_export("export rerun")
     from moetape.schema.reader import open_log
@@ -73,19 +86,26 @@ def export_rerun_cmd(log: str, out: str, env: str, steps: Any, force: bool, quie
                 err=True,
             )
         n = len(rx.select_envs(lg, env))
+    if layout == "per-env" and n > PER_ENV_HINT_ENVS:
+        click.echo(
+            f"note: {n} envs in the per-env layout are {n} copies of every entity; "
+            "--layout per-field writes each field once for all envs, several times faster.",
+            err=True,
+        )
     bar = ProgressBar("exporting", quiet=quiet)
     try:
-        info = rx.export_rerun(log, out, env=env, steps=steps, force=force, progress=bar)
+        info = rx.export_rerun(log, out, env=env, steps=steps, force=force, progress=bar, layout=layout)
     finally:
         bar.close()
     _notes(info)
     click.echo(
-        "wrote {} (steps {}:{}, {} env{}, {} mode, {:,} bytes)".format(
+        "wrote {} (steps {}:{}, {} env{}, {} layout, {} mode, {:,} bytes)".format(
             info["path"],
             info["steps"][0],
             info["steps"][1],
             n,
             "" if n == 1 else "s",
+            info["layout"],
             info["mode"],
             info["bytes"],
         ),

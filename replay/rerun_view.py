@@ -30,7 +30,6 @@ from moetape.replay.rerun_export import (
     select_envs,
     stream_steps,
 )
-from moetape.replay.rerun_scene import blueprint
 from moetape.schema.errors import InputError, LogError
 from moetape.schema.reader import open_log
 
@@ -244,9 +243,7 @@ def view_rerun(
                 info["url"] = web_url(web_port, grpc)
             rec = new_recording(log)
             writer = RecordingWriter(rec, log, envs)
-            rec.connect_grpc(
-                grpc_url, default_blueprint=blueprint(log, envs[0], model=writer.model is not None)
-            )
+            rec.connect_grpc(grpc_url, default_blueprint=writer.blueprint())
             if on_ready is not None:
                 on_ready(info)
             writer.send_static()

@@ -105,7 +105,9 @@ def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_pa
     out = tmp_path / "run.rrd"
     res = run_cli(["export", "rerun", model_log, "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
-    assert res.stdout == "" and res.stderr.startswith(f"wrote {out} (steps 0:12, 2 envs, model mode")
+    assert res.stdout == "" and res.stderr.startswith(
+        f"wrote {out} (steps 0:12, 2 envs, per-env layout, model mode"
+    )
     data = read_rrd(str(out))
     with open_log(model_log) as log:
         for e in (0, 1):
@@ -167,6 +169,67 @@ def test_export_rrd_has_entities_timelines_and_the_logs_values(model_log, tmp_pa
     assert "/env0/robot/body2/box" not in data and "/world/geoms/plane" in data
     rec = RrdReader(str(out))
     assert len(rec.recordings()) == 1 and len(rec.blueprints()) == 1
+
+
+def test_per_field_layout_holds_every_env_in_each_fields_entity(model_log, tmp_path):
+    """--layout per-field: one entity per field, the envs its instances (series env<e>), values as logged."""
+    out = tmp_path / "fields.rrd"
+    res = run_cli(["export", "rerun", model_log, "-o", str(out), "-q", "--layout", "per-field"])
+    assert res.exit_code == 0, res.output
+    assert "per-field layout, skeleton mode" in res.stderr
+    data = read_rrd(str(out))
+    assert not any(k.startswith("/env0") for k in data)  # no per-env paths
+    with open_log(model_log) as log:
+        n = log.n_envs
+        for k, name in enumerate(log.expert_names):
+            vals, steps = column(data[f"/envs/gate/{name}"], "Scalars:scalars")
+            assert steps == list(range(12))
+            np.testing.assert_allclose(np.array(vals), log.read("gate")[:, :, k], rtol=1e-6)  # (steps, envs)
+            style = next(en for en in data[f"/envs/gate/{name}"] if en["static"])
+            assert style["SeriesLines:names"] == [[f"env{e}" for e in range(n)]]
+        act, _ = column(data[f"/envs/action/{log.joint_names[3]}"], "Scalars:scalars")
+        np.testing.assert_allclose(np.array(act), log.read("action")[:, :, 3], rtol=1e-6)
+        term = log.term_names[0]
+        rew, _ = column(data[f"/envs/reward/{term}"], "Scalars:scalars")
+        np.testing.assert_allclose(np.array(rew), log.read("terms/" + term), rtol=1e-6)
+        err, _ = column(data["/envs/error/ee_pos_m"], "Scalars:scalars")
+        want = np.linalg.norm(log.read("target_pos") - log.read("ee_pos"), axis=-1)
+        np.testing.assert_allclose(np.array(err), want, rtol=1e-5)
+        # the poses as boxes: centre and quaternion of every env per step, as stored
+        for what in ("ee", "target"):
+            centres, _ = column(data[f"/envs/{what}"], "Boxes3D:centers")
+            quats, _ = column(data[f"/envs/{what}"], "Boxes3D:quaternions")
+            np.testing.assert_allclose(np.array(centres), log.read(f"{what}_pos"), rtol=1e-6)
+            np.testing.assert_allclose(np.array(quats), log.read(f"{what}_quat_xyzw"), rtol=1e-6)
+            style = next(en for en in data[f"/envs/{what}"] if en["static"])
+            assert len(style["Boxes3D:half_sizes"][0]) == n  # one box per env
+        # every env's bodies per frame row, env-major within the row; 8 future targets per env
+        pts = [p for en in data["/envs/skeleton"] if not en["static"] for p in en["Points3D:positions"]]
+        body = log.read("frames/body_pos")  # (rows, envs, bodies, 3)
+        np.testing.assert_allclose(np.array(pts), body.reshape(body.shape[0], -1, 3), rtol=1e-6)
+        fut = [p for en in data["/envs/future_targets"] if not en["static"] for p in en["Points3D:positions"]]
+        ft = log.read("frames/target_future_pos")
+        np.testing.assert_allclose(np.array(fut), ft.reshape(ft.shape[0], -1, 3), rtol=1e-6)
+        # episode ends: one text per step where some env's episode ended, naming each env
+        done = log.read("done")
+        texts, steps = column(data["/envs/episode/events"], "TextLog:text")
+        assert steps == np.flatnonzero(done.any(axis=1)).tolist() and steps
+        for (text,), s in zip(texts, steps):
+            assert [int(part.split()[1]) for part in text.split("; ")] == np.flatnonzero(done[s]).tolist()
+
+
+def test_layout_errors_and_the_many_envs_note(model_log, tmp_path):
+    """An unknown layout is a usage error; the per-env layout of many envs notes --layout per-field."""
+    res = run_cli(["export", "rerun", model_log, "-o", str(tmp_path / "x.rrd"), "--layout", "flat"])
+    assert res.exit_code == 2 and "per-field" in res.output
+    with pytest.raises(rx.InputError, match="--layout 'flat'"):
+        rx.export_rerun(model_log, str(tmp_path / "y.rrd"), layout="flat")
+    assert not os.path.exists(tmp_path / "y.rrd")
+    many = write_model_log(tmp_path / "many.h5", n_steps=2, n_envs=20, model=False)
+    res = run_cli(["export", "rerun", many, "-o", str(tmp_path / "m.rrd"), "-q"])
+    assert res.exit_code == 0 and "--layout per-field" in res.stderr
+    res = run_cli(["export", "rerun", many, "-o", str(tmp_path / "f.rrd"), "-q", "--layout", "per-field"])
+    assert res.exit_code == 0 and "--layout per-field writes" not in res.stderr
 
 
 def test_export_sends_each_entity_once_per_chunk_and_markers_are_static(model_log, tmp_path, monkeypatch):

@@ -352,6 +352,37 @@ def test_export_rerun_sends_fresh_body_rows_and_leaves_stale_ee_out(logs, tmp_pa
 
 
 @pytest.mark.filterwarnings("ignore:RRD file has no footer")
+@pytest.mark.parametrize("name", ["marked", "policy"])
+def test_export_rerun_per_field_layout_makes_stale_ee_rows_nan(logs, tmp_path, name):
+    """Per-field layout: a stale EE row cannot be left out of one env, so its box and errors are NaN there."""
+    pytest.importorskip("rerun")
+    from moetape.replay import rerun_export as rx
+
+    out = tmp_path / "f.rrd"
+    res = rx.export_rerun(logs[name], str(out), layout="per-field", chunk_steps=3)
+    data = _read_rrd(str(out))
+    with open_log(logs[name]) as log:
+        stale = expected_stale(log)  # (steps, envs)
+        assert stale.any() and res["stale_after_reset"]["ee_env_steps_left_out"] == int(stale.sum())
+        err = np.array([v for _, v in data["/envs/error/ee_pos_m"]["Scalars:scalars"]])
+        assert (np.isnan(err) == stale).all()
+        want = np.linalg.norm(log.read("target_pos") - log.read("ee_pos"), axis=-1)
+        np.testing.assert_allclose(err[~stale], want[~stale], rtol=1e-5)
+        centres = np.array([v for _, v in data["/envs/ee"]["Boxes3D:centers"]])
+        assert (np.isnan(centres).all(axis=-1) == stale).all()
+        target = np.array([v for _, v in data["/envs/target"]["Boxes3D:centers"]])
+        assert not np.isnan(target).any()  # the target is never stale
+        # body poses: the fresh rows render draws, every env in each row
+        pts = np.array([v for _, v in data["/envs/skeleton"]["Points3D:positions"]])
+        body = log.read("frames/body_pos")
+        for env in range(log.n_envs):
+            src = fresh_rows(stale[:, env], log.frames_per_step)
+            got = pts.reshape(pts.shape[0], log.n_envs, -1, 3)[:, env]
+            np.testing.assert_allclose(got, body[src, env], rtol=1e-6)
+    assert "per-field layout" in data["/notes/stale_after_reset"]["static"][0]["TextLog:text"][0][0]
+
+
+@pytest.mark.filterwarnings("ignore:RRD file has no footer")
 def test_export_rerun_policy_log_from_a_stale_start_uses_the_step_before(logs, tmp_path):
     """An export starting on a stale step of a policy-rate log takes that row's poses from the step before the start."""
     pytest.importorskip("rerun")
