@@ -106,11 +106,23 @@ class Columns:
         return cls._lists(component, _vectors(values, typ.value_type), row_shape, per_row)
 
     @classmethod
-    def scalars(cls, values: npt.NDArray[Any], *, batch: bool = False) -> Columns:
-        """Scalars (blocks..., rows), one series; ``batch``: (blocks..., rows, m), m series."""
-        flat = pa.array(np.ascontiguousarray(values, np.float64).reshape(-1))
+    def scalars(cls, values: npt.NDArray[Any], *, batch: bool = False, float32: bool = True) -> Columns:
+        """Scalars (blocks..., rows), one series; ``batch``: (blocks..., rows, m), m series.
+
+        ``float32`` (default): the values as float32, the log's own type, in half the bytes of the
+        Scalars archetype's float64 (Rerun's time series read float32 and float64 alike: "Plot any
+        scalar" in Rerun's docs; the headless-browser test sees the curves); else float64.
+        """
+        dtype = np.float32 if float32 else np.float64
+        flat = pa.array(np.ascontiguousarray(values, dtype).reshape(-1))
         row_shape = values.shape[:-1] if batch else values.shape
-        return cls._lists("Scalars:scalars", flat, row_shape, values.shape[-1] if batch else 1)
+        desc, typ = _template("Scalars:scalars")
+        if float32:
+            field = typ.value_field
+            typ = pa.list_(pa.field(field.name, pa.float32(), nullable=field.nullable))
+        n_rows = int(np.prod(row_shape, dtype=np.int64))
+        per_row = values.shape[-1] if batch else 1
+        return cls(desc, pa.ListArray.from_arrays(_offsets(n_rows, per_row), flat, type=typ), row_shape[-1])
 
     @classmethod
     def strips(cls, values: npt.NDArray[Any]) -> Columns:

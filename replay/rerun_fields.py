@@ -39,8 +39,9 @@ import rerun as rr
 import rerun.blueprint as rrb
 
 from moetape.replay import skeleton
+from moetape.replay.poses import pos_error, rot_error
 from moetape.replay.rerun_columns import Columns
-from moetape.replay.rerun_export import RecordingWriter, Send, pos_error, rot_error
+from moetape.replay.rerun_export import RecordingWriter, Send
 from moetape.replay.rerun_scene import CAMERA_OFFSET_M, _flat_properties, _rgba8
 from moetape.schema.layout import stale_rule
 from moetape.schema.reader import Chunk, Log
@@ -192,7 +193,7 @@ class FieldsWriter(RecordingWriter):
         series.update(errors)
         # all the scalar entities' columns as one array: block k = entity k, rows = steps, envs a row
         paths = list(series)
-        block = np.stack([np.asarray(series[p], np.float64) for p in paths])  # (entities, steps, envs)
+        block = np.stack([np.asarray(series[p], np.float32) for p in paths])  # (entities, steps, envs)
         cols = Columns.scalars(block, batch=True)
         for k, path in enumerate(paths):
             out.append((f"{PREFIX}/{path}", idx, [cols[k]]))
