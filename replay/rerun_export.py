@@ -71,7 +71,7 @@ from moetape.schema.reader import Chunk, Log, open_log
 
 APP_ID = "moetape"
 RRD_NAME = "recording.rrd"
-EXPORT_CHUNK_BYTES = 16 << 20  # log bytes (of the selected envs) read and sent per chunk
+EXPORT_CHUNK_BYTES = 32 << 20  # log bytes (of the selected envs) read and sent per chunk
 STALE_SENT = ("steps/ee_pos", "steps/ee_quat_xyzw", "frames/body_pos", "frames/body_quat_xyzw")
 
 LAYOUTS = ("per-env", "per-field")

@@ -205,18 +205,19 @@ class FieldsWriter(RecordingWriter):
         out.append(
             (f"{PREFIX}/skeleton", fidx, self._skeleton(np.asarray(bodies["frames/body_pos"], np.float32)))
         )
-        done = np.asarray(d["done"], bool)
-        ended = np.flatnonzero(done.any(axis=1))
-        if len(ended):
-            texts = [
-                "; ".join(
-                    "env {} episode {} ended{}".format(
-                        self.envs[c], int(d["episode"][i, c]), " (timeout)" if d["timeout"][i, c] else ""
-                    )
-                    for c in np.flatnonzero(done[i])
+        rows, cols_ = np.nonzero(np.asarray(d["done"], bool))  # row-major: by step, then env
+        if len(rows):
+            parts = [
+                f"env {e} episode {p} ended{' (timeout)' if t else ''}"
+                for e, p, t in zip(
+                    np.asarray(self.envs)[cols_].tolist(),
+                    d["episode"][rows, cols_].tolist(),
+                    d["timeout"][rows, cols_].tolist(),
                 )
-                for i in ended
             ]
+            ended, first = np.unique(rows, return_index=True)
+            bounds = first.tolist() + [len(parts)]
+            texts = ["; ".join(parts[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
             sub = [
                 rr.TimeColumn("step", sequence=steps[ended]),
                 rr.TimeColumn("sim_time", duration=steps[ended] * log.policy_dt_s),
