@@ -11,19 +11,28 @@ import numpy as np
 import numpy.typing as npt
 
 
-def pos_error(ee: npt.NDArray[np.float32], target: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Return |target - ee| per row, m: float64 (n,)."""
-    return np.linalg.norm(np.asarray(target, np.float64) - np.asarray(ee, np.float64), axis=-1)
+def pos_error(ee: npt.NDArray[np.float32], target: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Return |target - ee| per row, m: float32 (...,) for positions (..., 3)."""
+    d = np.asarray(target, np.float32) - np.asarray(ee, np.float32)
+    return np.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2])
 
 
-def rot_error(q_ee: npt.NDArray[np.float32], q_target: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Return the rotation angle between two orientations (x, y, z, w) per row, rad in [0, pi]."""
-    a = np.asarray(q_ee, np.float64)
-    b = np.asarray(q_target, np.float64)
-    na = np.linalg.norm(a, axis=-1)
-    nb = np.linalg.norm(b, axis=-1)
-    dot = np.abs(np.sum(a * b, axis=-1)) / np.maximum(na * nb, 1e-12)
-    return 2.0 * np.arccos(np.clip(dot, 0.0, 1.0))
+def rot_error(q_ee: npt.NDArray[np.float32], q_target: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Return the rotation angle between two orientations (x, y, z, w) per row, rad in [0, pi]: float32.
+
+    The angle of the relative rotation conj(a) * b = (v, w): 2 atan2(|v|, |w|). It needs no unit
+    quaternions (both parts scale alike) and stays accurate for small angles in float32, where
+    2 arccos(|a . b|) does not. Two zero quaternions give 0.
+    """
+    a = np.asarray(q_ee, np.float32)
+    b = np.asarray(q_target, np.float32)
+    ax, ay, az, aw = a[..., 0], a[..., 1], a[..., 2], a[..., 3]
+    bx, by, bz, bw = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    w = aw * bw + ax * bx + ay * by + az * bz
+    vx = aw * bx - bw * ax - (ay * bz - az * by)
+    vy = aw * by - bw * ay - (az * bx - ax * bz)
+    vz = aw * bz - bw * az - (ax * by - ay * bx)
+    return 2.0 * np.arctan2(np.sqrt(vx * vx + vy * vy + vz * vz), np.abs(w))
 
 
 def frame_axes(q_xyzw: npt.NDArray[Any]) -> npt.NDArray[np.float32]:

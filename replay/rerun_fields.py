@@ -182,21 +182,18 @@ class FieldsWriter(RecordingWriter):
             ee_quat = np.where(stale[..., None], np.float32(np.nan), ee_quat)
             for k in errors:
                 errors[k] = np.where(stale, np.nan, errors[k])
-        series: Dict[str, npt.NDArray[Any]] = {
-            f"gate/{n}": d["gate"][..., k] for k, n in enumerate(log.expert_names)
-        }
-        series["gate_entropy"] = d["gate_entropy"]
-        series.update({f"action/{j}": d["action"][..., k] for k, j in enumerate(log.joint_names)})
-        series["reward/total"] = d["reward"]
-        series.update({f"reward/{t}": d["terms/" + t] for t in log.term_names})
-        series.update({f"metrics/{m}": d["metrics/" + m] for m in self.scalar_metrics})
-        series.update(errors)
-        # all the scalar entities' columns as one array: block k = entity k, rows = steps, envs a row
-        paths = list(series)
-        block = np.stack([np.asarray(series[p], np.float32) for p in paths])  # (entities, steps, envs)
-        cols = Columns.scalars(block, batch=True)
-        for k, path in enumerate(paths):
-            out.append((f"{PREFIX}/{path}", idx, [cols[k]]))
+        # one entity per series; each (steps, envs) array as it is read (no copy), the expert and
+        # joint axes moved to the front (one copy each) so each series is a contiguous block
+        single = {"gate_entropy": d["gate_entropy"], "reward/total": d["reward"]}
+        single.update({f"reward/{t}": d["terms/" + t] for t in log.term_names})
+        single.update({f"metrics/{m}": d["metrics/" + m] for m in self.scalar_metrics})
+        single.update(errors)
+        for names, field in ((log.expert_names, "gate"), (log.joint_names, "action")):
+            cols = Columns.scalars(np.moveaxis(np.asarray(d[field]), -1, 0), batch=True)
+            for k, name in enumerate(names):
+                out.append((f"{PREFIX}/{field}/{name}", idx, [cols[k]]))
+        for path, values in single.items():
+            out.append((f"{PREFIX}/{path}", idx, [Columns.scalars(values[None], batch=True)[0]]))
         out.append((f"{PREFIX}/target", idx, self._pose(target_pos, target_quat)))
         out.append((f"{PREFIX}/ee", idx, self._pose(ee_pos, ee_quat)))
         ft = np.asarray(d["frames/target_future_pos"], np.float32)  # (rows, envs, 8, 3): 8 points per env
@@ -245,6 +242,6 @@ class FieldsWriter(RecordingWriter):
         ]
         links = [(par, i) for i, par in enumerate(self.parents) if par >= 0]
         if links:  # (rows, envs * links, 2, 3)
-            seg = np.stack([bpos[:, :, [a for a, _ in links]], bpos[:, :, [c for _, c in links]]], axis=3)
+            seg = bpos[:, :, [b for link in links for b in link]]  # one copy: parent, child, parent, ...
             out.append(Columns.strips(seg.reshape(1, n_rows, n_envs * len(links), 2, 3))[0])
         return out
