@@ -603,31 +603,20 @@ def bundled_robot_log(tmp_path_factory):
                 d.xquat[bodies][:, [1, 2, 3, 0]].astype(np.float32), (1, 2, 1, 1)
             )
             frames["root_pos"] = np.tile(d.xpos[1].astype(np.float32), (1, 2, 1))
+            # the EE at the last body (the gripper), its target 10 cm ahead, both with its orientation
+            ee, ee_q = d.xpos[-1].astype(np.float32), d.xquat[-1][[1, 2, 3, 0]].astype(np.float32)
+            steps["ee_pos"], steps["ee_quat_xyzw"] = np.tile(ee, (2, 1)), np.tile(ee_q, (2, 1))
+            steps["target_pos"] = np.tile(ee + np.float32([0.1, 0.0, 0.05]), (2, 1))
+            steps["target_quat_xyzw"] = np.tile(ee_q, (2, 1))
             log.append(steps, frames)
     return str(path)
 
 
-def test_web_viewer_in_headless_chromium_shows_robot_and_plots(bundled_robot_log, tmp_path):
-    """`view --web` serves on 127.0.0.1; headless Chromium draws the robot and the gate plots (pixels checked)."""
-    exe = chromium()
-    if exe is None:
-        pytest.skip("chromium is not installed (`make system-deps` installs it as root on Debian)")
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    view = subprocess.Popen(
-        [sys.executable, "-m", "moetape", "view", bundled_robot_log, "--web"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    browser = ws = None
-    try:
-        url = view.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:") and "rerun%2Bhttp%3A%2F%2F127.0.0.1" in url, (
-            view.stderr.read()
-        )
-        profile = tmp_path / "profile"
-        browser = subprocess.Popen(
+class Browser:
+    """Headless Chromium (SwiftShader WebGL) driven through the DevTools protocol."""
+
+    def __init__(self, exe, profile):
+        self.proc = subprocess.Popen(
             [
                 exe,
                 "--headless=new",
@@ -643,6 +632,7 @@ def test_web_viewer_in_headless_chromium_shows_robot_and_plots(bundled_robot_log
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        self.ws = None
         active = profile / "DevToolsActivePort"
         for _ in range(600):
             if active.exists() and active.read_text().strip():
@@ -651,35 +641,72 @@ def test_web_viewer_in_headless_chromium_shows_robot_and_plots(bundled_robot_log
         port = active.read_text().split()[0]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as resp:
             pages = json.load(resp)
-        ws = WebSocket([p for p in pages if p["type"] == "page"][0]["webSocketDebuggerUrl"])
-        ws.call(1, "Page.enable")
-        ws.call(2, "Page.navigate", url=url)
+        self.ws = WebSocket([p for p in pages if p["type"] == "page"][0]["webSocketDebuggerUrl"])
+        self.ws.call(1, "Page.enable")
+
+    def until(self, url, done, shot_path, tries=30):
+        """Open ``url``; every 3 s take a screenshot until ``done(img)``; save the last; return it."""
         import imageio.v3 as iio
 
-        robot = plots = 0
-        for i in range(30):  # the app draws after the wasm loads and the data streams in
+        self.ws.call(2, "Page.navigate", url=url)
+        for i in range(tries):  # the app draws after the wasm loads and the data streams in
             time.sleep(3)
-            shot = base64.b64decode(ws.call(10 + i, "Page.captureScreenshot", format="png")["data"])
+            shot = base64.b64decode(self.ws.call(10 + i, "Page.captureScreenshot", format="png")["data"])
             img = iio.imread(io.BytesIO(shot))
-            h, w = img.shape[:2]
-            scene, side = (
-                img[int(0.08 * h) : int(0.6 * h), : int(0.58 * w)],
-                img[: int(0.6 * h), int(0.62 * w) :],
-            )
+            if done(img):
+                break
+        shot_path.write_bytes(shot)
+        return img
+
+    def close(self):
+        if self.ws is not None:
+            self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def split_view(img):
+    """The 3D view's part and the plots' part of a screenshot of moetape's default layout."""
+    h, w = img.shape[:2]
+    return img[int(0.08 * h) : int(0.6 * h), : int(0.58 * w)], img[: int(0.6 * h), int(0.62 * w) :]
+
+
+def test_web_viewer_in_headless_chromium_shows_robot_and_plots(bundled_robot_log, tmp_path):
+    """`view --web` serves on 127.0.0.1; headless Chromium draws the robot and the gate plots (pixels checked)."""
+    exe = chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (`make system-deps` installs it as root on Debian)")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    view = subprocess.Popen(
+        [sys.executable, "-m", "moetape", "view", bundled_robot_log, "--web"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    browser = None
+    try:
+        url = view.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and "rerun%2Bhttp%3A%2F%2F127.0.0.1" in url, (
+            view.stderr.read()
+        )
+        browser = Browser(exe, tmp_path / "profile")
+
+        def counts(img):
+            scene, side = split_view(img)
             robot = count_near(scene, (242, 140, 38))  # the trunk's orange material
             plots = count_near(side, GATE_COLORS[0], 30) + count_near(side, GATE_COLORS[1], 30)
-            if robot > 20 and plots > 200:
-                break
-        (tmp_path / "viewer.png").write_bytes(shot)
+            return robot, plots
+
+        shot = tmp_path / "viewer.png"
+        img = browser.until(url, lambda im: counts(im)[0] > 20 and counts(im)[1] > 200, shot)
+        robot, plots = counts(img)
         assert img.std() > 10, "blank canvas"
-        assert robot > 20, f"no robot pixels in the 3D view (screenshot: {tmp_path / 'viewer.png'})"
-        assert plots > 200, f"no gate curves in the plots (screenshot: {tmp_path / 'viewer.png'})"
+        assert robot > 20, f"no robot pixels in the 3D view (screenshot: {shot})"
+        assert plots > 200, f"no gate curves in the plots (screenshot: {shot})"
     finally:
-        if ws is not None:
-            ws.close()
         if browser is not None:
-            browser.terminate()
-            browser.wait(30)
+            browser.close()
         view.send_signal(signal.SIGINT)
         try:
             view.wait(30)
@@ -690,3 +717,52 @@ def test_web_viewer_in_headless_chromium_shows_robot_and_plots(bundled_robot_log
         view.stdout.close()
         view.stderr.close()
         assert "Traceback" not in leftover, leftover
+
+
+def test_per_field_rrd_in_headless_chromium_shows_skeletons_boxes_and_env_series(bundled_robot_log, tmp_path):
+    """A per-field .rrd served by Rerun's own server: Chromium draws every env's skeleton, the pose boxes and the env series."""
+    exe = chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (`make system-deps` installs it as root on Debian)")
+    rrd = tmp_path / "fields.rrd"
+    rx.export_rerun(bundled_robot_log, str(rrd), layout="per-field")
+    grpc, web = rv.free_port(), rv.free_port()
+    server = subprocess.Popen(
+        [rv.rerun_executable(), "--bind", "127.0.0.1", "--port", str(grpc), "--serve-web"]
+        + ["--web-viewer-port", str(web), str(rrd)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=rv.viewer_env(dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))),
+    )
+    browser = None
+    try:
+        for _ in range(300):  # the server listens once it has loaded the file
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", web)) == 0:
+                    break
+            assert server.poll() is None, "rerun exited"
+            time.sleep(0.1)
+        browser = Browser(exe, tmp_path / "profile")
+        from moetape.replay.rerun_fields import PALETTE
+        from moetape.replay.skeleton import BODY_RGBA
+
+        def counts(img):
+            scene, side = split_view(img)
+            bodies = count_near(scene, [round(255 * c) for c in BODY_RGBA[:3]], 30)
+            boxes = count_near(scene, (51, 230, 51), 30) + count_near(scene, (255, 217, 26), 30)
+            series = count_near(side, PALETTE[0], 30) + count_near(side, PALETTE[1], 30)
+            return bodies, boxes, series
+
+        shot = tmp_path / "fields.png"
+        img = browser.until(
+            rv.web_url(web, grpc), lambda im: min(counts(im)) > 20 and counts(im)[2] > 200, shot
+        )
+        bodies, boxes, series = counts(img)
+        assert img.std() > 10, "blank canvas"
+        assert bodies > 20, f"no skeleton in the 3D view (screenshot: {shot})"
+        assert boxes > 20, f"no EE / target boxes in the 3D view (screenshot: {shot})"
+        assert series > 200, f"no per-env gate curves in the plots (screenshot: {shot})"
+    finally:
+        if browser is not None:
+            browser.close()
+        rv.stop_process(server)
