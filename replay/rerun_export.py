@@ -1,11 +1,12 @@
 """A log as a Rerun recording: the robot in 3D, the targets, and the gate on the same timelines.
 
 ``export_rerun`` writes an .rrd file; ``moetape.replay.rerun_view`` streams the same recording to
-Rerun's viewers. This module, ``rerun_columns`` (Arrow columns from numpy), ``rerun_scene`` (the
-static parts) and ``rerun_view`` are the only modules of moetape that import rerun (rerun-sdk, the
-``rerun`` extra).
+Rerun's viewers. This module, ``rerun_fields`` (the per-field layout), ``rerun_columns`` (Arrow
+columns from numpy), ``rerun_scene`` (the static parts) and ``rerun_view`` are the only modules of
+moetape that import rerun (rerun-sdk, the ``rerun`` extra).
 
-Entity paths (``e`` = env index; every env under its own path):
+Entity paths of the default layout, per-env (``e`` = env index; every env under its own path; the
+per-field layout, ``--layout per-field``, is in ``rerun_fields``):
     world/geoms/<kind>              static: geoms of <worldbody> itself (the floor)
     env<e>/robot/<body>             Transform3D per frame row: the body's world pose (frames/body_*)
     env<e>/robot/<body>/<kind>      static: the body's geoms from the stored MJCF, one batch per kind
@@ -53,7 +54,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -326,7 +327,9 @@ def writer_for(layout: str) -> Type[RecordingWriter]:
     if layout == "per-field":
         from moetape.replay.rerun_fields import FieldsWriter
 
-        return FieldsWriter
+        # a RecordingWriter subclass; cast: mypy, run on the source folders, sees this module under
+        # two names (replay.rerun_export, and moetape.replay.rerun_export through the import)
+        return cast(Type[RecordingWriter], FieldsWriter)
     raise InputError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}.")
 
 

@@ -42,7 +42,7 @@ from moetape.replay import skeleton
 from moetape.replay.poses import pos_error, rot_error
 from moetape.replay.rerun_columns import Columns
 from moetape.replay.rerun_export import RecordingWriter, Send
-from moetape.replay.rerun_scene import CAMERA_OFFSET_M, _flat_properties, _rgba8
+from moetape.replay.rerun_scene import CAMERA_OFFSET_M, flat_properties, rgba8
 from moetape.schema.layout import stale_rule
 from moetape.schema.reader import Chunk, Log
 
@@ -117,7 +117,7 @@ class FieldsWriter(RecordingWriter):
         """Send the recording properties, the notes and the styles (static; no positions or values)."""
         rec, log, n = self.rec, self.log, len(self.envs)
         rec.send_recording_name(log.path.rsplit("/", 1)[-1])
-        rec.send_property("moetape", rr.AnyValues(**_flat_properties(log)))  # type: ignore[arg-type]
+        rec.send_property("moetape", rr.AnyValues(**flat_properties(log)))  # type: ignore[arg-type]
         if log.stale_after_reset:
             from moetape.replay.rerun_scene import STALE_NOTE
 
@@ -132,7 +132,7 @@ class FieldsWriter(RecordingWriter):
             # one half-size per env (the boxes' count), longest along x so the orientation shows
             box = rr.Boxes3D.from_fields(
                 half_sizes=np.tile(POSE_BOX_HALF_M, (n, 1)),
-                colors=[_rgba8(color + (1.0,))],
+                colors=[rgba8(color + (1.0,))],
                 fill_mode="solid",
             )
             rec.log(f"{PREFIX}/{what}", box, static=True)
@@ -143,8 +143,8 @@ class FieldsWriter(RecordingWriter):
         )
         rec.log(
             f"{PREFIX}/skeleton",
-            rr.Points3D.from_fields(colors=[_rgba8(skeleton.BODY_RGBA)], radii=skeleton.SPHERE_RADIUS_M),
-            rr.LineStrips3D.from_fields(colors=[_rgba8(skeleton.LINK_RGBA)], radii=skeleton.LINK_RADIUS_M),
+            rr.Points3D.from_fields(colors=[rgba8(skeleton.BODY_RGBA)], radii=skeleton.SPHERE_RADIUS_M),
+            rr.LineStrips3D.from_fields(colors=[rgba8(skeleton.LINK_RGBA)], radii=skeleton.LINK_RADIUS_M),
             static=True,
         )
 
@@ -190,8 +190,8 @@ class FieldsWriter(RecordingWriter):
         single.update(errors)
         for names, field in ((log.expert_names, "gate"), (log.joint_names, "action")):
             cols = Columns.scalars(np.moveaxis(np.asarray(d[field]), -1, 0), batch=True)
-            for k, name in enumerate(names):
-                out.append((f"{PREFIX}/{field}/{name}", idx, [cols[k]]))
+            for i, name in enumerate(names):
+                out.append((f"{PREFIX}/{field}/{name}", idx, [cols[i]]))
         for path, values in single.items():
             out.append((f"{PREFIX}/{path}", idx, [Columns.scalars(values[None], batch=True)[0]]))
         out.append((f"{PREFIX}/target", idx, self._pose(target_pos, target_quat)))

@@ -30,7 +30,7 @@ STALE_NOTE = (
 )
 
 
-def _rgba8(rgba: Sequence[float]) -> List[int]:
+def rgba8(rgba: Sequence[float]) -> List[int]:
     return [int(round(255 * min(1.0, max(0.0, float(c))))) for c in rgba]
 
 
@@ -44,7 +44,7 @@ def _geom_batches(geoms: Sequence[Any]) -> Dict[str, Any]:
         pos = np.array([g.pos for g in gs], dtype=np.float32)
         quat = np.array([g.quat_xyzw for g in gs], dtype=np.float32)
         size = np.array([g.size for g in gs], dtype=np.float32)
-        colors = np.array([_rgba8(g.rgba) for g in gs], dtype=np.uint8)
+        colors = np.array([rgba8(g.rgba) for g in gs], dtype=np.uint8)
         if kind == "box":
             out[kind] = rr.Boxes3D(
                 half_sizes=size, centers=pos, quaternions=quat, colors=colors, fill_mode="solid"
@@ -90,7 +90,7 @@ def _rotate_xyzw(q: npt.ArrayLike, v: npt.NDArray[np.float64]) -> npt.NDArray[np
     return skeleton.quat_xyzw_to_mat(q) @ v
 
 
-def _flat_properties(log: Log) -> Dict[str, str]:
+def flat_properties(log: Log) -> Dict[str, str]:
     """Return the recording properties: provenance flattened to dotted keys, values as text."""
     prov = log.provenance
     out = {
@@ -160,7 +160,7 @@ def send_static(
     Every archetype is built once and sent under each env's path (building is the costly part).
     """
     rec.send_recording_name(os.path.basename(log.path))
-    rec.send_property("moetape", rr.AnyValues(**_flat_properties(log)))  # type: ignore[arg-type]
+    rec.send_property("moetape", rr.AnyValues(**flat_properties(log)))  # type: ignore[arg-type]
     if log.stale_after_reset:
         rec.log(
             "notes/stale_after_reset",
@@ -179,7 +179,7 @@ def send_static(
         per_env.append((what, axes))
         # a child of the pose: it moves with it, with no rows of its own
         per_env.append(
-            (f"{what}/marker", rr.Points3D([[0, 0, 0]], radii=0.012, colors=[_rgba8(color + (1.0,))]))
+            (f"{what}/marker", rr.Points3D([[0, 0, 0]], radii=0.012, colors=[rgba8(color + (1.0,))]))
         )
     # styles only (no positions or strips): static data of a component would hide its rows
     per_env += [
@@ -202,13 +202,11 @@ def send_static(
             # the colours and sizes ``moetape render`` draws the skeleton with
             (
                 "skeleton",
-                rr.Points3D.from_fields(colors=[_rgba8(skeleton.BODY_RGBA)], radii=skeleton.SPHERE_RADIUS_M),
+                rr.Points3D.from_fields(colors=[rgba8(skeleton.BODY_RGBA)], radii=skeleton.SPHERE_RADIUS_M),
             ),
             (
                 "skeleton",
-                rr.LineStrips3D.from_fields(
-                    colors=[_rgba8(skeleton.LINK_RGBA)], radii=skeleton.LINK_RADIUS_M
-                ),
+                rr.LineStrips3D.from_fields(colors=[rgba8(skeleton.LINK_RGBA)], radii=skeleton.LINK_RADIUS_M),
             ),
         ]
     metrics = [m for m in log.metric_names if log.dataset("metrics/" + m).ndim == 2]
