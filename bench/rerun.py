@@ -2,7 +2,7 @@
 
 Builds (once, cached in bench/out/) a synthetic log of E envs x S policy steps (default 64 x 15625 =
 1M env-steps; frames_per_step=1, 3 bodies, no model: skeleton mode, ``moetape.schema.synthetic``),
-plus one of another length (S x --other, default a quarter), to show that peak RSS does not grow
+plus one of another length (S x --other, default half), to show that peak RSS does not grow
 with the log. Each measurement runs in a fresh subprocess, --repeat times (best time, worst RSS):
 
     read_s          read every field the export reads (RecordingWriter.fields()), same env selection,
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15625)
     parser.add_argument("--envs", type=int, default=64)
     parser.add_argument(
-        "--other", type=float, default=0.25, help="The second log's length, a factor of --steps (4 = longer)."
+        "--other", type=float, default=0.5, help="The second log's length, a factor of --steps (4 = longer)."
     )
     parser.add_argument("--repeat", type=int, default=3, help="Runs per measurement (best time, worst RSS).")
     args = parser.parse_args()
