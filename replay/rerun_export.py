@@ -184,12 +184,15 @@ class RecordingWriter:
         for path, indexes, columns in sends:
             send(path, indexes=indexes, columns=columns)
 
-    def columns(self, chunk: Chunk) -> List[Send]:
-        """Return (entity path, timelines, columns) of every entity of every selected env for a chunk."""
+    def chunk_rows(
+        self, chunk: Chunk
+    ) -> Tuple[npt.NDArray[np.int64], List[Any], List[Any], Any, Dict[str, Any]]:
+        """Return a chunk's steps, their timelines, its frame rows' timelines, its stale mask and body poses.
+
+        The stale mask (steps, envs) is None when the log declares no stale rows; the body poses
+        (``frames/body_pos``, ``frames/body_quat_xyzw``) have each stale row replaced by its fresh row.
+        """
         d, log = chunk.data, self.log
-        out: List[Send] = []
-        if chunk.stop <= chunk.start:
-            return out
         steps = np.arange(chunk.start, chunk.stop, dtype=np.int64)
         idx = [
             rr.TimeColumn("step", sequence=steps),
@@ -202,7 +205,15 @@ class RecordingWriter:
             rr.TimeColumn("sim_time", duration=(fstep * log.decimation + fsub) * log.sim_dt_s),
         ]
         stale = stale_rule(d["episode"], d["step_in_episode"]) if "step_in_episode" in d else None
-        bodies = self.fresh_bodies(chunk.start, chunk.data, stale)
+        return steps, idx, fidx, stale, self.fresh_bodies(chunk.start, d, stale)
+
+    def columns(self, chunk: Chunk) -> List[Send]:
+        """Return (entity path, timelines, columns) of every entity of every selected env for a chunk."""
+        d, log = chunk.data, self.log
+        out: List[Send] = []
+        if chunk.stop <= chunk.start:
+            return out
+        steps, idx, fidx, stale, bodies = self.chunk_rows(chunk)
         # every field's column for all envs at once (env-major); each env's column is a slice of it
         em = env_major
         keep = ~em(stale) if stale is not None and self.stale_ee and stale.any() else None

@@ -39,27 +39,16 @@ import rerun as rr
 import rerun.blueprint as rrb
 
 from moetape.replay import skeleton
+from moetape.replay.overlay import GATE_COLORS
 from moetape.replay.poses import pos_error, rot_error
 from moetape.replay.rerun_columns import Columns
 from moetape.replay.rerun_export import RecordingWriter, Send
-from moetape.replay.rerun_scene import CAMERA_OFFSET_M, flat_properties, rgba8
-from moetape.schema.layout import stale_rule
+from moetape.replay.rerun_scene import blueprint, flat_properties, rgba8
 from moetape.schema.reader import Chunk, Log
 
 PREFIX = "envs"
 POSE_BOX_HALF_M = np.array([0.04, 0.015, 0.008], np.float32)  # EE and target markers
-PALETTE = (  # one colour per env series, cycled (matplotlib's tab10)
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-)
+PALETTE = GATE_COLORS  # one colour per env series, cycled (matplotlib's tab10)
 
 
 def scalar_paths(log: Log, metrics: Sequence[str]) -> List[str]:
@@ -87,31 +76,7 @@ class FieldsWriter(RecordingWriter):
 
     def blueprint(self) -> rrb.Blueprint:
         """The 3D scene of every env beside the gate / entropy / error plots of every env."""
-        p, log = f"/{PREFIX}", self.log
-        eye = None
-        if log.n_frames > 0:
-            r0 = np.asarray(log.read("frames/root_pos", 0, 1, env=self.envs[0])[0], np.float64)
-            if np.all(np.isfinite(r0)):
-                eye = rrb.EyeControls3D(position=r0 + CAMERA_OFFSET_M, look_target=r0, eye_up=[0, 0, 1])
-        view3d = (
-            rrb.Spatial3DView(origin="/", name="robots", eye_controls=eye)
-            if eye is not None
-            else rrb.Spatial3DView(origin="/", name="robots")
-        )
-        return rrb.Blueprint(
-            rrb.Horizontal(
-                view3d,
-                rrb.Vertical(
-                    rrb.TimeSeriesView(origin=f"{p}/gate", name="gate weights"),
-                    rrb.TimeSeriesView(origin=f"{p}/gate_entropy", name="gate entropy (nat)"),
-                    rrb.TimeSeriesView(origin=f"{p}/error", name="EE error"),
-                ),
-                column_shares=[3, 2],
-            ),
-            rrb.BlueprintPanel(state="collapsed"),
-            rrb.SelectionPanel(state="collapsed"),
-            rrb.TimePanel(state="expanded"),
-        )
+        return blueprint(self.log, self.envs[0], prefix=f"/{PREFIX}", name="robots")
 
     def send_static(self) -> None:
         """Send the recording properties, the notes and the styles (static; no positions or values)."""
@@ -154,19 +119,7 @@ class FieldsWriter(RecordingWriter):
         out: List[Send] = []
         if chunk.stop <= chunk.start:
             return out
-        steps = np.arange(chunk.start, chunk.stop, dtype=np.int64)
-        idx = [
-            rr.TimeColumn("step", sequence=steps),
-            rr.TimeColumn("sim_time", duration=steps * log.policy_dt_s),
-        ]
-        fstep = np.asarray(d["frames/step"], np.int64)
-        fsub = np.asarray(d["frames/substep"], np.int64)
-        fidx = [
-            rr.TimeColumn("step", sequence=fstep),
-            rr.TimeColumn("sim_time", duration=(fstep * log.decimation + fsub) * log.sim_dt_s),
-        ]
-        stale = stale_rule(d["episode"], d["step_in_episode"]) if "step_in_episode" in d else None
-        bodies = self.fresh_bodies(chunk.start, chunk.data, stale)
+        steps, idx, fidx, stale, bodies = self.chunk_rows(chunk)
         # (steps, envs, ...) as stored: row s holds every env, the envs its instances
         ee_pos = np.asarray(d["ee_pos"], np.float32)
         ee_quat = np.asarray(d["ee_quat_xyzw"], np.float32)

@@ -117,24 +117,32 @@ def flat_properties(log: Log) -> Dict[str, str]:
     return out
 
 
-def blueprint(log: Log, env: int, *, model: bool = True) -> rrb.Blueprint:
+def blueprint(
+    log: Log, env: int, *, model: bool = True, prefix: Optional[str] = None, name: str = "robot"
+) -> rrb.Blueprint:
     """Return the default layout, close to ``moetape view``: the 3D scene beside gate / entropy / error.
 
-    The 3D camera starts where ``moetape render``'s does (root + [0.8, 0.3, 0.3] * 1.5, looking at the
-    root in the first frame) and follows the root body.
+    The 3D camera starts where ``moetape render``'s does (root + [0.8, 0.3, 0.3] * 1.5, looking at
+    env ``env``'s root in the first frame). The plots are those under ``prefix`` (default
+    ``/env<env>``, whose root body the camera then follows; the per-field layout passes ``/envs``).
     """
-    p = f"/env{env}"
-    root = f"{p}/robot/{log.body_names[0]}" if model and log.body_names else f"{p}/skeleton"
-    eye = rrb.EyeControls3D(tracking_entity=root)
+    p = prefix or f"/env{env}"
+    root = None
+    if prefix is None:
+        root = f"{p}/robot/{log.body_names[0]}" if model and log.body_names else f"{p}/skeleton"
+    eye: Dict[str, Any] = {"tracking_entity": root} if root else {}
     if log.n_frames > 0:
         r0 = np.asarray(log.read("frames/root_pos", 0, 1, env=env)[0], np.float64)
         if np.all(np.isfinite(r0)):
-            eye = rrb.EyeControls3D(
-                position=r0 + CAMERA_OFFSET_M, look_target=r0, eye_up=[0, 0, 1], tracking_entity=root
-            )
+            eye.update(position=r0 + CAMERA_OFFSET_M, look_target=r0, eye_up=[0, 0, 1])
+    view3d = (
+        rrb.Spatial3DView(origin="/", name=name, eye_controls=rrb.EyeControls3D(**eye))
+        if eye
+        else rrb.Spatial3DView(origin="/", name=name)
+    )
     return rrb.Blueprint(
         rrb.Horizontal(
-            rrb.Spatial3DView(origin="/", name="robot", eye_controls=eye),
+            view3d,
             rrb.Vertical(
                 rrb.TimeSeriesView(origin=f"{p}/gate", name="gate weights"),
                 rrb.TimeSeriesView(origin=f"{p}/gate_entropy", name="gate entropy (nat)"),
