@@ -395,18 +395,29 @@ class LogWriter:
             ) from e
 
     def _notice_dead_writer(self) -> None:
-        """Record as the error a writer thread or process that ended without one (STYLE 6.4)."""
+        """Record as the error a writer thread or process that ended without one (STYLE 6.4).
+
+        The process is checked with ``WriterProcess.exit_status``, never ``Popen.poll``: this runs in
+        the main thread at every append, where a Ctrl-C may land at any moment.
+        """
         thread = getattr(self, "_thread", None)
         if thread is not None and not self._stopped and not thread.is_alive():
             self._error = LogWriteError("the log writer thread ended unexpectedly")
         elif self._child is not None and not self._closed:
-            code = self._child.proc.poll()
-            if code is not None:
-                from moetape.schema.writer_process import WriterProcessError
+            self._record_child_end(self._child.exit_status())
 
-                self._error = WriterProcessError(
-                    f"the log writer process ended unexpectedly (exit status {code})"
-                )
+    def _notice_dead_child(self) -> None:
+        """Writer thread only: ``Popen.poll`` the writer process (no signal lands in this thread)."""
+        if self._child is not None and not self._closed and self._error is None:
+            self._record_child_end(self._child.proc.poll())
+
+    def _record_child_end(self, code: Optional[int]) -> None:
+        if code is not None and self._error is None:
+            from moetape.schema.writer_process import WriterProcessError
+
+            self._error = WriterProcessError(
+                f"the log writer process ended unexpectedly (exit status {code})"
+            )
 
     def flush(self) -> None:
         """Commit every step appended so far and wait until it is on disk."""
@@ -495,6 +506,7 @@ class LogWriter:
             try:
                 item = self._queue.get(timeout=self._poll_s)
             except queue.Empty:
+                self._notice_dead_child()
                 stale = self._take_stale()
                 if stale is not None and self._error is None:
                     try:  # taken with the queue empty: every earlier row is written already

@@ -113,6 +113,28 @@ class WriterProcess:
                 self.proc.wait()
             self._rx.close()
 
+    def exit_status(self) -> Optional[int]:
+        """Return the child's exit status if it has ended (minus the signal that ended it), else None.
+
+        The child is not reaped (``os.waitid`` with WNOWAIT), and no lock is taken: safe to call from
+        the main thread, where ``Popen.poll`` is not (a Ctrl-C landing just after ``poll`` takes the
+        Popen's wait lock leaves it taken, and the ``wait`` at close blocks forever). None, too, where
+        the platform has no ``os.waitid``: the writer thread's ``Popen.poll`` notices the end there.
+        """
+        if self.proc.returncode is not None:
+            return int(self.proc.returncode)
+        waitid = getattr(os, "waitid", None)
+        if waitid is None:
+            return None
+        try:
+            info = waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped already, by a Popen call that set returncode meanwhile
+            return None if self.proc.returncode is None else int(self.proc.returncode)
+        if info is None:
+            return None
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        return -info.si_status if killed else info.si_status
+
     def _send(self, msg: Dict[str, Any]) -> None:
         try:
             self._tx.write((json.dumps(msg) + "\n").encode("utf-8"))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -171,3 +172,46 @@ def test_batch_pool_failure_releases_the_blocks_made(tmp_path):
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "failed 2", proc.stderr
     assert proc.stderr == "" and not path.exists()
+
+
+def test_main_thread_never_polls_the_writer_process(tmp_path, monkeypatch):
+    """Appends check the writer process without Popen.poll in the main thread, where a Ctrl-C could
+    leave Popen's wait lock taken (the close then waited forever); the writer thread may poll."""
+    import subprocess
+    import threading
+
+    callers = []
+    real_poll = subprocess.Popen.poll
+
+    def poll(self):
+        callers.append(threading.current_thread() is threading.main_thread())
+        return real_poll(self)
+
+    monkeypatch.setattr(subprocess.Popen, "poll", poll)
+    path = str(tmp_path / "p.h5")
+    spec = small_spec(1, frames_per_step=1)
+    with LogWriter(path, spec, batch_steps=4, flush_seconds=0.01, process=True) as log:
+        for s in range(40):
+            log.frame_rows()
+            log.append(*synthetic_step(spec, s))
+        time.sleep(0.1)  # the writer thread's idle look at the child
+    assert callers and not any(callers)
+    with open_log(path) as r:
+        assert r.n_steps == 40
+
+
+def test_exit_status_sees_a_dead_writer_process_without_reaping_it(tmp_path):
+    """WriterProcess.exit_status: None while the child runs; minus the signal once killed; the Popen still reaps it."""
+    path = str(tmp_path / "e.h5")
+    spec = small_spec(1, frames_per_step=1)
+    log = LogWriter(path, spec, process=True)
+    child = log._child
+    assert child.exit_status() is None
+    os.kill(child.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while child.exit_status() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert child.exit_status() == -signal.SIGKILL and child.proc.returncode is None  # not reaped
+    assert child.proc.wait(timeout=30) == -signal.SIGKILL
+    with pytest.raises(LogWriteError):
+        log.close()
