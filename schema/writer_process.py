@@ -132,8 +132,8 @@ class WriterProcess:
             return None if self.proc.returncode is None else int(self.proc.returncode)
         if info is None:
             return None
-        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
-        return -info.si_status if killed else info.si_status
+        exited = getattr(os, "CLD_EXITED", 1)  # in os from Python 3.9; 1 on Linux and macOS
+        return info.si_status if info.si_code == exited else -info.si_status  # else killed: the signal
 
     def _send(self, msg: Dict[str, Any]) -> None:
         try:
