@@ -90,11 +90,11 @@ def test_writer_thread_failure_outside_a_write_ends_the_run(tmp_path, process):
             raise RuntimeError("boom")
         LogWriter._take_stale = boom
         log = LogWriter(path, spec, batch_steps=2, flush_seconds=0.05, process={process})
-        log.append(*synthetic_step(spec, 0))
-        deadline = time.monotonic() + 60
-        while log._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        try:
+        try:  # the thread may fail before the first append (its first idle look), or after
+            log.append(*synthetic_step(spec, 0))
+            deadline = time.monotonic() + 60
+            while log._thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
             for s in range(1, 1000):
                 log.append(*synthetic_step(spec, s))
             print("no error")
