@@ -4,11 +4,11 @@
 envs that is many entities, and Rerun's cost is mostly per row and entity (each row carries a row
 id and both timelines), so an all-envs export of 64 envs sends ~11 rows per env-step. This layout
 sends one row per field and step for all envs, the envs being the row's instances: one series per
-env in each plot (named env<e>), one point (or arrow, or line) per env in 3D. It is the overview of
-a whole run, lighter than the per-env layout: the EE and target poses are boxes (centre and
-quaternion, as stored) rather than axes, and the EE-to-target line is left out. The robot is drawn as the skeleton of its recorded bodies whether or not the log
-stores a model (Rerun's transforms are one per entity, so the per-env layout is the one that poses
-a model's geoms).
+env in each plot (named env<e>), one box (or point, or set of points) per env in 3D. It is the
+overview of a whole run, lighter than the per-env layout: the EE and target poses are boxes (centre
+and quaternion, as stored) rather than axes, and the EE-to-target line is left out. The robot is
+drawn as the skeleton of its recorded bodies whether or not the log stores a model (Rerun's
+transforms are one per entity, so the per-env layout is the one that poses a model's geoms).
 
 Entity paths (the envs are the instances, in the order exported; series named env<e>):
     envs/skeleton                   per frame row: Points3D (every env's bodies) and LineStrips3D
@@ -25,12 +25,13 @@ Entity paths (the envs are the instances, in the order exported; series named en
     envs/error/ee_rot_rad           angle between target and EE orientation per step, rad
     envs/episode/events             TextLog at each step where an episode of some env ended
 Timelines, properties and stale rows after a reset as in ``rerun_export``, except that a stale EE
-row cannot be left out of one env alone: its EE point, axes, line and errors are NaN (not drawn,
-a gap in the series).
+row cannot be left out of one env alone: its EE box and both errors are NaN there (not drawn, a
+gap in the series).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -81,7 +82,7 @@ class FieldsWriter(RecordingWriter):
     def send_static(self) -> None:
         """Send the recording properties, the notes and the styles (static; no positions or values)."""
         rec, log, n = self.rec, self.log, len(self.envs)
-        rec.send_recording_name(log.path.rsplit("/", 1)[-1])
+        rec.send_recording_name(os.path.basename(log.path))
         rec.send_property("moetape", rr.AnyValues(**flat_properties(log)))  # type: ignore[arg-type]
         if log.stale_after_reset:
             from moetape.replay.rerun_scene import STALE_NOTE
