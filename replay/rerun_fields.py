@@ -76,8 +76,9 @@ class FieldsWriter(RecordingWriter):
         self.drawn_bodies, self.unmatched_bodies = [], []
 
     def blueprint(self) -> rrb.Blueprint:
-        """The 3D scene of every env beside the gate / entropy / error plots of every env."""
-        return blueprint(self.log, self.envs[0], prefix=f"/{PREFIX}", name="robots")
+        """The 3D scene of every env beside the gate / entropy / EE position error plots of every env."""
+        error = ("error/ee_pos_m", "EE position error (m)")  # one plot per unit: the envs' lines are many
+        return blueprint(self.log, self.envs[0], prefix=f"/{PREFIX}", name="robots", error=error)
 
     def send_static(self) -> None:
         """Send the recording properties, the notes and the styles (static; no positions or values)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -118,13 +118,20 @@ def flat_properties(log: Log) -> Dict[str, str]:
 
 
 def blueprint(
-    log: Log, env: int, *, model: bool = True, prefix: Optional[str] = None, name: str = "robot"
+    log: Log,
+    env: int,
+    *,
+    model: bool = True,
+    prefix: Optional[str] = None,
+    name: str = "robot",
+    error: Tuple[str, str] = ("error", "EE error"),
 ) -> rrb.Blueprint:
     """Return the default layout, close to ``moetape view``: the 3D scene beside gate / entropy / error.
 
     The 3D camera starts where ``moetape render``'s does (root + [0.8, 0.3, 0.3] * 1.5, looking at
     env ``env``'s root in the first frame). The plots are those under ``prefix`` (default
-    ``/env<env>``, whose root body the camera then follows; the per-field layout passes ``/envs``).
+    ``/env<env>``, whose root body the camera then follows; the per-field layout passes ``/envs``);
+    ``error`` is the error plot's entity below ``prefix`` and its title.
     """
     p = prefix or f"/env{env}"
     root = None
@@ -146,7 +153,7 @@ def blueprint(
             rrb.Vertical(
                 rrb.TimeSeriesView(origin=f"{p}/gate", name="gate weights"),
                 rrb.TimeSeriesView(origin=f"{p}/gate_entropy", name="gate entropy (nat)"),
-                rrb.TimeSeriesView(origin=f"{p}/error", name="EE error"),
+                rrb.TimeSeriesView(origin=f"{p}/{error[0]}", name=error[1]),
             ),
             column_shares=[3, 2],
         ),
