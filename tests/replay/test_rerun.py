@@ -305,11 +305,12 @@ def test_export_prints_no_rerun_warning(model_log, tmp_path):
 
 
 def test_rerun_modules_are_split_and_small():
-    """The viewer lives in rerun_view, the scene in rerun_scene, the columns in rerun_columns; each <= 500 lines."""
-    from moetape.replay import rerun_columns, rerun_scene
+    """The viewer lives in rerun_view, the scene in rerun_scene, the columns in rerun_columns, the per-field
+    layout in rerun_fields; each <= 500 lines."""
+    from moetape.replay import rerun_columns, rerun_fields, rerun_scene
 
     assert not hasattr(rx, "view_rerun") and hasattr(rv, "view_rerun") and hasattr(rerun_scene, "blueprint")
-    for mod in (rx, rv, rerun_scene, rerun_columns):
+    for mod in (rx, rv, rerun_scene, rerun_columns, rerun_fields):
         with open(mod.__file__, encoding="utf-8") as f:
             assert len(f.readlines()) <= 500, mod.__name__
 
