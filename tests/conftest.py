@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from helpers import GOLDEN, write_log
@@ -20,3 +21,15 @@ def log_path(tmp_path):
     p = tmp_path / "run.h5"
     write_log(p)
     return str(p)
+
+
+def pytest_configure(config):
+    """Give this run the default Ctrl-C handling if it was started with SIGINT ignored.
+
+    Tests send SIGINT to moetape subprocesses. A shell starts background jobs (`make test &`, nohup)
+    with SIGINT ignored, an ignored signal stays ignored across exec, and Python then installs no
+    Ctrl-C handler: every such test would wait on a recording that never stops. A handled signal is
+    reset to the default in the children, which is what these tests need.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
