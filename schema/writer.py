@@ -10,23 +10,21 @@ filled batch is committed at least every ``flush_seconds`` so a killed run loses
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
 import threading
 import time
-import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import h5py
 import numpy as np
 
 from moetape.schema import layout
 from moetape.schema.batch import Batch
-from moetape.schema.commit import mark_end, utc_now, write_batch
+from moetape.schema.commit import mark_end, write_batch
 from moetape.schema.errors import InputError, LogFormatError, LogWriteError
 from moetape.schema.io import create_for_write
+from moetape.schema.log_create import write_header
 from moetape.schema.spec import (  # LogSpec, gate_entropy and chunk_shape are used from here too
     BATCH_TARGET_BYTES,
     CHUNK_TARGET_BYTES,
@@ -36,7 +34,6 @@ from moetape.schema.spec import (  # LogSpec, gate_entropy and chunk_shape are u
     gate_entropy,
     pow2_floor,
 )
-from moetape.schema.version import FORMAT_VERSION
 
 __all__ = ["LogSpec", "LogWriter", "chunk_shape", "gate_entropy"]
 
@@ -151,7 +148,17 @@ class LogWriter:
         self.n_committed = 0
         self._child: Any = None
         try:
-            self._create(meta or {}, model_xml, model_source, trajectory)
+            write_header(
+                self._file,
+                self.spec,
+                self._specs,
+                meta=meta or {},
+                model_xml=model_xml,
+                model_source=model_source,
+                trajectory=trajectory,
+                stale=self._stale,
+                chunks=self._chunks,
+            )
             if process:
                 from moetape.schema.writer_process import WriterProcess, WriterProcessError
 
@@ -169,80 +176,6 @@ class LogWriter:
             raise
         self._thread = threading.Thread(target=self._run, name="moetape-log-writer", daemon=True)
         self._thread.start()
-
-    # ---------------------------------------------------------------- creation (before SWMR)
-    def _create(
-        self,
-        meta: Mapping[str, Any],
-        model_xml: Optional[str],
-        model_source: str,
-        trajectory: Optional[Tuple[np.ndarray, np.ndarray, float]],
-    ) -> None:
-        f, spec = self._file, self.spec
-        from moetape import __version__
-
-        attrs: Dict[str, Any] = {
-            layout.FORMAT_VERSION_ATTR: FORMAT_VERSION,
-            "moetape_version": __version__,
-            "log_id": uuid.uuid4().hex,
-            "created_utc": utc_now(),
-            "command_line": str(meta.get("command_line", "")),
-            "config_json": json.dumps(meta.get("config", {}), sort_keys=True, default=str),
-            "provenance_json": json.dumps(meta.get("provenance", {}), sort_keys=True, default=str),
-            "expert_names": list(spec.expert_names),
-            "joint_names": list(spec.joint_names),
-            "body_names": list(spec.body_names),
-            "term_names": list(spec.term_names),
-            "metric_names": list(spec.metrics),
-            "n_envs": spec.n_envs,
-            "obs_dim": spec.obs_dim,
-            "action_dim": spec.action_dim,
-            "sim_dt_s": float(spec.sim_dt_s),
-            "decimation": spec.decimation,
-            "policy_dt_s": float(spec.sim_dt_s * spec.decimation),
-            "frames_per_step": spec.frames_per_step,
-            "frame_rate_hz": float(spec.frames_per_step / (spec.sim_dt_s * spec.decimation)),
-            "backend": spec.backend,
-        }
-        if self._stale:  # optional: absent means no stale rows (layout.STALE_AFTER_RESET_ATTR)
-            attrs[layout.STALE_AFTER_RESET_ATTR] = json.dumps(self._stale)
-        attrs.update(meta.get("keep_attrs", {}))  # upgrade keeps the source's identity
-        for key, value in attrs.items():
-            if isinstance(value, list):
-                f.attrs.create(key, value, dtype=h5py.string_dtype())
-            else:
-                f.attrs[key] = value
-        f.create_dataset(layout.N_COMMITTED, data=np.zeros(2, dtype=np.int64))
-        f[layout.N_COMMITTED].attrs["columns"] = ["steps", "frames"]
-        f.create_dataset(layout.RUN_STATUS, data=np.bytes_(layout.STATUS_RUNNING), dtype="S16")
-        f.create_dataset(layout.END_TIME, data=np.bytes_(b""), dtype="S32")
-        for path, (shape, dtype) in self._specs.items():
-            ds = f.create_dataset(
-                path,
-                shape=(0,) + shape,
-                maxshape=(None,) + shape,
-                dtype=dtype,
-                chunks=self._chunks(path, shape, dtype),
-                fletcher32=True,
-            )
-            name = path.rsplit("/", 1)[-1]
-            if name in layout.UNITS:
-                ds.attrs["unit"] = layout.UNITS[name]
-            if name in layout.FRAMES_WORLD:
-                ds.attrs["frame"] = "world"
-        if model_xml is not None:
-            import hashlib
-
-            raw = model_xml.encode("utf-8")
-            ds = f.create_dataset(layout.MODEL_MJCF, data=np.frombuffer(raw, dtype=np.uint8))
-            ds.attrs["sha256"] = hashlib.sha256(raw).hexdigest()
-            ds.attrs["source"] = model_source
-        if trajectory is not None:
-            ee_pos, ee_aa, dt_s = trajectory
-            f.create_dataset(layout.TRAJ_EE_POS, data=np.asarray(ee_pos, np.float32), fletcher32=True)
-            f.create_dataset(layout.TRAJ_EE_AXIS_ANGLE, data=np.asarray(ee_aa, np.float32), fletcher32=True)
-            f[layout.TRAJ_EE_POS].attrs["dt_s"] = float(dt_s)
-        f.flush()
 
     def _chunks(self, path: str, shape: Tuple[int, ...], dtype: str) -> Tuple[int, ...]:
         """Chunk shape aligned with the batch (frames/ rows per batch = batch_steps * frames_per_step)."""
