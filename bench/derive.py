@@ -37,34 +37,9 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import h5py
 import numpy as np
+from logs import OUT, cached_log  # bench/ is on sys.path: this script's own folder
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "out")
-
-
-def build_log(path: str, n_steps: int, n_envs: int) -> None:
-    """Write the synthetic bench log (cached: kept when it exists with the same size)."""
-    from moetape.schema.synthetic import small_spec, synthetic_step
-    from moetape.schema.writer import LogWriter
-
-    spec = small_spec(n_envs, frames_per_step=1)
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    with LogWriter(tmp, spec, meta={"command_line": "bench/derive.py", "config": {"bench": True}}) as log:
-        for s in range(n_steps):
-            log.append(*synthetic_step(spec, s, 0))
-    os.replace(tmp, path)
-
-
-def cached_log(n_steps: int, n_envs: int) -> str:
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, f"derive_{n_envs}x{n_steps}.h5")
-    if not os.path.exists(path):
-        t0 = time.perf_counter()
-        build_log(path, n_steps, n_envs)
-        print(f"built {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return path
+DERIVE_META = {"command_line": "bench/derive.py", "config": {"bench": True}}
 
 
 def _settle() -> None:
@@ -286,7 +261,7 @@ def main() -> None:
     )
     ap.add_argument("--envs", type=int, default=64)
     args = ap.parse_args()
-    log_path = cached_log(args.steps, args.envs)
+    log_path = cached_log("derive", args.steps, args.envs, DERIVE_META)
     raw = measure_raw(log_path)
     # derive and its baseline alternate twice and the faster of each counts: creating logs.zarr's
     # tens of thousands of files takes 1-11 s on this VM's disk depending on its recent history.
@@ -300,7 +275,7 @@ def main() -> None:
     floor = measure_file_floor(der["zarr_files"])
     rss = measure_rss(log_path)
     short = max(1, args.steps // 4)
-    rss_short = measure_rss(cached_log(short, args.envs), zarr_only=True)
+    rss_short = measure_rss(cached_log("derive", short, args.envs, DERIVE_META), zarr_only=True)
     for junk in ("derived", "floor"):
         shutil.rmtree(os.path.join(OUT, junk), ignore_errors=True)
     result: Dict[str, Any] = {

@@ -161,10 +161,11 @@ def raw_write_mb_per_s(folder, n_bytes):
 def measure(n_envs, n_steps, device, frames, folder, ckpt, traj_path):
     import numpy as np
 
+    from moetape.record.loop import log_spec
     from moetape.record.policy import load_policy
     from moetape.record.trajectory import load_trajectories
     from moetape.record.warp_backend import WarpBackend
-    from moetape.schema.writer import LogSpec, LogWriter
+    from moetape.schema.writer import LogWriter
 
     substep = frames == "substep"
     mem = DeviceMemory(device)
@@ -173,19 +174,7 @@ def measure(n_envs, n_steps, device, frames, folder, ckpt, traj_path):
     backend = WarpBackend(traj, n_envs=n_envs, device=device)
     try:
         info = backend.info
-        spec = LogSpec(
-            n_envs=n_envs,
-            obs_dim=info.obs_dim,
-            action_dim=info.action_dim,
-            joint_names=info.joint_names,
-            body_names=info.body_names,
-            expert_names=list(policy.expert_names),
-            term_names=info.term_names,
-            sim_dt_s=info.sim_dt_s,
-            decimation=info.decimation,
-            frames_per_step=info.decimation if substep else 1,
-            backend=info.name,
-        )
+        spec = log_spec(info, policy.expert_names, substep=substep)
         loop(backend, policy, 1, substep)  # warm-up: kernels loaded, caches touched
         bare_loop(backend, policy, 1, mem)
         bare = bare_loop(backend, policy, n_steps, mem)

@@ -53,10 +53,11 @@ def measure_overhead(n_envs=64, n_steps=1000, rounds=9, frames="substep"):
     import torch
 
     from moetape.record.demo import make_demo_checkpoint, make_demo_trajectory
+    from moetape.record.loop import log_spec
     from moetape.record.mujoco_backend import MujocoBackend
     from moetape.record.policy import load_policy
     from moetape.record.trajectory import load_trajectories
-    from moetape.schema.writer import LogSpec, LogWriter
+    from moetape.schema.writer import LogWriter
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
@@ -65,16 +66,7 @@ def measure_overhead(n_envs=64, n_steps=1000, rounds=9, frames="substep"):
         policy = load_policy(ckpt)
         backend = MujocoBackend(traj, n_envs=n_envs)
         info = backend.info
-        spec = LogSpec(
-            n_envs=n_envs,
-            obs_dim=info.obs_dim,
-            action_dim=info.action_dim,
-            joint_names=info.joint_names,
-            body_names=info.body_names,
-            term_names=info.term_names,
-            decimation=info.decimation,
-            frames_per_step=info.decimation if frames == "substep" else 1,
-        )
+        spec = log_spec(info, policy.expert_names, substep=frames == "substep")
         substep = frames == "substep"
         with_log, without = [], []
         for r in range(rounds):

@@ -28,10 +28,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any, Dict
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+from logs import OUT, cached_log  # bench/ is on sys.path: this script's own folder
 
 _CHILD = r"""
 import json, os, resource, sys, time
@@ -77,31 +76,6 @@ else:
 dt = time.perf_counter() - t0
 print(json.dumps(dict(extra, seconds=dt, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)))
 """
-
-
-def build_log(path: str, n_steps: int, n_envs: int) -> None:
-    """Write the synthetic bench log under a temporary name, then rename it into place."""
-    from moetape.schema.synthetic import small_spec, synthetic_step
-    from moetape.schema.writer import LogWriter
-
-    spec = small_spec(n_envs, frames_per_step=1)
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    with LogWriter(tmp, spec, meta={"command_line": "bench/rerun.py"}) as log:
-        for s in range(n_steps):
-            log.append(*synthetic_step(spec, s, 0))
-    os.replace(tmp, path)
-
-
-def cached_log(n_steps: int, n_envs: int) -> str:
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, f"rerun_{n_envs}x{n_steps}.h5")
-    if not os.path.exists(path):
-        t0 = time.perf_counter()
-        build_log(path, n_steps, n_envs)
-        print(f"built {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return path
 
 
 def run_child(mode: str, layout: str, log_path: str, env: str) -> Dict[str, Any]:
@@ -165,8 +139,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="Runs per measurement (best time, worst RSS).")
     args = parser.parse_args()
     other_steps = max(1, int(round(args.steps * args.other)))
-    full = cached_log(args.steps, args.envs)
-    other = cached_log(other_steps, args.envs)
+    full = cached_log("rerun", args.steps, args.envs)
+    other = cached_log("rerun", other_steps, args.envs)
     main_log, other_log = measure_log(full, args.repeat), measure_log(other, args.repeat)
     result: Dict[str, Any] = {
         "log": {

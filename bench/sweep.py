@@ -21,34 +21,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Any, Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "out")
-
-
-def cached_log(n_steps: int, n_envs: int) -> str:
-    """Write (once) a synthetic log of n_steps x n_envs and return its path."""
-    from moetape.schema.synthetic import small_spec, synthetic_step
-    from moetape.schema.writer import LogWriter
-
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, f"sweep_{n_envs}x{n_steps}.h5")
-    if os.path.exists(path):
-        return path
-    t0 = time.perf_counter()
-    spec = small_spec(n_envs, frames_per_step=1)
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    with LogWriter(tmp, spec, meta={"command_line": "bench/sweep.py"}) as log:
-        for s in range(n_steps):
-            log.append(*synthetic_step(spec, s, 0))
-    os.replace(tmp, path)
-    print(f"built {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return path
+from logs import OUT, cached_log  # bench/ is on sys.path: this script's own folder
 
 
 def copies(src: str, n: int, tag: str) -> List[str]:
@@ -98,8 +74,8 @@ def main() -> None:
     from moetape.replay.analysis import summary
 
     n_steps = args.env_steps // args.envs
-    full = copies(cached_log(n_steps, args.envs), args.logs, f"{args.envs}x{n_steps}")
-    half = copies(cached_log(n_steps // 2, args.envs), 4, f"{args.envs}x{n_steps // 2}")
+    full = copies(cached_log("sweep", n_steps, args.envs), args.logs, f"{args.envs}x{n_steps}")
+    half = copies(cached_log("sweep", n_steps // 2, args.envs), 4, f"{args.envs}x{n_steps // 2}")
 
     t0 = time.perf_counter()
     loop = [summary(p) for p in full]

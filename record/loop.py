@@ -11,10 +11,30 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from moetape.record.backend import Backend, StepResult
+from moetape.record.backend import Backend, BackendInfo, StepResult
 from moetape.record.run_config import GateSummary, Metric, RunConfig, RunResult, StepReport
 from moetape.schema import layout
-from moetape.schema.writer import LogWriter, gate_entropy
+from moetape.schema.writer import LogSpec, LogWriter, gate_entropy
+
+
+def log_spec(
+    info: BackendInfo, expert_names: Sequence[str], *, substep: bool, metrics: Sequence[Metric] = ()
+) -> LogSpec:
+    """Return the LogSpec of a rollout of this backend: frames at every substep or at the policy rate."""
+    return LogSpec(
+        n_envs=info.n_envs,
+        obs_dim=info.obs_dim,
+        action_dim=info.action_dim,
+        joint_names=list(info.joint_names),
+        body_names=list(info.body_names),
+        expert_names=list(expert_names),
+        term_names=list(info.term_names),
+        metrics={m.name: (tuple(m.shape), m.dtype) for m in metrics},
+        sim_dt_s=info.sim_dt_s,
+        decimation=info.decimation,
+        frames_per_step=info.decimation if substep else 1,
+        backend=info.name,
+    )
 
 
 def step_row(

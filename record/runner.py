@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from moetape.record.backend import Backend
-from moetape.record.loop import _device_loop, _Launched, _loop, step_row
+from moetape.record.loop import _device_loop, _Launched, _loop, log_spec, step_row
 from moetape.record.run_config import (
     FRAMES_CHOICES,
     POLICY_RATE_BACKENDS,
@@ -41,7 +41,7 @@ from moetape.record.run_config import (
 from moetape.record.run_folder import LOG_NAME, RunFolder
 from moetape.schema.errors import InputError
 from moetape.schema.io import sha256_file
-from moetape.schema.writer import LogSpec, LogWriter
+from moetape.schema.writer import LogWriter
 
 __all__ = [  # the loops and the data types live in record/loop.py and record/run_config.py
     "FRAMES_CHOICES",
@@ -296,20 +296,7 @@ def _record_into(
         check_dims(policy, info.obs_dim, info.action_dim, info.name)
         frames = resolve_frames(cfg.frames, cfg.backend)
         substep = frames == "substep"
-        spec = LogSpec(
-            n_envs=info.n_envs,
-            obs_dim=info.obs_dim,
-            action_dim=info.action_dim,
-            joint_names=list(info.joint_names),
-            body_names=list(info.body_names),
-            expert_names=list(policy.expert_names),
-            term_names=list(info.term_names),
-            metrics={m.name: (tuple(m.shape), m.dtype) for m in metrics},
-            sim_dt_s=info.sim_dt_s,
-            decimation=info.decimation,
-            frames_per_step=info.decimation if substep else 1,
-            backend=info.name,
-        )
+        spec = log_spec(info, policy.expert_names, substep=substep, metrics=metrics)
         if info.name == "warp":  # at thousands of envs: what the run will write, before it starts
             from moetape.record.warp_backend import log_size_line
 

@@ -184,6 +184,12 @@ class RecordingWriter:
         for path, indexes, columns in sends:
             send(path, indexes=indexes, columns=columns)
 
+    def columns(self, chunk: Chunk) -> List[Send]:
+        """Return (entity path, timelines, columns) of every entity the layout sends for a chunk."""
+        if chunk.stop <= chunk.start:
+            return []
+        return self.layout_columns(chunk.data, *self.chunk_rows(chunk))
+
     def chunk_rows(
         self, chunk: Chunk
     ) -> Tuple[npt.NDArray[np.int64], List[Any], List[Any], Any, Dict[str, Any]]:
@@ -207,13 +213,18 @@ class RecordingWriter:
         stale = stale_rule(d["episode"], d["step_in_episode"]) if "step_in_episode" in d else None
         return steps, idx, fidx, stale, self.fresh_bodies(chunk.start, d, stale)
 
-    def columns(self, chunk: Chunk) -> List[Send]:
-        """Return (entity path, timelines, columns) of every entity of every selected env for a chunk."""
-        d, log = chunk.data, self.log
+    def layout_columns(
+        self,
+        d: Dict[str, Any],
+        steps: npt.NDArray[np.int64],
+        idx: List[Any],
+        fidx: List[Any],
+        stale: Any,
+        bodies: Dict[str, Any],
+    ) -> List[Send]:
+        """The per-env layout's sends for a chunk's data ``d`` and ``chunk_rows``: every entity of every env."""
+        log = self.log
         out: List[Send] = []
-        if chunk.stop <= chunk.start:
-            return out
-        steps, idx, fidx, stale, bodies = self.chunk_rows(chunk)
         # every field's column for all envs at once (env-major); each env's column is a slice of it
         em = env_major
         keep = ~em(stale) if stale is not None and self.stale_ee and stale.any() else None

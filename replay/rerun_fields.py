@@ -45,7 +45,7 @@ from moetape.replay.poses import pos_error, rot_error
 from moetape.replay.rerun_columns import Columns
 from moetape.replay.rerun_export import RecordingWriter, Send
 from moetape.replay.rerun_scene import blueprint, flat_properties, rgba8
-from moetape.schema.reader import Chunk, Log
+from moetape.schema.reader import Log
 
 PREFIX = "envs"
 POSE_BOX_HALF_M = np.array([0.04, 0.015, 0.008], np.float32)  # EE and target markers
@@ -115,13 +115,18 @@ class FieldsWriter(RecordingWriter):
             static=True,
         )
 
-    def columns(self, chunk: Chunk) -> List[Send]:
-        """Return one (entity path, timelines, columns) per field for a chunk: every env in each row."""
-        d, log = chunk.data, self.log
+    def layout_columns(
+        self,
+        d: Dict[str, Any],
+        steps: npt.NDArray[np.int64],
+        idx: List[Any],
+        fidx: List[Any],
+        stale: Any,
+        bodies: Dict[str, Any],
+    ) -> List[Send]:
+        """One (entity path, timelines, columns) per field for a chunk: every env in each row."""
+        log = self.log
         out: List[Send] = []
-        if chunk.stop <= chunk.start:
-            return out
-        steps, idx, fidx, stale, bodies = self.chunk_rows(chunk)
         # (steps, envs, ...) as stored: row s holds every env, the envs its instances
         ee_pos = np.asarray(d["ee_pos"], np.float32)
         ee_quat = np.asarray(d["ee_quat_xyzw"], np.float32)
