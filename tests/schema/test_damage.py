@@ -12,19 +12,17 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 
 import h5py
 import pytest
-from helpers import GOLDEN, write_log
+from helpers import GOLDEN, killed_log, write_log
 
 from moetape.schema import io
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "damage_commands.py")
-WRITER = os.path.join(HERE, "crash_writer.py")
 HANG_GUARD_S = 300
 """A guard against hangs, not a timing assertion: a damaged file used to hang every command for good."""
 
@@ -105,22 +103,6 @@ def _write(path: str, offset: int, data: bytes) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(data)
-
-
-def killed_log(path: str, seed: int = 3) -> str:
-    """Write a log with crash_writer.py and SIGKILL it after a few commits (superblock flags left set)."""
-    proc = subprocess.Popen(
-        [sys.executable, WRITER, path, str(seed), "thread"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        for line in proc.stdout:
-            if int(line) >= 60:
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-    return path
 
 
 @pytest.fixture(scope="module")

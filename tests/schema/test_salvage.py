@@ -7,9 +7,7 @@ bounded SWMR retries for a killed one) and verify's list of damaged regions.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -17,37 +15,17 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import write_log
+from helpers import killed_log, write_log
 
 from moetape.cli import cli
 from moetape.schema import io
 from moetape.schema.reader import open_log
 from moetape.schema.validate import validate
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def _bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def killed_log(path: str) -> str:
-    """Write a log with crash_writer.py and SIGKILL it after 60 committed steps (superblock flags left set)."""
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "crash_writer.py"), path, "3", "thread"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for line in proc.stdout:
-            if int(line) >= 60:
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-    return path
 
 
 def run(*args):
