@@ -94,6 +94,14 @@ def column(entries, name):
     return [r[2] for r in rows], [r[0] for r in rows]
 
 
+def bundled_xml():
+    """The bundled robot's MJCF (record/assets/legged_manipulator.xml)."""
+    from moetape.record.mujoco_model import BUNDLED_XML
+
+    with open(BUNDLED_XML, encoding="utf-8") as f:
+        return f.read()
+
+
 def run_cli(args):
     """Invoke the moetape CLI with stderr kept apart."""
     return CliRunner().invoke(cli, args)
@@ -351,9 +359,7 @@ def test_log_without_model_exports_the_skeleton(tmp_path):
 def test_mjcf_geoms_in_world_match_mujoco():
     """Parsed geom poses composed with MuJoCo's body poses land where MuJoCo puts each geom."""
     mujoco = pytest.importorskip("mujoco")
-    xml_path = os.path.join(os.path.dirname(rx.__file__), "..", "record", "assets", "legged_manipulator.xml")
-    with open(xml_path, encoding="utf-8") as f:
-        xml = f.read()
+    xml = bundled_xml()
     m = mujoco.MjModel.from_xml_string(xml)
     d = mujoco.MjData(m)
     d.qpos[7:] = np.linspace(-0.3, 0.3, m.nq - 7)
@@ -572,9 +578,7 @@ def bundled_robot_log(tmp_path_factory):
     mujoco = pytest.importorskip("mujoco")
     from moetape.schema.writer import LogSpec
 
-    xml_path = os.path.join(os.path.dirname(rx.__file__), "..", "record", "assets", "legged_manipulator.xml")
-    with open(xml_path, encoding="utf-8") as f:
-        xml = f.read()
+    xml = bundled_xml()
     m = mujoco.MjModel.from_xml_string(xml)
     d = mujoco.MjData(m)
     bodies = list(range(1, m.nbody))
