@@ -31,7 +31,6 @@ gap in the series).
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -44,7 +43,7 @@ from moetape.replay.overlay import GATE_COLORS
 from moetape.replay.poses import pos_error, rot_error
 from moetape.replay.rerun_columns import Columns
 from moetape.replay.rerun_export import RecordingWriter, Send
-from moetape.replay.rerun_scene import blueprint, flat_properties, rgba8
+from moetape.replay.rerun_scene import blueprint, rgba8, send_properties
 from moetape.schema.reader import Log
 
 PREFIX = "envs"
@@ -83,14 +82,7 @@ class FieldsWriter(RecordingWriter):
     def send_static(self) -> None:
         """Send the recording properties, the notes and the styles (static; no positions or values)."""
         rec, log, n = self.rec, self.log, len(self.envs)
-        rec.send_recording_name(os.path.basename(log.path))
-        rec.send_property("moetape", rr.AnyValues(**flat_properties(log)))  # type: ignore[arg-type]
-        if log.stale_after_reset:
-            from moetape.replay.rerun_scene import STALE_NOTE
-
-            note = STALE_NOTE.format(", ".join(log.stale_after_reset))
-            note += " (per-field layout: those EE values are NaN.)"
-            rec.log("notes/stale_after_reset", rr.TextLog(note), static=True)
+        send_properties(rec, log, " (per-field layout: those EE values are NaN.)")
         names = [f"env{e}" for e in self.envs]
         colors = [PALETTE[k % len(PALETTE)] for k in range(n)]
         for path in scalar_paths(log, self.scalar_metrics):

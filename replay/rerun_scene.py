@@ -163,6 +163,18 @@ def blueprint(
     )
 
 
+def send_properties(rec: rr.RecordingStream, log: Log, stale_note: str = "") -> None:
+    """Send the recording's name and properties (the provenance), and the stale-rows note if the log has one.
+
+    ``stale_note`` is added to the note (a layout's own words on the stale rows).
+    """
+    rec.send_recording_name(os.path.basename(log.path))
+    rec.send_property("moetape", rr.AnyValues(**flat_properties(log)))  # type: ignore[arg-type]
+    if log.stale_after_reset:
+        note = STALE_NOTE.format(", ".join(log.stale_after_reset)) + stale_note
+        rec.log("notes/stale_after_reset", rr.TextLog(note), static=True)
+
+
 def send_static(
     rec: rr.RecordingStream,
     log: Log,
@@ -174,14 +186,7 @@ def send_static(
 
     Every archetype is built once and sent under each env's path (building is the costly part).
     """
-    rec.send_recording_name(os.path.basename(log.path))
-    rec.send_property("moetape", rr.AnyValues(**flat_properties(log)))  # type: ignore[arg-type]
-    if log.stale_after_reset:
-        rec.log(
-            "notes/stale_after_reset",
-            rr.TextLog(STALE_NOTE.format(", ".join(log.stale_after_reset))),
-            static=True,
-        )
+    send_properties(rec, log)
     by_body = model.by_body() if model is not None else {}
     for kind, arch in _geom_batches(by_body.get("", [])).items():
         rec.log(f"world/geoms/{kind}", arch, static=True)
